@@ -1,0 +1,226 @@
+"""Typed settings: the schema every composed config must fit, with range checks.
+
+Hydra composes plain YAML from conf/; `load_settings` merges it onto this schema (types and unknown
+keys) and builds the dataclasses (ranges, in `__post_init__`). Every failure becomes one
+`ConfigError` line naming the key, the value and the fix. The schema is also registered in Hydra's
+ConfigStore as `fragment_llm_schema` for tools that compose against it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad setting: its message is one line that names the key, the value and the fix."""
+
+
+def check_range(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise ConfigError(
+            f"{key}={value} is out of range {bracket}{low}, {high}]; set {key} to a value in that range"
+        )
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+    adafactor = "adafactor"
+
+
+class SchedulerName(str, Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class DataSource(str, Enum):
+    pydoc = "pydoc"
+    text = "text"
+    stdlib = "stdlib"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("model.vocab_size", self.vocab_size, 256, 100_000)
+        check_range("model.block_size", self.block_size, 128, 2048)
+        check_range("model.n_layer", self.n_layer, 1, 48)
+        check_range("model.n_head", self.n_head, 1, 32)
+        check_range("model.n_embd", self.n_embd, 64, 2048)
+        check_range("model.dropout", self.dropout, 0.0, 0.9)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                f"pick n_head among {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4
+    grad_accum_steps: int = 16
+    epochs: int = 5
+    max_iters: int = 10_000
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_iters: int = 20
+    checkpoint_every: int = 5
+    log_interval: int = 1
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        check_range("train.batch_size", self.batch_size, 1, 256)
+        check_range("train.grad_accum_steps", self.grad_accum_steps, 1, 1024)
+        check_range("train.epochs", self.epochs, 1, 100_000)
+        check_range("train.max_iters", self.max_iters, 1, 10**9)
+        check_range("train.grad_clip", self.grad_clip, 0.0, 1e6)
+        check_range("train.eval_interval", self.eval_interval, 1, 10**9)
+        check_range("train.eval_iters", self.eval_iters, 1, 10**6)
+        check_range("train.checkpoint_every", self.checkpoint_every, 1, 100_000)
+        check_range("train.log_interval", self.log_interval, 1, 10**9)
+        check_range("train.seed", self.seed, 0, 2**63 - 1)
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adamw
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("optimizer.lr", self.lr, 0.0, 1e-2, low_open=True)
+        check_range("optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
+        check_range("optimizer.beta1", self.beta1, 0.0, 0.999999)
+        check_range("optimizer.beta2", self.beta2, 0.0, 0.999999)
+        check_range("optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
+        check_range("optimizer.momentum", self.momentum, 0.0, 0.999999)
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.cosine
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("scheduler.warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+        check_range("scheduler.min_lr_fraction", self.min_lr_fraction, 0.0, 1.0)
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.pydoc
+    path: Optional[str] = None
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("data.val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
+        if self.source is DataSource.text and not self.path:
+            raise ConfigError(
+                "data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob"
+            )
+
+
+@dataclass
+class TokenizerConfig:
+    retrain: bool = False
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        check_range("tokenizer.min_frequency", self.min_frequency, 1, 10**6)
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not DEVICE_PATTERN.match(self.device):
+            raise ConfigError(
+                f"hardware.device={self.device} is not a device; use auto, cpu, cuda, cuda:N or mps"
+            )
+        check_range("hardware.num_threads", self.num_threads, 0, 1024)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"
+    cache: str = "outputs/.cache"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+ConfigStore.instance().store(name="fragment_llm_schema", node=Config)
+
+
+def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
+    """Validate a composed config against the schema and return the typed settings."""
+    plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    plain = {key: value for key, value in plain.items() if key != "hydra"}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = error.full_key or error.key
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"{key}: {message}; see `python run.py --cfg job` for the valid keys") from None
+
+
+def to_plain(settings: Config) -> dict[str, Any]:
+    """The settings as plain containers (enums as strings), for checkpoints and summaries."""
+    return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)
+
+
+def register_resolvers() -> None:
+    """`${short_id:}` gives run directories a unique suffix (Hydra's timestamps have 1 s resolution)."""
+    if not OmegaConf.has_resolver("short_id"):
+        OmegaConf.register_new_resolver("short_id", lambda: secrets.token_hex(2), use_cache=True)
+
+
+register_resolvers()

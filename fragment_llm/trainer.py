@@ -1,0 +1,353 @@
+"""The training loop: plain PyTorch, from validated settings to a run directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .checkpoint import save_checkpoint
+from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
+from .console import console
+from .data import PreparedData, TrainBatches, eval_batches, prepare_data
+from .model import GPT, GPTConfig
+from .runs import update_summary
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (divergence, out of memory): one line saying what to change."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hardware.device={name} but this machine has no CUDA device; use hardware.device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"hardware.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"hardware.device={name} but MPS is not available here; use hardware.device=cpu or auto")
+    return device
+
+
+class Precision:
+    """Autocast and gradient scaling for the device: CUDA bf16 where supported, else fp16 with a
+    GradScaler; CPU bf16 autocast; fp32 when `hardware.amp=false` (and on MPS)."""
+
+    def __init__(self, hardware: HardwareConfig, device: torch.device):
+        self.dtype: Optional[torch.dtype] = None
+        if hardware.amp and device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif hardware.amp and device.type == "cpu":
+            self.dtype = torch.bfloat16
+        elif hardware.amp:
+            log.warning("hardware.amp=true is not supported on %s; training in fp32", device.type)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        self.name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[
+            self.dtype
+        ]
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+def build_optimizer(model: torch.nn.Module, settings: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on matrices (dim >= 2) only; fused AdamW on CUDA, foreach elsewhere."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if settings.name is OptimizerName.adamw:
+        fused = device.type == "cuda"
+        return torch.optim.AdamW(
+            groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps,
+            fused=fused or None, foreach=None if fused else True,
+        )
+    if settings.name is OptimizerName.sgd:
+        return torch.optim.SGD(
+            groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0
+        )
+    return torch.optim.Adafactor(groups, lr=settings.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, settings: SchedulerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup, then cosine or linear decay to `min_lr_fraction` of the peak, or constant."""
+    lr_scheduler = torch.optim.lr_scheduler
+    warmup = min(int(settings.warmup_fraction * total_steps), total_steps - 1)
+    decay_steps = max(1, total_steps - warmup)
+    if settings.name is SchedulerName.cosine:
+        peak = optimizer.param_groups[0]["lr"]
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=peak * settings.min_lr_fraction)
+    elif settings.name is SchedulerName.linear:
+        main = lr_scheduler.LinearLR(optimizer, 1.0, settings.min_lr_fraction, total_iters=decay_steps)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def oom_advice(settings: Config) -> str:
+    train, model = settings.train, settings.model
+    half = max(1, train.batch_size // 2)
+    return (
+        f"out of memory at train.batch_size={train.batch_size}, model.block_size={model.block_size}; try "
+        f"train.batch_size={half} train.grad_accum_steps={train.grad_accum_steps * train.batch_size // half} "
+        f"(same effective batch), or model.block_size={max(128, model.block_size // 2)}, "
+        f"or a smaller model (model.n_layer={max(1, model.n_layer // 2)} or model=tiny)"
+    )
+
+
+class Trainer:
+    """Owns the model, optimizer, data stream and run directory of one training run."""
+
+    def __init__(self, settings: Config, run_dir: Path):
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.started = time.perf_counter()
+        self.device = resolve_device(settings.hardware.device)
+        if settings.hardware.num_threads:
+            torch.set_num_threads(settings.hardware.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        train, model_settings = settings.train, settings.model
+        self.data: PreparedData = prepare_data(
+            settings.data, model_settings.vocab_size, model_settings.block_size,
+            settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
+        )
+        shutil.copyfile(self.data.tokenizer_path, self.run_dir / "tokenizer.json")
+
+        seed_everything(train.seed)
+        self.model_config = GPTConfig(
+            vocab_size=self.data.vocab_size, block_size=model_settings.block_size, n_layer=model_settings.n_layer,
+            n_head=model_settings.n_head, n_embd=model_settings.n_embd, dropout=model_settings.dropout,
+            bias=model_settings.bias,
+        )
+        self.model = GPT(self.model_config).to(self.device)
+        self.forward = torch.compile(self.model) if settings.hardware.compile else self.model
+        self.precision = Precision(settings.hardware, self.device)
+        self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
+
+        self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device)
+        tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size
+        self.steps_per_epoch = max(1, len(self.data.train) // tokens_per_step)
+        self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, settings.scheduler, self.total_steps)
+        self.tokens_per_step = tokens_per_step
+
+        self.writer = None
+        if settings.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.nan
+        self.last_eval_step = -1
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        """Forward/backward over `grad_accum_steps` micro-batches, clip, step; returns (loss, grad norm).
+
+        The loss is accumulated on the device and read once per optimizer step.
+        """
+        accum = self.settings.train.grad_accum_steps
+        scaler = self.precision.scaler
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(accum):
+            inputs, targets = self.batches.next_batch()
+            with self.precision.autocast():
+                _, loss = self.forward(inputs, targets)
+            loss = loss / accum
+            loss_sum += loss.detach()
+            scaler.scale(loss).backward()
+        scaler.unscale_(self.optimizer)
+        clip = self.settings.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the training loss became {loss_value} at step {self.step}; lower the learning rate "
+                f"(optimizer.lr={self.settings.optimizer.lr / 3:.2g}), check the data, or turn AMP off "
+                "(hardware.amp=false); checkpoints written before this step are intact"
+            )
+        return loss_value, grad_norm.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        train = self.settings.train
+        losses = []
+        for inputs, targets in eval_batches(
+            self.data.val, self.model_config.block_size, train.batch_size, train.eval_iters, self.device
+        ):
+            with self.precision.autocast():
+                _, loss = self.forward(inputs, targets)
+            losses.append(loss.float())
+        self.model.train()
+        val_loss = torch.stack(losses).mean().item()
+        self.last_val_loss = val_loss
+        self.last_eval_step = self.step
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.scalar("val/loss", val_loss)
+        return val_loss
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, self.step)
+
+    def state(self, epoch: int) -> dict:
+        return {
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.precision.scaler.state_dict(),
+            "config": to_plain(self.settings),
+            "model_config": asdict(self.model_config),
+            "step": self.step,
+            "epoch": epoch,
+            "data_position": self.batches.position,
+            "tokenizer_hash": self.data.tokenizer_hash,
+            "best_val_loss": self.best_val_loss,
+        }
+
+    def summarise(self, **fields) -> None:
+        elapsed = time.perf_counter() - self.started
+        update_summary(
+            self.run_dir,
+            steps=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            tokens=self.step * self.tokens_per_step,
+            val_loss=None if math.isnan(self.last_val_loss) else self.last_val_loss,
+            best_val_loss=None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            wall_time_s=round(elapsed, 2),
+            **fields,
+        )
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self) -> float:
+        settings, train = self.settings, self.settings.train
+        params = self.model.num_parameters()
+        log.info(
+            "Model: %s parameters (%d layers, %d heads, %d wide, block %d) on %s, %s",
+            f"{params:,}", self.model_config.n_layer, self.model_config.n_head, self.model_config.n_embd,
+            self.model_config.block_size, self.device, self.precision.name,
+        )
+        log.info(
+            "Training: %d steps (%d per epoch, %d epochs) of %s tokens (batch %d x accum %d x block %d)",
+            self.total_steps, self.steps_per_epoch, self.epochs, f"{self.tokens_per_step:,}",
+            train.batch_size, train.grad_accum_steps, self.model_config.block_size,
+        )
+        self.summarise(
+            status="running", params=params, device=str(self.device), precision=self.precision.name,
+            vocab_size=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
+            data_seconds=round(self.data.seconds, 3),
+        )
+        self.model.train()
+        train_started = time.perf_counter()
+        train_loss = math.nan
+        for epoch in range(1, self.epochs + 1):
+            log.info("Epoch %d/%d", epoch, self.epochs)
+            steps = min(self.steps_per_epoch, self.total_steps - self.step)
+            train_loss = self.run_epoch(epoch, steps)
+            if self.last_eval_step != self.step:
+                self.evaluate()
+            log.info("Train loss: %.4f", train_loss)
+            log.info("Val loss: %.4f", self.last_val_loss)
+            if epoch % train.checkpoint_every == 0:
+                path = self.run_dir / "checkpoints" / f"checkpoint_epoch_{epoch}.pt"
+                save_checkpoint(path, self.state(epoch))
+                log.info("Checkpoint: %s", path)
+        train_seconds = time.perf_counter() - train_started
+        final = self.run_dir / "models" / "final_model.pt"
+        save_checkpoint(final, self.state(self.epochs))
+        tokens_per_sec = self.step * self.tokens_per_step / train_seconds
+        self.summarise(status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
+                       finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        log.info(
+            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f; model saved to %s",
+            self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, final,
+        )
+        if self.writer is not None:
+            self.writer.close()
+        return self.best_val_loss
+
+    def run_epoch(self, epoch: int, steps: int) -> float:
+        train = self.settings.train
+        losses = []
+        window_started, window_steps = time.perf_counter(), 0
+        with Progress(
+            TextColumn("Training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"), console=console, disable=not console.is_terminal,
+        ) as progress:
+            task = progress.add_task("epoch", total=steps, stats="")
+            for _ in range(steps):
+                loss, grad_norm = self.train_step()
+                losses.append(loss)
+                window_steps += 1
+                if self.step % train.log_interval == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_started
+                    tokens_per_sec = window_steps * self.tokens_per_step / elapsed
+                    window_started, window_steps = time.perf_counter(), 0
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.scalar("train/loss", loss)
+                    self.scalar("lr", lr)
+                    self.scalar("grad_norm", grad_norm)
+                    self.scalar("tokens_per_sec", tokens_per_sec)
+                    progress.update(task, stats=f"loss {loss:.4f}  lr {lr:.2e}  {tokens_per_sec:,.0f} tok/s")
+                progress.advance(task)
+                if self.step % train.eval_interval == 0 and self.step < self.total_steps:
+                    val_loss = self.evaluate()
+                    log.info("Step %d: val loss %.4f", self.step, val_loss)
+        return sum(losses) / len(losses)
+
+
+def train(settings: Config, run_dir: Path) -> float:
+    """Train one model into `run_dir`; returns the best validation loss."""
+    try:
+        return Trainer(settings, run_dir).fit()
+    except torch.OutOfMemoryError:
+        raise TrainingError(oom_advice(settings)) from None

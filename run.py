@@ -1,0 +1,30 @@
+"""Train a GPT: `python run.py [group=option ...] [key=value ...]`, or `python run.py -m ...` to sweep.
+
+Hydra composes the config from conf/; everything below this file works on validated plain settings.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fragment_llm.app import run_training
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hydra_config = HydraConfig.get()
+    best_val_loss = run_training(cfg, Path(hydra_config.runtime.output_dir))
+    if math.isinf(best_val_loss) and hydra_config.mode is RunMode.RUN:
+        sys.exit(1)
+    return best_val_loss
+
+
+if __name__ == "__main__":
+    main()

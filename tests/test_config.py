@@ -1,0 +1,123 @@
+"""Config composition and validation, through hydra.compose exactly as run.py composes."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config, settings_for
+from fragment_llm.config import ConfigError, DataSource, OptimizerName, SchedulerName, load_settings, to_plain
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_config_is_tiny_cpu_pydoc():
+    settings = settings_for([])
+    assert (settings.model.n_layer, settings.model.n_head, settings.model.n_embd, settings.model.block_size) == (
+        4, 4, 256, 256,
+    )
+    assert (settings.train.batch_size, settings.train.grad_accum_steps) == (4, 16)
+    assert settings.hardware.device == "cpu" and settings.hardware.amp is False
+    assert settings.optimizer.name is OptimizerName.adamw
+    assert settings.scheduler.name is SchedulerName.cosine
+    assert settings.data.source is DataSource.pydoc
+
+
+@pytest.mark.parametrize(
+    "group,expected",
+    [
+        ("model", ["large", "medium", "small", "tiny"]),
+        ("hardware", ["cpu", "gpu", "gpu_high"]),
+        ("optimizer", ["adafactor", "adamw", "sgd"]),
+        ("scheduler", ["constant", "cosine", "linear"]),
+        ("data", ["pydoc", "stdlib", "text"]),
+    ],
+)
+def test_every_group_option_composes_and_validates(group, expected):
+    assert options(group) == expected
+    for option in expected:
+        extra = ["data.path=corpus.txt"] if (group, option) == ("data", "text") else []
+        settings = settings_for([f"{group}={option}", *extra])
+        assert to_plain(settings)[group]
+
+
+def test_hardware_profiles_follow_the_guide():
+    cpu, gpu, high = (settings_for([f"hardware={name}"]) for name in ("cpu", "gpu", "gpu_high"))
+    assert (cpu.train.batch_size, cpu.train.grad_accum_steps, cpu.hardware.amp) == (4, 16, False)
+    assert (gpu.train.batch_size, gpu.train.grad_accum_steps, gpu.hardware.amp) == (16, 4, True)
+    assert (high.train.batch_size, high.train.grad_accum_steps, high.hardware.compile) == (32, 2, True)
+    assert (cpu.train.epochs, gpu.train.epochs, high.train.epochs) == (5, 10, 20)
+
+
+def test_command_line_overrides_beat_profiles():
+    settings = settings_for(["hardware=gpu", "train.batch_size=3", "model=small", "model.dropout=0.2"])
+    assert settings.train.batch_size == 3 and settings.model.dropout == 0.2 and settings.model.n_embd == 384
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.vocab_size=100", "model.vocab_size=100 is out of range [256, 100000]"),
+        ("model.vocab_size=100001", "model.vocab_size=100001"),
+        ("model.block_size=64", "model.block_size=64 is out of range [128, 2048]"),
+        ("model.block_size=4096", "model.block_size=4096"),
+        ("model.n_layer=0", "model.n_layer=0 is out of range [1, 48]"),
+        ("model.n_layer=49", "model.n_layer=49"),
+        ("model.n_head=33", "model.n_head=33 is out of range [1, 32]"),
+        ("model.n_embd=32", "model.n_embd=32 is out of range [64, 2048]"),
+        ("model.n_embd=4096", "model.n_embd=4096"),
+        ("model.dropout=1.5", "model.dropout=1.5 is out of range [0.0, 0.9]"),
+        ("model.dropout=-0.1", "model.dropout=-0.1"),
+        ("train.batch_size=0", "train.batch_size=0 is out of range [1, 256]"),
+        ("train.batch_size=257", "train.batch_size=257"),
+        ("train.grad_accum_steps=0", "train.grad_accum_steps=0"),
+        ("optimizer.lr=0", "optimizer.lr=0.0 is out of range (0.0, 0.01]"),
+        ("optimizer.lr=0.1", "optimizer.lr=0.1"),
+        ("train.epochs=0", "train.epochs=0"),
+        ("train.max_iters=0", "train.max_iters=0"),
+        ("model.n_embd=130", "model.n_embd=130 is not divisible by model.n_head=4"),
+        ("hardware.device=tpu", "hardware.device=tpu is not a device"),
+        ("data=text", "data.path is not set"),
+        ("data.val_fraction=0.9", "data.val_fraction=0.9"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as error:
+        settings_for([override])
+    message = str(error.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.n_layer=abc", "model.n_layer: Value 'abc'"),
+        ("+model.typo=1", "model.typo: Key 'typo' not in 'ModelConfig'"),
+        ("+trian.batch_size=1", "trian"),
+        ("optimizer.name=adamx", "optimizer.name: Invalid value 'adamx'"),
+        ("hardware.amp=maybe", "hardware.amp"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_fail_with_one_line(override, needle):
+    with pytest.raises(ConfigError) as error:
+        settings_for([override])
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_settings_takes_plain_dicts():
+    settings = load_settings({"model": {"n_layer": 2}, "train": {"max_iters": 7}})
+    assert settings.model.n_layer == 2 and settings.train.max_iters == 7
+
+
+def test_run_directory_names_carry_the_choices_and_a_unique_suffix():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert run_dir.startswith("${paths.outputs}/${now:%Y-%m-%d}/${now:%H-%M-%S}")
+    assert "${hydra:runtime.choices.model}-${hydra:runtime.choices.hardware}" in run_dir
+    assert run_dir.endswith("_${short_id:}")
+    assert compose_config([]).paths.cache == "outputs/.cache"
