@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} was refused: it holds more than tensors and plain data ({reason})") from None
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if code:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: loading it would run code ({code.group(1)}); "
+                "load only checkpoints written by fragment-llm"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint (it does not unpickle)") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint: {str(error).splitlines()[0]}") from None

@@ -286,6 +286,9 @@ class Trainer:
             vocab_size=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
             data_seconds=round(self.data.seconds, 3),
         )
+        initial_val_loss = self.evaluate()
+        log.info("Step 0: val loss %.4f", initial_val_loss)
+        self.summarise(initial_val_loss=initial_val_loss)
         self.model.train()
         train_started = time.perf_counter()
         train_loss = math.nan

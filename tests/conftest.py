@@ -14,6 +14,7 @@ from fragment_llm.config import Config, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
+RUN = str(ROOT / "run.py")
 
 
 def tiny_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
@@ -50,8 +51,8 @@ def settings_for(overrides: list[str]) -> Config:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python run.py ...` (or another script under the repo) as a user would."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
     command = [sys.executable, *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,144 @@
+"""End to end: `python run.py` and `fragment-llm` as a user runs them, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+from conftest import RUN, run_cli, tiny_overrides
+from fragment_llm.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def run_dirs(outputs):
+    return sorted(path.parent for path in outputs.rglob("summary.json"))
+
+
+def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 1000, "train.epochs": 2})
+    result = run_cli([RUN, "train.checkpoint_every=1", *overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path / "outputs")
+    assert run_dir.name.split("_")[1] == "tiny-cpu"
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log",
+                 "tokenizer.json", "models/final_model.pt", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.n_embd == 64
+
+    log = (run_dir / "train.log").read_text()
+    for line in ("Epoch 1/2", "Epoch 2/2", "Train loss: ", "Val loss: ", "Step 0: val loss"):
+        assert line in log
+    assert "━" not in log and "\r" not in log  # no progress-bar noise
+    assert "Epoch 1/2" in result.stdout
+
+    Tokenizer.from_file(str(run_dir / "tokenizer.json")).encode("hello")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+    for path in [*(run_dir / "checkpoints").iterdir(), run_dir / "models" / "final_model.pt"]:
+        assert torch.load(path, weights_only=True)["model_state_dict"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec"} <= set(events.Tags()["scalars"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 2 and summary["steps"] > 20
+    assert len(events.Scalars("train/loss")) == summary["steps"]
+    assert summary["val_loss"] < summary["initial_val_loss"]
+    assert load_checkpoint(run_dir / "models" / "final_model.pt")["step"] == summary["steps"]
+
+
+BAD_RUNS = [
+    (["data.path={empty}"], "is empty"),
+    (["data.path={binary}"], "is not UTF-8 text"),
+    (["data.path={small}"], "corpus is too small"),
+    (["data.path={missing}"], "does not exist"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is out of range [0.0, 0.9]"),
+    (["train.batch_size=0"], "train.batch_size=0 is out of range [1, 256]"),
+    (["model.n_layer=0"], "model.n_layer=0 is out of range [1, 48]"),
+    (["model.n_embd=100", "model.n_head=3"], "model.n_embd=100 is not divisible by model.n_head=3"),
+    (["+model.typo=1"], "model.typo: Key 'typo' not in 'ModelConfig'"),
+    (["model.n_layer=two"], "model.n_layer: Value 'two'"),
+    (["optimizer.lr=0.5"], "optimizer.lr=0.5 is out of range"),
+    (["hardware.device=tpu"], "hardware.device=tpu is not a device"),
+]
+if not torch.cuda.is_available():
+    BAD_RUNS.append((["hardware.device=cuda"], "this machine has no CUDA device"))
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "empty.txt").write_text("")
+    (folder / "binary.bin").write_bytes(bytes(range(256)) * 40)
+    (folder / "small.txt").write_text("Too short to hold one block of text.\n" * 5)
+    return {name: str(folder / f"{name}.{ext}") for name, ext in
+            [("empty", "txt"), ("binary", "bin"), ("small", "txt"), ("missing", "txt")]}
+
+
+def test_bad_input_fails_with_one_line_and_writes_no_checkpoint(tmp_path, corpus, bad_files):
+    # Each bad run is its own process: the first that printed a traceback or a second line fails.
+    for index, (extra, needle) in enumerate(BAD_RUNS):
+        extra = [item.format(**bad_files) for item in extra]
+        outputs = tmp_path / f"case{index}"
+        overrides = tiny_overrides(outputs, corpus) + extra
+        result = run_cli([RUN, *overrides], cwd=tmp_path)
+        assert result.returncode != 0, extra
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (extra, result.stderr)
+        (run_dir,) = run_dirs(outputs / "outputs")
+        assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "summary.json", "train.log"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and needle in summary["error"]
+        assert needle in (run_dir / "train.log").read_text()
+        assert not (outputs / "cache" / "tokens").exists()
+
+
+def test_cfg_job_and_help_show_the_composed_config(tmp_path):
+    shown = run_cli([RUN, "--cfg", "job", "model=small", "optimizer.lr=3e-4"], cwd=tmp_path)
+    assert shown.returncode == 0
+    config = OmegaConf.create(shown.stdout)
+    assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
+    help_text = run_cli([RUN, "--help"], cwd=tmp_path).stdout
+    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, gpu, gpu_high" in help_text
+    assert list(tmp_path.iterdir()) == []  # neither creates a run directory
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})
+    command = [sys.executable, RUN, *overrides]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(3)]
+    for process in processes:
+        process.communicate(timeout=120)
+    assert len(run_dirs(tmp_path / "outputs")) == 3
+
+
+def test_other_groups_compose_and_run(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "optimizer": "adafactor",
+                                                    "scheduler": "linear", "hardware": "gpu",
+                                                    "hardware.device": "cpu", "hardware.amp": False,
+                                                    "train.batch_size": 2, "train.grad_accum_steps": 2})
+    result = run_cli([RUN, *overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path / "outputs")
+    assert run_dir.name.split("_")[1] == "tiny-gpu"
+
+
+def test_fragment_llm_runs_lists_past_runs(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 2})
+    assert run_cli([RUN, *overrides], cwd=tmp_path).returncode == 0
+    listing = run_cli(["-m", "fragment_llm", "runs", str(tmp_path / "outputs")], cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "completed" in listing.stdout and "tiny" in listing.stdout and "adamw" in listing.stdout
+    missing = run_cli(["-m", "fragment_llm", "runs", str(tmp_path / "nowhere")], cwd=tmp_path)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
