@@ -142,3 +142,12 @@ def test_fragment_llm_runs_lists_past_runs(tmp_path, corpus):
     assert "completed" in listing.stdout and "tiny" in listing.stdout and "adamw" in listing.stdout
     missing = run_cli(["-m", "fragment_llm", "runs", str(tmp_path / "nowhere")], cwd=tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_a_multirun_gives_each_job_its_own_run_directory(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": "2,3"})
+    result = run_cli([RUN, "-m", *overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = run_dirs(tmp_path / "outputs" / "multirun")
+    assert [json.loads((run / "summary.json").read_text())["steps"] for run in runs] == [2, 3]
+    assert len({run.parent for run in runs}) == 1  # one sweep directory, a subdirectory per job

@@ -159,3 +159,16 @@ def test_checkpoints_carrying_code_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(evil)
     assert "code ran" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(tmp_path, corpus):
+    keys = {"train.max_iters": 3, "train.eval_iters": 1}
+    compiled = make_trainer(tmp_path, corpus, "compiled", **keys, **{"hardware.compile": True})
+    compiled.fit()
+    eager = make_trainer(tmp_path, corpus, "eager", **keys)
+    eager.fit()
+    assert compiled.forward is not compiled.model and eager.forward is eager.model
+    for a, b in zip(compiled.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert "_orig_mod" not in next(iter(compiled.state(1)["model_state_dict"]))

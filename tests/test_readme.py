@@ -1,0 +1,49 @@
+"""Every `python run.py` command in README.md composes and validates as written."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+
+import pytest
+
+from conftest import ROOT, settings_for
+
+COMMAND = re.compile(r"^(?:\$ )?python run\.py(.*?)(?:\s+#.*)?$")
+
+
+def readme_commands() -> list[list[str]]:
+    commands = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        match = COMMAND.match(line.strip())
+        if match:
+            commands.append(shlex.split(match.group(1)))
+    return commands
+
+
+def expand_sweep(arguments: list[str]) -> list[list[str]]:
+    """`-m key=a,b other=c` -> [[key=a, other=c], [key=b, other=c]]."""
+    choices = []
+    for argument in arguments:
+        key, _, values = argument.partition("=")
+        choices.append([f"{key}={value}" for value in values.split(",")])
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def test_the_readme_shows_commands():
+    assert len(readme_commands()) >= 8
+
+
+@pytest.mark.parametrize("arguments", readme_commands(), ids=lambda args: " ".join(args) or "defaults")
+def test_readme_command_composes(arguments):
+    if "--cfg" in arguments or "--help" in arguments:
+        return  # exercised by test_run_cli.test_cfg_job_and_help_show_the_composed_config
+    expected_error = "model.dropout=1.5" in arguments
+    sweep = arguments[:1] == ["-m"]
+    for overrides in expand_sweep(arguments[1:]) if sweep else [arguments]:
+        if expected_error:
+            with pytest.raises(ValueError, match="model.dropout=1.5 is out of range"):
+                settings_for(overrides)
+        else:
+            settings_for(overrides)
