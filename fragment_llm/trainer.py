@@ -165,12 +165,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
 
         self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device)
-        tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size
-        self.steps_per_epoch = max(1, len(self.data.train) // tokens_per_step)
+        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size
+        self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, settings.scheduler, self.total_steps)
-        self.tokens_per_step = tokens_per_step
 
         self.writer = None
         if settings.logging.tensorboard:
@@ -186,7 +185,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """Forward/backward over `grad_accum_steps` micro-batches, clip, step; returns (loss, grad norm).
 
-        The loss is accumulated on the device and read once per optimizer step.
+        The loss is accumulated on the device and read once per optimizer step, before the update, so
+        a non-finite loss never reaches the weights.
         """
         accum = self.settings.train.grad_accum_steps
         scaler = self.precision.scaler
@@ -198,6 +198,13 @@ class Trainer:
             loss = loss / accum
             loss_sum += loss.detach()
             scaler.scale(loss).backward()
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the training loss became {loss_value} at step {self.step + 1}; lower the learning rate "
+                f"(optimizer.lr={self.settings.optimizer.lr / 3:.2g}), check the data, or turn AMP off "
+                "(hardware.amp=false); checkpoints written before this step are intact"
+            )
         scaler.unscale_(self.optimizer)
         clip = self.settings.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
@@ -206,13 +213,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        loss_value = loss_sum.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"the training loss became {loss_value} at step {self.step}; lower the learning rate "
-                f"(optimizer.lr={self.settings.optimizer.lr / 3:.2g}), check the data, or turn AMP off "
-                "(hardware.amp=false); checkpoints written before this step are intact"
-            )
         return loss_value, grad_norm.item()
 
     @torch.no_grad()
@@ -321,7 +321,8 @@ class Trainer:
     def run_epoch(self, epoch: int, steps: int) -> float:
         train = self.settings.train
         losses = []
-        window_started, window_steps = time.perf_counter(), 0
+        epoch_started = window_started = time.perf_counter()
+        window_steps = 0
         with Progress(
             TextColumn("Training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[stats]}"), console=console, disable=not console.is_terminal,
@@ -340,7 +341,8 @@ class Trainer:
                     self.scalar("lr", lr)
                     self.scalar("grad_norm", grad_norm)
                     self.scalar("tokens_per_sec", tokens_per_sec)
-                    progress.update(task, stats=f"loss {loss:.4f}  lr {lr:.2e}  {tokens_per_sec:,.0f} tok/s")
+                    epoch_rate = len(losses) * self.tokens_per_step / (time.perf_counter() - epoch_started)
+                    progress.update(task, stats=f"loss {loss:.4f}  lr {lr:.2e}  {epoch_rate:,.0f} tok/s")
                 progress.advance(task)
                 if self.step % train.eval_interval == 0 and self.step < self.total_steps:
                     val_loss = self.evaluate()
