@@ -84,6 +84,9 @@ class TrainConfig:
     eval_interval: int = 50
     eval_iters: int = 20
     checkpoint_every: int = 5
+    save_interval: int = 100
+    keep_checkpoints: int = 3
+    resume: Optional[str] = None
     log_interval: int = 1
     seed: int = 1337
 
@@ -96,6 +99,8 @@ class TrainConfig:
         check_range("train.eval_interval", self.eval_interval, 1, 10**9)
         check_range("train.eval_iters", self.eval_iters, 1, 10**6)
         check_range("train.checkpoint_every", self.checkpoint_every, 1, 100_000)
+        check_range("train.save_interval", self.save_interval, 0, 10**9)
+        check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 10_000)
         check_range("train.log_interval", self.log_interval, 1, 10**9)
         check_range("train.seed", self.seed, 0, 2**63 - 1)
 
@@ -210,6 +215,44 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
         key = error.full_key or error.key
         message = str(error).splitlines()[0]
         raise ConfigError(f"{key}: {message}; see `python run.py --cfg job` for the valid keys") from None
+
+
+# A resumed run keeps the checkpoint's architecture and data: these sections cannot change.
+RESUME_LOCKED = ("model", "data", "tokenizer")
+
+
+def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
+    """The settings of a resumed run: the checkpoint's, plus the keys given on the command line.
+
+    `overrides` are the command-line overrides (`key=value`, `group=option`). One that would change
+    the model, the data or the tokenizer is an error; any other (max_iters, epochs, intervals, the
+    device, the learning rate) applies.
+    """
+    current = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    current = OmegaConf.create({key: value for key, value in current.items() if key != "hydra"})
+    merged = OmegaConf.create(saved)
+    merged.paths = current.paths  # where outputs and caches live is this machine's business
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        value = OmegaConf.select(current, key)
+        if key.split(".")[0] in RESUME_LOCKED:
+            for leaf, wanted in _leaves(key, value):
+                saved_value = OmegaConf.select(merged, leaf)
+                if wanted != saved_value:
+                    raise ConfigError(
+                        f"{leaf}={wanted} conflicts with the checkpoint ({leaf}={saved_value}); a resumed run "
+                        "keeps the checkpoint's model, data and tokenizer: drop the override or start a new run"
+                    )
+            continue
+        OmegaConf.update(merged, key, value, force_add=True)
+    return load_settings(OmegaConf.to_container(merged))
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """`model`, {n_layer: 2, ...} -> [(model.n_layer, 2), ...]; a plain value is its own leaf."""
+    if isinstance(value, DictConfig):
+        return [leaf for name, child in value.items() for leaf in _leaves(f"{key}.{name}", child)]
+    return [(key, value)]
 
 
 def to_plain(settings: Config) -> dict[str, Any]:

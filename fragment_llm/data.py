@@ -202,6 +202,7 @@ class PreparedData:
     tokenizer: Tokenizer
     tokenizer_path: Path
     tokenizer_hash: str
+    corpus_hash: str
     vocab_size: int
     train: np.ndarray
     val: np.ndarray
@@ -300,6 +301,7 @@ def prepare_data(
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
         tokenizer_hash=token_hash,
+        corpus_hash=corpus_hash,
         vocab_size=real_vocab,
         train=train,
         val=val,

@@ -6,18 +6,21 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import ContextManager, Iterator, Optional
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import save_checkpoint
+from .checkpoint import capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
@@ -132,12 +135,26 @@ def oom_advice(settings: Config) -> str:
     )
 
 
-class Trainer:
-    """Owns the model, optimizer, data stream and run directory of one training run."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the run; `message` says what was saved and how to resume."""
 
-    def __init__(self, settings: Config, run_dir: Path):
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.message = message
+
+
+class Trainer:
+    """Owns the model, optimizer, data stream and run directory of one training run.
+
+    Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
+    learning-rate schedule, the position in the data order and every random state.
+    """
+
+    def __init__(self, settings: Config, run_dir: Path, checkpoint: Optional[dict] = None):
         self.settings = settings
         self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
         self.started = time.perf_counter()
         self.device = resolve_device(settings.hardware.device)
         if settings.hardware.num_threads:
@@ -151,6 +168,11 @@ class Trainer:
             settings.data, model_settings.vocab_size, model_settings.block_size,
             settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
         )
+        if checkpoint is not None and checkpoint["corpus_hash"] != self.data.corpus_hash:
+            raise ConfigError(
+                "the corpus differs from the one the checkpoint was trained on (its files changed); "
+                "restore the original text or start a new run without train.resume"
+            )
         shutil.copyfile(self.data.tokenizer_path, self.run_dir / "tokenizer.json")
 
         seed_everything(train.seed)
@@ -160,26 +182,45 @@ class Trainer:
             bias=model_settings.bias,
         )
         self.model = GPT(self.model_config).to(self.device)
-        self.forward = torch.compile(self.model) if settings.hardware.compile else self.model
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
-
         self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device)
         self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.nan
+        self.last_eval_step = -1
+        self.stop_signal: Optional[int] = None
+        if checkpoint is not None:
+            self.restore(checkpoint)
         self.scheduler = build_scheduler(self.optimizer, settings.scheduler, self.total_steps)
+        with warnings.catch_warnings():  # replaying the schedule steps it without optimizer steps
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.step):
+                self.scheduler.step()
+        self.forward = torch.compile(self.model) if settings.hardware.compile else self.model
 
         self.writer = None
         if settings.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self.step = 0
-        self.best_val_loss = math.inf
-        self.last_val_loss = math.nan
-        self.last_eval_step = -1
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load a checkpoint's state. The learning rate is the current settings' (it may change on
+        resume); the schedule is rebuilt for the current length and replayed up to the step."""
+        self.model.load_state_dict(checkpoint["model_state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
+        self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        self.step = checkpoint["step"]
+        self.best_val_loss = checkpoint["best_val_loss"]
+        self.batches.position = checkpoint["data_position"]
+        restore_rng_state(checkpoint["rng_state"])
 
     # ---- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -217,6 +258,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean loss over fixed validation windows; uses no random numbers, so it never shifts a run."""
         self.model.eval()
         train = self.settings.train
         losses = []
@@ -239,7 +281,7 @@ class Trainer:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, self.step)
 
-    def state(self, epoch: int) -> dict:
+    def state(self) -> dict:
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
@@ -248,11 +290,19 @@ class Trainer:
             "config": to_plain(self.settings),
             "model_config": asdict(self.model_config),
             "step": self.step,
-            "epoch": epoch,
+            "epoch": self.step // self.steps_per_epoch,
             "data_position": self.batches.position,
+            "rng_state": capture_rng_state(self.device),
             "tokenizer_hash": self.data.tokenizer_hash,
+            "corpus_hash": self.data.corpus_hash,
             "best_val_loss": self.best_val_loss,
         }
+
+    def save_step_checkpoint(self) -> Path:
+        path = self.checkpoint_dir / f"step_{self.step}.pt"
+        if not path.exists():
+            save_step_checkpoint(self.checkpoint_dir, self.step, self.state(), self.settings.train.keep_checkpoints)
+        return path
 
     def summarise(self, **fields) -> None:
         elapsed = time.perf_counter() - self.started
@@ -267,9 +317,41 @@ class Trainer:
             **fields,
         )
 
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM ask the loop to stop after the current optimizer step; a second one stops at once."""
+
+        def request_stop(signum: int, frame) -> None:
+            if self.stop_signal is not None:
+                raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once at step {self.step}")
+            self.stop_signal = signum
+            log.warning(
+                "%s received: finishing the current optimizer step, then saving a checkpoint "
+                "(send it again to stop at once)", signal.Signals(signum).name,
+            )
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop_here(self) -> None:
+        path = self.save_step_checkpoint()
+        self.summarise(status="interrupted")
+        raise Interrupted(
+            self.stop_signal,
+            f"{signal.Signals(self.stop_signal).name}: stopped at step {self.step} and saved {path}; "
+            f"resume with: python run.py train.resume={self.run_dir}",
+        )
+
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
-        settings, train = self.settings, self.settings.train
+        train = self.settings.train
         params = self.model.num_parameters()
         log.info(
             "Model: %s parameters (%d layers, %d heads, %d wide, block %d) on %s, %s",
@@ -286,28 +368,36 @@ class Trainer:
             vocab_size=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
             data_seconds=round(self.data.seconds, 3),
         )
-        initial_val_loss = self.evaluate()
-        log.info("Step 0: val loss %.4f", initial_val_loss)
-        self.summarise(initial_val_loss=initial_val_loss)
+        if self.step == 0:
+            initial_val_loss = self.evaluate()
+            log.info("Step 0: val loss %.4f", initial_val_loss)
+            self.summarise(initial_val_loss=initial_val_loss)
+        else:
+            log.info("Resuming at step %d of %d", self.step, self.total_steps)
         self.model.train()
-        train_started = time.perf_counter()
+        train_started, start_step = time.perf_counter(), self.step
         train_loss = math.nan
-        for epoch in range(1, self.epochs + 1):
-            log.info("Epoch %d/%d", epoch, self.epochs)
-            steps = min(self.steps_per_epoch, self.total_steps - self.step)
-            train_loss = self.run_epoch(epoch, steps)
-            if self.last_eval_step != self.step:
-                self.evaluate()
-            log.info("Train loss: %.4f", train_loss)
-            log.info("Val loss: %.4f", self.last_val_loss)
-            if epoch % train.checkpoint_every == 0:
-                path = self.run_dir / "checkpoints" / f"checkpoint_epoch_{epoch}.pt"
-                save_checkpoint(path, self.state(epoch))
-                log.info("Checkpoint: %s", path)
+        with self.stop_on_signals():
+            while self.step < self.total_steps:
+                epoch = self.step // self.steps_per_epoch + 1
+                steps = min(self.steps_per_epoch - self.step % self.steps_per_epoch, self.total_steps - self.step)
+                log.info("Epoch %d/%d", epoch, self.epochs)
+                train_loss = self.run_epoch(steps)
+                if self.last_eval_step != self.step:
+                    self.evaluate()
+                log.info("Train loss: %.4f", train_loss)
+                log.info("Val loss: %.4f", self.last_val_loss)
+                if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
+                    path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+                    save_checkpoint(path, self.state())
+                    point_last(self.checkpoint_dir, path)
+                    log.info("Checkpoint: %s", path)
         train_seconds = time.perf_counter() - train_started
         final = self.run_dir / "models" / "final_model.pt"
-        save_checkpoint(final, self.state(self.epochs))
-        tokens_per_sec = self.step * self.tokens_per_step / train_seconds
+        save_checkpoint(final, self.state())
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        point_last(self.checkpoint_dir, final)
+        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(train_seconds, 1e-9)
         self.summarise(status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         log.info(
@@ -318,7 +408,8 @@ class Trainer:
             self.writer.close()
         return self.best_val_loss
 
-    def run_epoch(self, epoch: int, steps: int) -> float:
+    def run_epoch(self, steps: int) -> float:
+        """Train `steps` optimizer steps; returns their mean loss."""
         train = self.settings.train
         losses = []
         epoch_started = window_started = time.perf_counter()
@@ -347,12 +438,16 @@ class Trainer:
                 if self.step % train.eval_interval == 0 and self.step < self.total_steps:
                     val_loss = self.evaluate()
                     log.info("Step %d: val loss %.4f", self.step, val_loss)
+                if train.save_interval and self.step % train.save_interval == 0 and self.step < self.total_steps:
+                    log.info("Checkpoint: %s", self.save_step_checkpoint())
+                if self.stop_signal is not None:
+                    self.stop_here()
         return sum(losses) / len(losses)
 
 
-def train(settings: Config, run_dir: Path) -> float:
-    """Train one model into `run_dir`; returns the best validation loss."""
+def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None) -> float:
+    """Train one model into `run_dir` (continuing `checkpoint` if given); returns the best validation loss."""
     try:
-        return Trainer(settings, run_dir).fit()
+        return Trainer(settings, run_dir, checkpoint).fit()
     except torch.OutOfMemoryError:
         raise TrainingError(oom_advice(settings)) from None

@@ -69,6 +69,8 @@ BAD_RUNS = [
     (["model.n_layer=two"], "model.n_layer: Value 'two'"),
     (["optimizer.lr=0.5"], "optimizer.lr=0.5 is out of range"),
     (["hardware.device=tpu"], "hardware.device=tpu is not a device"),
+    (["train.resume={missing}"], "does not exist; give a run directory or a checkpoint file"),
+    (["train.resume={binary}"], "is damaged or not a checkpoint"),
 ]
 if not torch.cuda.is_available():
     BAD_RUNS.append((["hardware.device=cuda"], "this machine has no CUDA device"))
