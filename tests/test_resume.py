@@ -77,6 +77,11 @@ def test_resume_may_extend_a_run_but_not_change_its_model_or_data(tmp_path, corp
     assert read_summary(longer)["steps"] == 10
     assert read_summary(longer)["resumed_from"].endswith("final_model.pt")
 
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 14}) + [f"train.resume={first}"]
+    best = run_training(compose_config(overrides), first, overrides)
+    assert best < float("inf") and read_summary(first)["steps"] == 14  # continued in its own directory
+    assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 14
+
     for keys, needle in [({"model.n_embd": 128}, "model.n_embd=128 conflicts with the checkpoint (model.n_embd=64)"),
                          ({"data.val_fraction": 0.2}, "data.val_fraction=0.2 conflicts with the checkpoint (data.val_fraction=0.1)")]:
         run_dir, best = resume_run(tmp_path, corpus, f"bad{len(keys)}{keys}", first, **keys)
