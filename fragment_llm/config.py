@@ -85,6 +85,7 @@ class TrainConfig:
     eval_iters: int = 20
     checkpoint_every: int = 5
     log_interval: int = 1
+    sample_every: int = 0
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -97,6 +98,7 @@ class TrainConfig:
         check_range("train.eval_iters", self.eval_iters, 1, 10**6)
         check_range("train.checkpoint_every", self.checkpoint_every, 1, 100_000)
         check_range("train.log_interval", self.log_interval, 1, 10**9)
+        check_range("train.sample_every", self.sample_every, 0, 10**9)
         check_range("train.seed", self.seed, 0, 2**63 - 1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -48,6 +49,27 @@ def compose_config(overrides: list[str]):
 
 def settings_for(overrides: list[str]) -> Config:
     return load_settings(compose_config(overrides))
+
+
+def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
+    """Train a tiny model in-process into `root`/run and return the run directory (a few seconds).
+    Its log goes to the run's train.log only; the package logger is restored afterwards (for caplog)."""
+    from fragment_llm.console import setup_logging
+    from fragment_llm.trainer import train
+
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True)
+    logger = logging.getLogger("fragment_llm")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    setup_logging(run_dir / "train.log", console_output=False)
+    try:
+        train(settings_for(tiny_overrides(root, corpus, **keys)), run_dir)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.handlers[:], logger.propagate = handlers, propagate
+    return run_dir
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
