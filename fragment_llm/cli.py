@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import secrets
 import sys
 from pathlib import Path
@@ -136,31 +137,33 @@ def command_export(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         return fail(f"--out {out} is a file; pass a folder (it is created if missing)")
     model = trained.model.cpu()
-    tokenizer_path = Path(args.run) / "tokenizer.json"
     if args.format == "hf":
-        export_hf(model, trained.tokenizer, tokenizer_path, out)
+        export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
     else:
-        export_safetensors(model, tokenizer_path, out)
+        export_safetensors(model, trained.tokenizer_path, out)
     console.print(f"Exported {trained.checkpoint_path} ({args.format}) to {out}", markup=False, soft_wrap=True)
     return 0
 
 
-def _at_least(low: float, kind: type = int):
+def _in_range(low: float, high: float = math.inf, kind: type = int):
+    """An argparse type: a number in [low, high] (NaN is in no range)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text} is not a{'n integer' if kind is int else ' number'}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} is below {low}; pass a value of at least {low}")
+        if not low <= value <= high:
+            limit = f"at least {low}" if high == math.inf else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; pass a value {limit}")
         return value
 
     return parse
 
 
 def _probability(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if not 0.0 < value <= 1.0:
+    value = _in_range(0.0, 1.0, float)(text)
+    if value == 0.0:
         raise argparse.ArgumentTypeError(f"{text} is out of range (0, 1]; 1 turns top-p off")
     return value
 
@@ -181,12 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(generate)
     generate.add_argument("--prompt", help="text to continue (default: read from standard input)")
     generate.add_argument("--interactive", action="store_true", help="keep asking for prompts until Ctrl-D")
-    generate.add_argument("--max-new-tokens", type=_at_least(1), default=200, help="tokens to add (default: 200)")
-    generate.add_argument("--temperature", type=_at_least(0.0, float), default=0.8, help="0 is greedy (default: 0.8)")
-    generate.add_argument("--top-k", type=_at_least(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)")
+    generate.add_argument("--max-new-tokens", type=_in_range(1), default=200, help="tokens to add (default: 200)")
+    generate.add_argument("--temperature", type=_in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)")
+    generate.add_argument("--top-k", type=_in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)")
     generate.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)")
-    generate.add_argument("--num-samples", type=_at_least(1), default=1, help="samples per prompt (default: 1)")
-    generate.add_argument("--seed", type=_at_least(0), help="same seed, same text (default: random)")
+    generate.add_argument("--num-samples", type=_in_range(1), default=1, help="samples per prompt (default: 1)")
+    generate.add_argument("--seed", type=_in_range(0, 2**63 - 1), help="same seed, same text (default: random)")
     generate.set_defaults(handler=command_generate)
 
     evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run's model on text")

@@ -61,6 +61,7 @@ class TrainedModel:
 
     model: GPT
     tokenizer: Tokenizer
+    tokenizer_path: Path
     checkpoint_path: Path
     settings: dict[str, Any]
 
@@ -94,4 +95,4 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.
         )
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model_state_dict"])
-    return TrainedModel(model.to(device).eval(), tokenizer, Path(checkpoint), state.get("config", {}))
+    return TrainedModel(model.to(device).eval(), tokenizer, tokenizer_path, Path(checkpoint), state.get("config", {}))

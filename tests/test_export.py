@@ -56,7 +56,7 @@ def test_a_model_with_biases_exports_them(run_dir, tmp_path):
         for name, parameter in model.named_parameters():
             if name.endswith("bias"):
                 parameter.normal_(0, 0.1)
-    export_hf(model, trained.tokenizer, run_dir / "tokenizer.json", tmp_path)
+    export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path)
     ids = torch.randint(0, trained.config.vocab_size, (2, 40))
     with torch.no_grad():
         ours, _ = model(ids)
@@ -65,7 +65,7 @@ def test_a_model_with_biases_exports_them(run_dir, tmp_path):
 
 def test_the_safetensors_export_rebuilds_the_same_model(run_dir, tmp_path):
     trained = load_run(run_dir)
-    export_safetensors(trained.model, run_dir / "tokenizer.json", tmp_path)
+    export_safetensors(trained.model, trained.tokenizer_path, tmp_path)
     model = GPT(GPTConfig(**json.loads((tmp_path / "config.json").read_text())))
     load_model(model, str(tmp_path / "model.safetensors"))
     for name, tensor in trained.model.state_dict().items():
