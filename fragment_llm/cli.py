@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import math
+import secrets
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+import torch
 from rich.table import Table
 
+from .checkpoint import CheckpointError
+from .config import ConfigError, DataConfig, DataSource
 from .console import console, error_console
-from .runs import find_runs, read_summary, run_choices
+from .runs import RunError, TrainedModel, find_runs, load_run, read_summary, run_choices
+
+EXPECTED_ERRORS = (RunError, CheckpointError, ConfigError)
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments end as one `error: ...` line, like every other bad input, not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message}; see `{self.prog} --help`")
+        sys.exit(2)
+
+
+def fail(message: str) -> int:
+    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    return 1
 
 
 def _format_loss(value) -> str:
@@ -19,7 +40,7 @@ def _format_loss(value) -> str:
 def command_runs(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.is_dir():
-        error_console.print(f"error: {root} is not a directory; pass the folder that holds your runs", markup=False)
+        fail(f"{root} is not a directory; pass the folder that holds your runs")
         return 2
     table = Table(title=f"Runs in {root}")
     for column in ("started", "run", "model", "hardware", "optimizer", "data", "steps", "best val loss", "status", "time"):
@@ -42,18 +63,157 @@ def command_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> TrainedModel:
+    from .trainer import resolve_device
+
+    return load_run(Path(args.run), args.checkpoint and Path(args.checkpoint), resolve_device("auto"))
+
+
+def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, generator: torch.Generator) -> None:
+    """Each sample: the prompt, then its continuation as it is produced."""
+    from .generate import Sampling, generate_text
+
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    for number in range(1, args.num_samples + 1):
+        if args.num_samples > 1:
+            sys.stdout.write(f"--- sample {number}/{args.num_samples} ---\n")
+        sys.stdout.write(prompt)
+        for piece in generate_text(trained.model, trained.tokenizer, prompt, args.max_new_tokens, sampling, generator):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    trained = _load(args)
+    generator = torch.Generator().manual_seed(secrets.randbits(63) if args.seed is None else args.seed)
+    if not args.interactive:
+        if args.prompt is None and sys.stdin.isatty():
+            error_console.print("Reading the prompt from standard input; end it with Ctrl-D", soft_wrap=True)
+        # Without the newline that ends the input (`echo "..." | fragment-llm generate RUN`).
+        prompt = sys.stdin.read().removesuffix("\n") if args.prompt is None else args.prompt
+        write_samples(trained, prompt, args, generator)
+        return 0
+    error_console.print("Type a prompt and press Enter; Ctrl-D ends", soft_wrap=True)
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            return 0
+        write_samples(trained, prompt, args, generator)
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from .data import collect_documents, split_documents, text_documents
+    from .evaluate import evaluate_documents
+
+    trained = _load(args)
+    if args.data is not None:
+        documents, described = text_documents(args.data, key="--data"), args.data
+    else:
+        data = trained.settings.get("data")
+        if data is None:
+            return fail(f"{trained.checkpoint_path} does not record its training data; pass --data PATH")
+        settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
+        documents = split_documents(collect_documents(settings), settings.val_fraction)[1]
+        described = f"the run's validation split ({settings.source.value}{f': {settings.path}' if settings.path else ''})"
+    result = evaluate_documents(trained.model, trained.tokenizer, documents)
+    console.print(f"Model: {trained.checkpoint_path}", markup=False, soft_wrap=True)
+    console.print(
+        f"Data: {described}, {result.tokens:,} tokens, {result.text_bytes:,} bytes", markup=False, soft_wrap=True
+    )
+    console.print(f"Loss: {result.loss:.4f} nats per token", markup=False)
+    console.print(f"Perplexity: {result.perplexity:.2f}", markup=False)
+    console.print(f"Bits per byte: {result.bits_per_byte:.4f}", markup=False)
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from .export import export_hf, export_safetensors
+
+    trained = _load(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return fail(f"--out {out} is a file; pass a folder (it is created if missing)")
+    model = trained.model.cpu()
+    if args.format == "hf":
+        export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
+    else:
+        export_safetensors(model, trained.tokenizer_path, out)
+    console.print(f"Exported {trained.checkpoint_path} ({args.format}) to {out}", markup=False, soft_wrap=True)
+    return 0
+
+
+def _in_range(low: float, high: float = math.inf, kind: type = int):
+    """An argparse type: a number in [low, high] (NaN is in no range)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not a{'n integer' if kind is int else ' number'}") from None
+        if not low <= value <= high:
+            limit = f"at least {low}" if high == math.inf else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; pass a value {limit}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _in_range(0.0, 1.0, float)(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0, 1]; 1 turns top-p off")
+    return value
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory (its models/final_model.pt and tokenizer.json)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="another checkpoint of the run instead of its final model")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fragment-llm", description=__doc__)
+    parser = Parser(prog="fragment-llm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     runs = commands.add_parser("runs", help="list the runs under outputs/ (or DIR)")
     runs.add_argument("dir", nargs="?", default="outputs", help="folder holding run directories (default: outputs)")
     runs.set_defaults(handler=command_runs)
+
+    generate = commands.add_parser("generate", help="write text with a run's model")
+    _add_run_arguments(generate)
+    generate.add_argument("--prompt", help="text to continue (default: read from standard input)")
+    generate.add_argument("--interactive", action="store_true", help="keep asking for prompts until Ctrl-D")
+    generate.add_argument("--max-new-tokens", type=_in_range(1), default=200, help="tokens to add (default: 200)")
+    generate.add_argument("--temperature", type=_in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)")
+    generate.add_argument("--top-k", type=_in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)")
+    generate.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)")
+    generate.add_argument("--num-samples", type=_in_range(1), default=1, help="samples per prompt (default: 1)")
+    generate.add_argument("--seed", type=_in_range(0, 2**63 - 1), help="same seed, same text (default: random)")
+    generate.set_defaults(handler=command_generate)
+
+    evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run's model on text")
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--data", metavar="PATH", help="a text file, folder of .txt files or glob (default: the run's validation split)")
+    evaluate.set_defaults(handler=command_eval)
+
+    export = commands.add_parser("export", help="write a run's model as a Hugging Face folder or safetensors")
+    _add_run_arguments(export)
+    export.add_argument("--format", choices=("hf", "safetensors"), default="hf", help="hf: transformers GPT-2 (default); safetensors: weights + our config")
+    export.add_argument("--out", metavar="DIR", required=True, help="folder to write")
+    export.set_defaults(handler=command_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except EXPECTED_ERRORS as error:
+        return fail(str(error))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: Optional[str] = None
     log_interval: int = 1
+    sample_every: int = 0
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class TrainConfig:
         check_range("train.save_interval", self.save_interval, 0, 10**9)
         check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 10_000)
         check_range("train.log_interval", self.log_interval, 1, 10**9)
+        check_range("train.sample_every", self.sample_every, 0, 10**9)
         check_range("train.seed", self.seed, 0, 2**63 - 1)
 
 

@@ -118,23 +118,27 @@ def _stdlib_documents() -> list[Document]:
     return [Document(str(path), path.stat().st_size, path=path) for path in paths]
 
 
-def _text_documents(data_path: str) -> list[Document]:
+def text_documents(data_path: str, key: str = "data.path") -> list[Document]:
+    """The files of a path, a folder (its .txt files) or a glob; `key` names the setting in errors."""
     path = Path(data_path).expanduser()
     if any(char in data_path for char in "*?["):
         paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not paths:
-            raise ConfigError(f"data.path={data_path} matches no files; check the pattern")
+            raise ConfigError(f"{key}={data_path} matches no files; check the pattern")
     elif path.is_dir():
         paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not paths:
-            raise ConfigError(f"data.path={data_path} holds no .txt files; add some or point at a file")
+            raise ConfigError(f"{key}={data_path} holds no .txt files; add some or point at a file")
     elif path.is_file():
         paths = [path]
     else:
         raise ConfigError(
-            f"data.path={data_path} does not exist; point it at a text file, a folder of .txt files or a glob"
+            f"{key}={data_path} does not exist; point it at a text file, a folder of .txt files or a glob"
         )
-    return [Document(str(p), p.stat().st_size, path=p) for p in paths]
+    documents = [Document(str(p), p.stat().st_size, path=p) for p in paths if p.stat().st_size > 0]
+    if not documents:
+        raise ConfigError(f"{key}={data_path} is empty; give it a file with text in it")
+    return documents
 
 
 def collect_documents(data: DataConfig) -> list[Document]:
@@ -143,11 +147,8 @@ def collect_documents(data: DataConfig) -> list[Document]:
     elif data.source is DataSource.stdlib:
         documents = _stdlib_documents()
     else:
-        documents = _text_documents(data.path)
-    documents = [document for document in documents if document.size > 0]
-    if not documents:
-        raise ConfigError(f"data.path={data.path} is empty; give it a file with text in it")
-    return documents
+        documents = text_documents(data.path)
+    return [document for document in documents if document.size > 0]
 
 
 def fingerprint(documents: list[Document]) -> str:
@@ -211,28 +212,33 @@ class PreparedData:
     seconds: float
 
 
+def token_arrays(tokenizer: Tokenizer, documents: list[Document], dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The documents' token ids in pieces, `<|endoftext|>` after each document."""
+    separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
+    for document in documents:
+        batch: list[str] = []
+        for text in document.texts():
+            batch.append(text)
+            if len(batch) == ENCODE_BATCH:
+                yield _encode_batch(tokenizer, batch, dtype)
+                batch = []
+        if batch:
+            yield _encode_batch(tokenizer, batch, dtype)
+        yield separator
+
+
+def _encode_batch(tokenizer: Tokenizer, batch: list[str], dtype: np.dtype) -> np.ndarray:
+    encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
+    return np.concatenate([np.asarray(encoding.ids, dtype=dtype) for encoding in encodings])
+
+
 def _encode(tokenizer: Tokenizer, documents: list[Document], path: Path, dtype: np.dtype) -> tuple[int, int]:
-    """Encode documents into a flat token file, `<|endoftext|>` after each; return (tokens, bytes)."""
-    separator = end_of_text_id(tokenizer)
+    """Encode documents into a flat token file; return (tokens, bytes)."""
     tokens = 0
     with atomic_path(path) as temporary, open(temporary, "wb") as out:
-
-        def flush(batch: list[str]) -> int:
-            encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
-            ids = np.concatenate([np.asarray(encoding.ids, dtype=dtype) for encoding in encodings])
+        for ids in token_arrays(tokenizer, documents, dtype):
             ids.tofile(out)
-            batch.clear()
-            return len(ids)
-
-        for document in documents:
-            batch: list[str] = []
-            for text in document.texts():
-                batch.append(text)
-                if len(batch) == ENCODE_BATCH:
-                    tokens += flush(batch)
-            tokens += flush(batch) if batch else 0
-            np.array([separator], dtype=dtype).tofile(out)
-            tokens += 1
+            tokens += len(ids)
         out.flush()
     return tokens, sum(document.size for document in documents)
 

@@ -1,4 +1,5 @@
-"""The GPT: GPT-2's layout and initialisation, attention through PyTorch's SDPA."""
+"""The GPT: GPT-2's layout and initialisation, attention through PyTorch's SDPA, and a key/value cache
+so that generating a token runs the model on that one new position only."""
 
 from __future__ import annotations
 
@@ -26,21 +27,50 @@ def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+class KVCache:
+    """Keys and values of every position seen so far, for each layer, in tensors allocated once for
+    the whole context. Positions are absolute (learned position embeddings), so a cache holds at most
+    `block_size` positions; going further means starting a new cache on a shorter context."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' keys and values for `layer`; return all of that layer's so far.
+        `length` moves on once every layer has appended (in GPT.forward)."""
+        end = self.length + keys.size(2)
+        self.keys[layer, :, :, self.length : end] = keys
+        self.values[layer, :, :, self.length : end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         batch, time, channels = x.shape
         q, k, v = self.qkv(x).split(channels, dim=2)
         q, k, v = (t.view(batch, time, self.n_head, channels // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)
+        # New position i sees the `past` cached positions and the new ones up to itself: plain causal
+        # attention when nothing is cached, every position when one new position is added.
+        mask = None
+        if past > 0 and time > 1:
+            mask = torch.ones(time, past + time, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=past == 0 and time > 1
         )
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         return self.resid_dropout(self.proj(y))
@@ -58,15 +88,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -77,7 +107,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(padded_vocab_size(config.vocab_size), config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, self.wte.num_embeddings, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
@@ -98,16 +128,27 @@ class GPT(nn.Module):
         count = sum(parameter.numel() for parameter in self.parameters())
         return count - self.wpe.weight.numel() if non_embedding else count
 
+    def new_cache(self, batch_size: int) -> KVCache:
+        weight = self.wte.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of `idx` (and the loss against `targets`). With a `cache`, `idx`
+        continues the positions already cached, and their keys and values are added to it."""
+        past = 0 if cache is None else cache.length
         time = idx.size(1)
-        if time > self.config.block_size:
-            raise ValueError(f"sequence of {time} tokens is longer than block_size {self.config.block_size}")
-        positions = torch.arange(time, device=idx.device)
+        if past + time > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + time} tokens is longer than block_size {self.config.block_size}"
+            )
+        positions = torch.arange(past, past + time, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += time
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits, None

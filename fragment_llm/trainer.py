@@ -24,10 +24,16 @@ from .checkpoint import capture_rng_state, point_last, restore_rng_state, save_c
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
+from .evaluate import bits_per_byte, mean_loss
+from .generate import Sampling, generate_text
 from .model import GPT, GPTConfig
-from .runs import update_summary
+from .runs import FINAL_MODEL, TOKENIZER_FILE, update_summary
 
 log = logging.getLogger(__name__)
+
+SAMPLE_PROMPT_TOKENS = 8
+SAMPLE_TOKENS = 48
+SAMPLE_SAMPLING = Sampling(temperature=0.8, top_k=50)
 
 
 class TrainingError(RuntimeError):
@@ -173,7 +179,7 @@ class Trainer:
                 "the corpus differs from the one the checkpoint was trained on (its files changed); "
                 "restore the original text or start a new run without train.resume"
             )
-        shutil.copyfile(self.data.tokenizer_path, self.run_dir / "tokenizer.json")
+        shutil.copyfile(self.data.tokenizer_path, self.run_dir / TOKENIZER_FILE)
 
         seed_everything(train.seed)
         self.model_config = GPTConfig(
@@ -190,10 +196,12 @@ class Trainer:
         self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.step = 0
-        self.best_val_loss = math.inf
-        self.last_val_loss = math.nan
+        self.best_val_loss = self.best_val_bpb = math.inf
+        self.last_val_loss = self.last_val_bpb = math.nan
         self.last_eval_step = -1
         self.stop_signal: Optional[int] = None
+        # The sample prompt: the start of the validation text, so it suits any corpus and stays fixed.
+        self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
         self.scheduler = build_scheduler(self.optimizer, settings.scheduler, self.total_steps)
@@ -218,7 +226,7 @@ class Trainer:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
         self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.step = checkpoint["step"]
-        self.best_val_loss = checkpoint["best_val_loss"]
+        self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
         self.batches.position = checkpoint["data_position"]
         restore_rng_state(checkpoint["rng_state"])
 
@@ -256,25 +264,35 @@ class Trainer:
         self.step += 1
         return loss_value, grad_norm.item()
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over fixed validation windows; uses no random numbers, so it never shifts a run."""
+        """Validation loss on the fixed validation windows; logs it and its bits per byte. Uses no random
+        numbers, so it never shifts a run."""
         self.model.eval()
         train = self.settings.train
-        losses = []
-        for inputs, targets in eval_batches(
-            self.data.val, self.model_config.block_size, train.batch_size, train.eval_iters, self.device
-        ):
-            with self.precision.autocast():
-                _, loss = self.forward(inputs, targets)
-            losses.append(loss.float())
+        batches = eval_batches(self.data.val, self.model_config.block_size, train.batch_size, train.eval_iters, self.device)
+        val_loss = mean_loss(self.forward, batches, self.precision.autocast)
         self.model.train()
-        val_loss = torch.stack(losses).mean().item()
         self.last_val_loss = val_loss
+        self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
         self.last_eval_step = self.step
-        self.best_val_loss = min(self.best_val_loss, val_loss)
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_val_bpb = val_loss, self.last_val_bpb
         self.scalar("val/loss", val_loss)
+        self.scalar("val/bpb", self.last_val_bpb)
         return val_loss
+
+    def sample(self) -> None:
+        """A short sample from the run's fixed prompt, to the console, train.log and TensorBoard's text tab."""
+        self.model.eval()
+        text = self.sample_prompt + "".join(
+            generate_text(self.model, self.data.tokenizer, self.sample_prompt, SAMPLE_TOKENS, SAMPLE_SAMPLING,
+                          torch.Generator().manual_seed(self.settings.train.seed))
+        )
+        self.model.train()
+        log.info("Step %d sample:\n%s", self.step, text)
+        if self.writer is not None:
+            # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
+            self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), self.step)
 
     # ---- outputs ------------------------------------------------------------------------------
     def scalar(self, tag: str, value: float) -> None:
@@ -296,6 +314,7 @@ class Trainer:
             "tokenizer_hash": self.data.tokenizer_hash,
             "corpus_hash": self.data.corpus_hash,
             "best_val_loss": self.best_val_loss,
+            "best_val_bpb": self.best_val_bpb,
         }
 
     def save_step_checkpoint(self) -> Path:
@@ -313,6 +332,8 @@ class Trainer:
             tokens=self.step * self.tokens_per_step,
             val_loss=None if math.isnan(self.last_val_loss) else self.last_val_loss,
             best_val_loss=None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            val_bpb=None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
+            best_val_bpb=None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
             wall_time_s=round(elapsed, 2),
             **fields,
         )
@@ -370,7 +391,7 @@ class Trainer:
         )
         if self.step == 0:
             initial_val_loss = self.evaluate()
-            log.info("Step 0: val loss %.4f", initial_val_loss)
+            log.info("Step 0: val loss %.4f (%.3f bits per byte)", initial_val_loss, self.last_val_bpb)
             self.summarise(initial_val_loss=initial_val_loss)
         else:
             log.info("Resuming at step %d of %d", self.step, self.total_steps)
@@ -386,14 +407,14 @@ class Trainer:
                 if self.last_eval_step != self.step:
                     self.evaluate()
                 log.info("Train loss: %.4f", train_loss)
-                log.info("Val loss: %.4f", self.last_val_loss)
+                log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
                 if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
                     path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
                     save_checkpoint(path, self.state())
                     point_last(self.checkpoint_dir, path)
                     log.info("Checkpoint: %s", path)
         train_seconds = time.perf_counter() - train_started
-        final = self.run_dir / "models" / "final_model.pt"
+        final = self.run_dir / FINAL_MODEL
         save_checkpoint(final, self.state())
         self.checkpoint_dir.mkdir(exist_ok=True)
         point_last(self.checkpoint_dir, final)
@@ -401,8 +422,8 @@ class Trainer:
         self.summarise(status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         log.info(
-            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f; model saved to %s",
-            self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, final,
+            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte); model saved to %s",
+            self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, self.best_val_bpb, final,
         )
         if self.writer is not None:
             self.writer.close()
@@ -437,7 +458,9 @@ class Trainer:
                 progress.advance(task)
                 if self.step % train.eval_interval == 0 and self.step < self.total_steps:
                     val_loss = self.evaluate()
-                    log.info("Step %d: val loss %.4f", self.step, val_loss)
+                    log.info("Step %d: val loss %.4f (%.3f bits per byte)", self.step, val_loss, self.last_val_bpb)
+                if train.sample_every and self.step % train.sample_every == 0:
+                    self.sample()
                 if train.save_interval and self.step % train.save_interval == 0 and self.step < self.total_steps:
                     log.info("Checkpoint: %s", self.save_step_checkpoint())
                 if self.stop_signal is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -50,11 +51,37 @@ def settings_for(overrides: list[str]) -> Config:
     return load_settings(compose_config(overrides))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would."""
+def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
+    """Train a tiny model in-process into `root`/run and return the run directory (a few seconds).
+    Its log goes to the run's train.log only; the package logger is restored afterwards (for caplog)."""
+    from fragment_llm.console import setup_logging
+    from fragment_llm.trainer import train
+
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True)
+    logger = logging.getLogger("fragment_llm")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    setup_logging(run_dir / "train.log", console_output=False)
+    try:
+        train(settings_for(tiny_overrides(root, corpus, **keys)), run_dir)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.handlers[:], logger.propagate = handlers, propagate
+    return run_dir
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would,
+    with `stdin` as its standard input."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
     command = [sys.executable, *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")

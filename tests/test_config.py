@@ -78,6 +78,7 @@ def test_command_line_overrides_beat_profiles():
         ("optimizer.lr=0.1", "optimizer.lr=0.1"),
         ("train.epochs=0", "train.epochs=0"),
         ("train.max_iters=0", "train.max_iters=0"),
+        ("train.sample_every=-1", "train.sample_every=-1 is out of range [0, 1000000000]"),
         ("model.n_embd=130", "model.n_embd=130 is not divisible by model.n_head=4"),
         ("hardware.device=tpu", "hardware.device=tpu is not a device"),
         ("data=text", "data.path is not set"),

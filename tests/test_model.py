@@ -72,3 +72,21 @@ def test_dropout_is_active_only_in_training():
 def test_longer_than_block_size_is_refused():
     with pytest.raises(ValueError, match="longer than block_size"):
         make()(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_the_key_value_cache_gives_the_logits_of_the_full_forward():
+    model = make(dropout=0.1).eval()
+    idx = torch.randint(0, 1000, (2, 60))
+    full, _ = model(idx)
+    cache = model.new_cache(batch_size=2)
+    pieces = [model(idx[:, start:end], cache=cache)[0] for start, end in ((0, 40), (40, 41), (41, 50), (50, 60))]
+    assert cache.length == 60
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_a_full_cache_refuses_more_positions():
+    model = make().eval()
+    cache = model.new_cache(batch_size=1)
+    model(torch.zeros(1, 128, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)

@@ -40,7 +40,7 @@ def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
 
     Tokenizer.from_file(str(run_dir / "tokenizer.json")).encode("hello")
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+    assert checkpoints == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "last.pt"]
     for path in [*(run_dir / "checkpoints").iterdir(), run_dir / "models" / "final_model.pt"]:
         assert torch.load(path, weights_only=True)["model_state_dict"]
 

@@ -1,0 +1,123 @@
+"""Text generation: sampling (temperature, top-k, top-p), a sliding context window, streamed text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from tokenizers import Tokenizer
+
+from .model import GPT, KVCache
+from .tokenizer import end_of_text_id
+
+
+@dataclass
+class Sampling:
+    """How the next token is picked: temperature 0 is greedy; top_k 0 and top_p 1.0 are off."""
+
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 1.0
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """One token id from the logits of the last position (real vocabulary only)."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float().cpu() / sampling.temperature
+    if sampling.top_k:
+        threshold = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < threshold, -torch.inf)
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probabilities = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token once the more likely ones already hold top_p; the most likely always stays.
+        outside = probabilities.cumsum(dim=-1) - probabilities >= sampling.top_p
+        logits = logits.scatter(0, order, sorted_logits.masked_fill(outside, -torch.inf))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: Sampling,
+    generator: torch.Generator,
+    use_cache: bool = True,
+    stop_token: int | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new token ids, one at a time, ending early at `stop_token`.
+
+    The context is the last `block_size` tokens of the prompt, then grows with each new token. When
+    it is full, it slides on to the last half block: with learned absolute positions every cached key
+    is tied to its position, so a slide means recomputing the cache, and sliding by half a block
+    (not by one token) keeps that to once every `block_size // 2` tokens. Both paths slide alike,
+    so the cached and uncached paths see the same contexts and give the same text.
+    """
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    device = model.wte.weight.device
+    tokens = list(prompt)
+    start = max(0, len(tokens) - block_size)
+    cache: KVCache | None = None
+    for _ in range(max_new_tokens):
+        if len(tokens) - start > block_size:
+            start, cache = len(tokens) - block_size // 2, None
+        if not use_cache:
+            logits, _ = model(torch.tensor([tokens[start:]], device=device))
+        elif cache is None:
+            cache = model.new_cache(batch_size=1)
+            logits, _ = model(torch.tensor([tokens[start:]], device=device), cache=cache)
+        else:
+            logits, _ = model(torch.tensor([tokens[-1:]], device=device), cache=cache)
+        # The padded embedding rows beyond the real vocabulary are no tokens: never sample them.
+        token = sample_next(logits[0, -1, :vocab_size], sampling, generator)
+        if token == stop_token:
+            return
+        tokens.append(token)
+        yield token
+
+
+class TextStream:
+    """Token ids in, text out as soon as it is whole: byte-level BPE may split a character over
+    several tokens, and its first bytes decode to U+FFFD until the rest arrive, so they wait."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.written = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.written = text[self.written :], len(text)
+        return new
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts a new document (`<|endoftext|>`)."""
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    return ids or [end_of_text_id(tokenizer)]
+
+
+def generate_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    sampling: Sampling,
+    generator: torch.Generator,
+    use_cache: bool = True,
+) -> Iterator[str]:
+    """The continuation of `prompt`, in pieces as it is produced; it ends at the end of a document."""
+    stream = TextStream(tokenizer)
+    for token in generate_tokens(
+        model, prompt_ids(tokenizer, prompt), max_new_tokens, sampling, generator, use_cache,
+        stop_token=end_of_text_id(tokenizer),
+    ):
+        piece = stream.push(token)
+        if piece:
+            yield piece
