@@ -22,7 +22,7 @@ from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, Optimi
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
 from .model import GPT, GPTConfig
-from .runs import update_summary
+from .runs import flatten, update_summary
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ def oom_advice(settings: Config) -> str:
     )
 
 
+HPARAM_METRICS = ("hparams/best_val_loss", "hparams/val_loss", "hparams/train_loss", "hparams/tokens_per_sec")
+
+
 class Trainer:
     """Owns the model, optimizer, data stream and run directory of one training run."""
 
@@ -176,6 +179,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.write_hparams_start()
         self.step = 0
         self.best_val_loss = math.inf
         self.last_val_loss = math.nan
@@ -238,6 +242,24 @@ class Trainer:
     def scalar(self, tag: str, value: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, self.step)
+
+    def write_hparams_start(self) -> None:
+        """Declare this run's hyperparameters and final metrics for TensorBoard's HParams tab, in the
+        run's own event files (so the tab names it like its curves). A failed run shows there too,
+        with the metrics it never reached left empty."""
+        from torch.utils.tensorboard.summary import hparams
+
+        config = {key: value for key, value in flatten(to_plain(self.settings)).items() if not key.startswith("paths.")}
+        hparam_values = {key: "none" if value is None else value for key, value in config.items()}
+        experiment, session_start, self.hparams_end = hparams(hparam_values, dict.fromkeys(HPARAM_METRICS, 0.0))
+        for summary in (experiment, session_start):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def write_hparams_end(self, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.scalar(tag, value)
+        self.writer.file_writer.add_summary(self.hparams_end)
 
     def state(self, epoch: int) -> dict:
         return {
@@ -315,6 +337,8 @@ class Trainer:
             self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, final,
         )
         if self.writer is not None:
+            final = (self.best_val_loss, self.last_val_loss, train_loss, tokens_per_sec)
+            self.write_hparams_end(dict(zip(HPARAM_METRICS, final)))
             self.writer.close()
         return self.best_val_loss
 
