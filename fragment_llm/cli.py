@@ -70,11 +70,9 @@ def command_runs(args: argparse.Namespace) -> int:
                            "or a config key (model.n_embd)")
         runs = [run for run, has, actual in found if has and same_value(actual, value)]
     if args.sort:
-        descending = args.sort.startswith("-")
-        key = args.sort.lstrip("-")
-        if runs and not any(lookup(run, key)[0] for run in runs):
-            raise CLIError(f"no run has a key {key} to sort by")
-        runs.sort(key=sort_key(key), reverse=descending)
+        if runs and not any(lookup(run, args.sort)[0] for run in runs):
+            raise CLIError(f"no run has a key {args.sort} to sort by")
+        runs.sort(key=sort_key(args.sort), reverse=args.reverse)
     if args.limit is not None:
         runs = runs[: args.limit]
     if args.json:
@@ -141,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="list the runs under outputs/ (or DIR)")
     runs.add_argument("dir", nargs="?", default="outputs", help="folder holding run directories (default: outputs)")
-    runs.add_argument("--sort", metavar="KEY", help="sort by a column, summary field or config key; -KEY: descending")
+    runs.add_argument("--sort", metavar="KEY", help="sort by a column, summary field or config key (default: when)")
+    runs.add_argument("--reverse", action="store_true", help="sort in descending order")
     runs.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[],
                       help="keep runs whose KEY (status, model, model.n_embd, ...) equals VALUE; repeatable")
     runs.add_argument("--limit", metavar="N", type=int, help="show the first N runs (after sorting)")

@@ -77,8 +77,10 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def reproduce_command(run_dir: Path) -> str:
-    """The command that trains this run again, as one run (a sweep job's values are in its overrides)."""
-    return " ".join(["python run.py", *(shlex.quote(item) for item in run_overrides(run_dir))]).strip()
+    """The command that trains this run again, as one run: a sweep job's overrides hold its own values,
+    and the search that chose them (`hparams_search=...`) is left out."""
+    overrides = [item for item in run_overrides(run_dir) if not item.startswith("hparams_search=")]
+    return " ".join(["python run.py", *(shlex.quote(item) for item in overrides)])
 
 
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
