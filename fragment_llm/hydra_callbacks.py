@@ -20,5 +20,5 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
+        if sweep_dir.is_dir():  # a sweep that launched no job has no directory
             write_sweep_report(sweep_dir)

@@ -134,31 +134,37 @@ def _text(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def runs_table(runs: Iterable[dict[str, Any]], title: str, overrides_shown: Optional[set[str]] = None) -> Table:
+RUNS_COLUMNS = ("when", "run", "model", "hardware", "optimizer", "overrides", "steps", "tokens", "best val loss",
+                "bits/byte", "status", "time")
+# A sweep's jobs share the rest; whatever a sweep varies shows in their overrides.
+SWEEP_COLUMNS = ("run", "overrides", "steps", "best val loss", "bits/byte", "status", "time")
+
+
+def runs_table(runs: Iterable[dict[str, Any]], title: str, columns: tuple[str, ...] = RUNS_COLUMNS,
+               overrides_shown: Optional[set[str]] = None) -> Table:
     """The rich table of `fragment-llm runs` and of a sweep's report. `overrides_shown` limits the
     overrides column to those items (a sweep shows only what varies between its jobs)."""
     table = Table(title=title)
-    columns = ("when", "run", "model", "hardware", "optimizer", "overrides", "steps", "tokens",
-               "best val loss", "bits/byte", "status", "time")
     for column in columns:
         numeric = column in ("steps", "tokens", "best val loss", "bits/byte", "time")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for run in runs:
         overrides = [item for item in run["overrides"] if overrides_shown is None or item in overrides_shown]
-        table.add_row(
-            (run["started_at"] or "-").replace("T", " ")[:16],
-            run["name"],
-            _text(run["model"]),
-            _text(run["hardware"]),
-            _text(run["optimizer"]),
-            " ".join(overrides) or "-",
-            _text(run["steps"]),
-            _text(run["tokens"]),
-            _text(run["best_val_loss"]),
-            _text(run["val_bpb"], 3),
-            _text(run["status"]),
-            "-" if run["wall_time_s"] is None else f"{run['wall_time_s']:.0f}s",
-        )
+        cells = {
+            "when": (run["started_at"] or "-").replace("T", " ")[:16],
+            "run": run["name"],
+            "model": _text(run["model"]),
+            "hardware": _text(run["hardware"]),
+            "optimizer": _text(run["optimizer"]),
+            "overrides": "\n".join(overrides) or "-",  # one per line: long values fold less
+            "steps": _text(run["steps"]),
+            "tokens": _text(run["tokens"]),
+            "best val loss": _text(run["best_val_loss"]),
+            "bits/byte": _text(run["val_bpb"], 3),
+            "status": _text(run["status"]),
+            "time": "-" if run["wall_time_s"] is None else f"{run['wall_time_s']:.0f}s",
+        }
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 
@@ -174,7 +180,7 @@ def sweep_report(sweep_dir: Path) -> Table:
     sweep_dir = Path(sweep_dir)
     jobs = [describe_run(run, sweep_dir) for run in find_runs(sweep_dir)]
     jobs.sort(key=lambda job: (len(job["name"]), job["name"]))  # "2" before "10"
-    return runs_table(jobs, title=f"Sweep {sweep_dir}", overrides_shown=varying_overrides(jobs))
+    return runs_table(jobs, f"Sweep {sweep_dir}", SWEEP_COLUMNS, overrides_shown=varying_overrides(jobs))
 
 
 def write_sweep_report(sweep_dir: Path) -> Path:
