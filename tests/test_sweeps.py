@@ -93,6 +93,22 @@ def test_the_training_function_returns_a_finite_best_loss_or_inf(tmp_path, corpu
     assert run_training(bad, tmp_path / "bad") == math.inf
 
 
+def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monkeypatch):
+    from conftest import compose_config
+
+    def broken_train(settings, run_dir):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("fragment_llm.app.train", broken_train)
+    cfg = compose_config(tiny_overrides(tmp_path, corpus))
+    assert run_training(cfg, tmp_path / "job", in_sweep=True) == math.inf
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: a bug"
+    assert "Traceback" in (tmp_path / "job" / "train.log").read_text()
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_training(cfg, tmp_path / "single")
+
+
 @pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]],
                          ids=["joblib", "submitit_local"])
