@@ -20,8 +20,10 @@ from fragment_llm.app import run_training
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
-    best_val_loss = run_training(cfg, Path(hydra_config.runtime.output_dir), hydra_config.overrides.task)
-    if math.isinf(best_val_loss) and hydra_config.mode is RunMode.RUN:
+    in_sweep = hydra_config.mode is RunMode.MULTIRUN
+    output_dir = Path(hydra_config.runtime.output_dir)
+    best_val_loss = run_training(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep)
+    if math.isinf(best_val_loss) and not in_sweep:
         sys.exit(1)
     return best_val_loss
 

@@ -21,13 +21,15 @@ log = logging.getLogger(__name__)
 EXPECTED_ERRORS = (ConfigError, TrainingError, CheckpointError)
 
 
-def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
+def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
     `overrides` are the command line's (they decide what a resumed run may change). Expected
     failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint) end as one line on
     standard error and in train.log, and a summary.json marked failed. SIGINT/SIGTERM end the
-    process with 130/143 after a checkpoint, the summary marked interrupted.
+    process with 130/143 after a checkpoint, the summary marked interrupted. Any other error is
+    marked failed too and raised; `in_sweep`, it is logged with its traceback and returns +inf
+    instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "train.log")
@@ -56,6 +58,9 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) 
         raise
     except BaseException as error:
         record_failure(run_dir, status="failed", error=f"{type(error).__name__}: {error}")
+        if in_sweep and isinstance(error, Exception):
+            log.exception("this job failed; the sweep goes on")
+            return math.inf
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -262,10 +263,37 @@ def to_plain(settings: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)
 
 
+def swept_keys(overrides: list[str]) -> str:
+    """A readable name for a sweep: the last part of each swept key (`optimizer.lr=1e-3,3e-4 model=tiny,small`
+    gives `lr-model`), or the chosen search (`hparams_search=optuna` gives `optuna`), else `sweep`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    names = [override.get_key_element().split(".")[-1].split("/")[-1] for override in parsed
+             if override.is_sweep_override()]
+    names += [str(override.value()) for override in parsed if override.get_key_element() == "hparams_search"]
+    return "-".join(names) or "sweep"
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides on this process's `python run.py ...` command line, as Hydra parses them."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_known_args(sys.argv[1:])[0].overrides
+
+
 def register_resolvers() -> None:
-    """`${short_id:}` gives run directories a unique suffix (Hydra's timestamps have 1 s resolution)."""
+    """`${short_id:}` gives run directories a unique suffix (Hydra's timestamps have 1 s resolution);
+    `${swept_keys:}` names a sweep directory after what it sweeps.
+
+    Both are cached: Hydra resolves the sweep directory first, in the process that launched the sweep,
+    and copies the cache into every job's config, so all jobs land in one directory. That is also why
+    `swept_keys` reads the command line rather than `hydra.overrides.task`: in a job's config those
+    hold the job's own values, not the sweep's `a,b` (and a cached resolver cannot read the config)."""
     if not OmegaConf.has_resolver("short_id"):
         OmegaConf.register_new_resolver("short_id", lambda: secrets.token_hex(2), use_cache=True)
+    if not OmegaConf.has_resolver("swept_keys"):
+        OmegaConf.register_new_resolver("swept_keys", lambda: swept_keys(command_line_overrides()), use_cache=True)
 
 
 register_resolvers()

@@ -27,7 +27,7 @@ from .data import PreparedData, TrainBatches, eval_batches, prepare_data
 from .evaluate import bits_per_byte, mean_loss
 from .generate import Sampling, generate_text
 from .model import GPT, GPTConfig
-from .runs import FINAL_MODEL, TOKENIZER_FILE, update_summary
+from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,11 @@ class Interrupted(BaseException):
         self.message = message
 
 
+HPARAM_METRICS = (
+    "hparams/best_val_loss", "hparams/best_val_bpb", "hparams/val_loss", "hparams/train_loss", "hparams/tokens_per_sec",
+)
+
+
 class Trainer:
     """Owns the model, optimizer, data stream and run directory of one training run.
 
@@ -216,6 +221,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.write_hparams_start()
 
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
@@ -298,6 +304,24 @@ class Trainer:
     def scalar(self, tag: str, value: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, self.step)
+
+    def write_hparams_start(self) -> None:
+        """Declare this run's hyperparameters and final metrics for TensorBoard's HParams tab, in the
+        run's own event files (so the tab names it like its curves). A failed run shows there too,
+        with the metrics it never reached left empty."""
+        from torch.utils.tensorboard.summary import hparams
+
+        config = {key: value for key, value in flatten(to_plain(self.settings)).items() if not key.startswith("paths.")}
+        hparam_values = {key: "none" if value is None else value for key, value in config.items()}
+        experiment, session_start, self.hparams_end = hparams(hparam_values, dict.fromkeys(HPARAM_METRICS, 0.0))
+        for summary in (experiment, session_start):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def write_hparams_end(self, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.scalar(tag, value)
+        self.writer.file_writer.add_summary(self.hparams_end)
 
     def state(self) -> dict:
         return {
@@ -426,6 +450,8 @@ class Trainer:
             self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, self.best_val_bpb, final,
         )
         if self.writer is not None:
+            metrics = (self.best_val_loss, self.best_val_bpb, self.last_val_loss, train_loss, tokens_per_sec)
+            self.write_hparams_end(dict(zip(HPARAM_METRICS, metrics)))
             self.writer.close()
         return self.best_val_loss
 

@@ -7,7 +7,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config, settings_for
-from fragment_llm.config import ConfigError, DataSource, OptimizerName, SchedulerName, load_settings, to_plain
+from fragment_llm.config import (
+    ConfigError, DataSource, OptimizerName, SchedulerName, load_settings, swept_keys, to_plain,
+)
 
 
 def options(group: str) -> list[str]:
@@ -122,3 +124,48 @@ def test_run_directory_names_carry_the_choices_and_a_unique_suffix():
     assert "${hydra:runtime.choices.model}-${hydra:runtime.choices.hardware}" in run_dir
     assert run_dir.endswith("_${short_id:}")
     assert compose_config([]).paths.cache == "outputs/.cache"
+
+
+@pytest.mark.parametrize("recipe", options("experiment"))
+def test_every_experiment_recipe_composes_and_validates(recipe):
+    settings_for([f"experiment={recipe}"])
+
+
+def test_experiment_recipes_pick_the_guides_profiles():
+    assert options("experiment") == ["debug", "high_end_gpu", "low_end_cpu", "mid_range_gpu"]
+    cases = {"low_end_cpu": (256, "cpu", False, False), "mid_range_gpu": (384, "auto", True, False),
+             "high_end_gpu": (768, "auto", True, True)}
+    for recipe, expected in cases.items():
+        settings = settings_for([f"experiment={recipe}"])
+        assert (settings.model.n_embd, settings.hardware.device, settings.hardware.amp,
+                settings.hardware.compile) == expected, recipe
+    # The command line still beats a recipe.
+    assert settings_for(["experiment=mid_range_gpu", "model.n_layer=2"]).model.n_layer == 2
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_debug_makes_any_model_tiny_and_fast(model):
+    settings = settings_for([f"model={model}", "hardware=gpu_high", "experiment=debug"])
+    assert (settings.model.n_layer, settings.model.n_embd, settings.model.block_size) == (1, 64, 128)
+    assert settings.train.max_iters <= 10 and settings.hardware.compile is False
+
+
+def test_hparams_search_optuna_minimises_over_lr_weight_decay_warmup_and_width():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_.lower() and sweeper.direction == "minimize"
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "scheduler.warmup_fraction", "model.n_embd"}
+    for n_head in (4, 6, 12, 16):  # every width choice fits every model group's heads
+        assert all(width % n_head == 0 for width in (96, 192, 384))
+    assert "choice(96, 192, 384)" in sweeper.params["model.n_embd"]
+
+
+def test_sweep_directories_are_named_after_what_they_sweep():
+    assert swept_keys(["optimizer.lr=1e-3,3e-4", "model=tiny,small", "data.path=/a/b.txt"]) == "lr-model"
+    assert swept_keys(["train.max_iters=range(2,4)", "hparams_search=optuna"]) == "max_iters-optuna"
+    assert swept_keys(["train.max_iters=3"]) == "sweep"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    sweep_dir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
+    assert sweep_dir == "${paths.outputs}/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}_${swept_keys:}_${short_id:}"

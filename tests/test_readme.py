@@ -47,3 +47,15 @@ def test_readme_command_composes(arguments):
                 settings_for(overrides)
         else:
             settings_for(overrides)
+
+
+def readme_tool_commands() -> list[list[str]]:
+    return [shlex.split(line.strip().split("#")[0])[1:] for line in (ROOT / "README.md").read_text().splitlines()
+            if line.strip().startswith("fragment-llm ")]
+
+
+@pytest.mark.parametrize("arguments", readme_tool_commands(), ids=" ".join)
+def test_readme_fragment_llm_command_parses(arguments):
+    from fragment_llm.cli import build_parser
+
+    build_parser().parse_args(arguments)  # argparse exits on an unknown command or option
