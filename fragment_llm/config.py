@@ -37,6 +37,7 @@ class OptimizerName(str, Enum):
     adamw = "adamw"
     sgd = "sgd"
     adafactor = "adafactor"
+    muon = "muon"
 
 
 class SchedulerName(str, Enum):

@@ -84,19 +84,54 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
 
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon for the transformer blocks' weight matrices and AdamW for the rest (embeddings, gains,
+    biases), stepped and scheduled as one optimizer: its param_groups are the two optimizers' own."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.optimizers = {"muon": muon, "adamw": adamw}
+        super().__init__(self._inner_groups(), {})
+
+    def _inner_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state_dict[name])
+        self.param_groups = self._inner_groups()  # loading replaces the inner group dicts
+
+
 def build_optimizer(model: torch.nn.Module, settings: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
     """Weight decay on matrices (dim >= 2) only; fused AdamW on CUDA, foreach elsewhere."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    muon_names = {name for name, p in named if settings.name is OptimizerName.muon and name.startswith("blocks.") and p.dim() == 2}
+    parameters = [p for name, p in named if name not in muon_names]
     groups = [
         {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if settings.name is OptimizerName.adamw:
+    if settings.name in (OptimizerName.adamw, OptimizerName.muon):
         fused = device.type == "cuda"
-        return torch.optim.AdamW(
+        adamw = torch.optim.AdamW(
             groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps,
             fused=fused or None, foreach=None if fused else True,
         )
+        if settings.name is OptimizerName.adamw:
+            return adamw
+        # Muon's update scaled to AdamW's RMS ("match_rms_adamw"), so one learning rate serves both.
+        muon = torch.optim.Muon(
+            [p for name, p in named if name in muon_names], lr=settings.lr, weight_decay=settings.weight_decay,
+            momentum=settings.momentum, nesterov=settings.nesterov, adjust_lr_fn="match_rms_adamw",
+        )
+        return MuonWithAdamW(muon, adamw)
     if settings.name is OptimizerName.sgd:
         return torch.optim.SGD(
             groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0

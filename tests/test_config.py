@@ -33,7 +33,7 @@ def test_default_config_is_tiny_cpu_pydoc():
     [
         ("model", ["large", "medium", "small", "tiny"]),
         ("hardware", ["cpu", "gpu", "gpu_high"]),
-        ("optimizer", ["adafactor", "adamw", "sgd"]),
+        ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear"]),
         ("data", ["pydoc", "stdlib", "text"]),
     ],

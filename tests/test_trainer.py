@@ -81,7 +81,7 @@ def test_training_is_deterministic_on_cpu(tmp_path, corpus):
     assert all(torch.equal(a, b) for a, b in zip(first.model.parameters(), second.model.parameters()))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adafactor"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adafactor", "muon"])
 def test_other_optimizers_train(tmp_path, corpus, optimizer):
     trainer = make_trainer(tmp_path, corpus, **{"optimizer": optimizer, "optimizer.lr": 1e-2, "train.max_iters": 15})
     initial = trainer.evaluate()
@@ -171,3 +171,16 @@ def test_torch_compile_trains_the_same_model(tmp_path, corpus):
     for a, b in zip(compiled.model.parameters(), eager.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert "_orig_mod" not in next(iter(compiled.state()["model_state_dict"]))
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tmp_path, corpus):
+    trainer = make_trainer(tmp_path, corpus, **{"optimizer": "muon", "model.n_layer": 2})
+    muon = trainer.optimizer.optimizers["muon"]
+    muon_ids = {id(p) for group in muon.param_groups for p in group["params"]}
+    named = dict(trainer.model.named_parameters())
+    assert {name for name, p in named.items() if id(p) in muon_ids} == {
+        name for name, p in named.items() if name.startswith("blocks.") and p.dim() == 2
+    }
+    adamw_ids = {id(p) for group in trainer.optimizer.optimizers["adamw"].param_groups for p in group["params"]}
+    assert adamw_ids | muon_ids == {id(p) for p in named.values()} and not adamw_ids & muon_ids
+    assert trainer.optimizer.param_groups == [*muon.param_groups, *trainer.optimizer.optimizers["adamw"].param_groups]
