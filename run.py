@@ -1,4 +1,5 @@
-"""Train a GPT: `python run.py [group=option ...] [key=value ...]`, or `python run.py -m ...` to sweep.
+"""Train a GPT: `python run.py [group=option ...] [key=value ...]`, or `python run.py -m ...` to sweep,
+or `torchrun --nproc_per_node=N run.py hardware=ddp ...` for data-parallel ranks.
 
 Hydra composes the config from conf/; everything below this file works on validated plain settings.
 """
@@ -15,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fragment_llm.app import run_training
+from fragment_llm.distributed import prepare_torchrun
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -29,4 +31,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
     main()

@@ -6,14 +6,15 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
-from .checkpoint import CheckpointError, find_resume_checkpoint
-from .config import ConfigError, load_settings, resume_settings
+from . import distributed
+from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+from .config import Config, ConfigError, load_settings, resume_settings, to_plain
 from .console import setup_logging
-from .runs import update_summary
+from .runs import read_summary, update_summary
 from .trainer import Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
@@ -30,43 +31,107 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
     process with 130/143 after a checkpoint, the summary marked interrupted. Any other error is
     marked failed too and raised; `in_sweep`, it is logged with its traceback and returns +inf
     instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
+
+    Under torchrun every rank runs this; only rank 0 writes train.log and summary.json. With
+    `hardware.nproc` > 1 (and no torchrun), the ranks are spawned here, sharing `run_dir`.
     """
+    ranks = distributed.from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log")
-    update_summary(run_dir, status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    start_logging(run_dir, ranks)
+    record = RunRecord(run_dir, ranks)
+    record.update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         settings = load_settings(cfg)
         log.info("Run directory: %s", run_dir)
-        checkpoint = None
+        checkpoint, checkpoint_path = None, None
         if settings.train.resume:
-            path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
+            checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
             settings = resume_settings(cfg, checkpoint["config"], list(overrides))
-            log.info("Resuming from %s (step %d)", path, checkpoint["step"])
-            update_summary(run_dir, resumed_from=str(path), resumed_at_step=checkpoint["step"])
-        return train(settings, run_dir, checkpoint)
+            log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
+            record.update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
+        if settings.hardware.nproc > 1 and not ranks.enabled:
+            return spawn_ranks(settings, run_dir, checkpoint_path)
+        distributed.init_process_group(ranks)
+        return train(settings, run_dir, checkpoint, ranks)
     except EXPECTED_ERRORS as error:
         message = str(error)
         log.error(message)
-        record_failure(run_dir, status="failed", error=message)
+        record.update(status="failed", error=message)
         return math.inf
     except Interrupted as stop:
         log.warning(stop.message)
-        record_failure(run_dir, status="interrupted")
+        record.update(status="interrupted")
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
-        record_failure(run_dir, status="interrupted")
+        record.update(status="interrupted")
         raise
     except BaseException as error:
-        record_failure(run_dir, status="failed", error=f"{type(error).__name__}: {error}")
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
         if in_sweep and isinstance(error, Exception):
             log.exception("this job failed; the sweep goes on")
             return math.inf
         raise
+    finally:
+        distributed.shutdown()
 
 
-def record_failure(run_dir: Path, **fields) -> None:
-    """Mark the summary; a run directory that cannot be written (disk full) must not hide the first error."""
+def start_logging(run_dir: Path, ranks: distributed.Ranks) -> None:
+    """Rank 0 logs to the console and train.log; other ranks print only warnings and errors."""
+    if ranks.is_main:
+        setup_logging(run_dir / "train.log")
+    else:
+        setup_logging(None, level=logging.WARNING)
+
+
+class RunRecord:
+    """summary.json updates, made by rank 0 only; a run directory that cannot be written (disk full)
+    must not hide the error being recorded."""
+
+    def __init__(self, run_dir: Path, ranks: distributed.Ranks):
+        self.run_dir = run_dir
+        self.enabled = ranks.is_main
+
+    def update(self, **fields) -> None:
+        if not self.enabled:
+            return
+        try:
+            update_summary(self.run_dir, **fields)
+        except OSError as error:
+            log.warning("could not update %s: %s", self.run_dir / "summary.json", error.strerror or error)
+
+
+def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]) -> float:
+    """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`."""
+    nproc = settings.hardware.nproc
+    log.info("Starting %d ranks (%s)", nproc, distributed.backend())
     try:
-        update_summary(run_dir, **fields)
-    except OSError as error:
-        log.warning("could not update %s: %s", run_dir / "summary.json", error.strerror or error)
+        distributed.spawn(nproc, train_rank, to_plain(settings), str(run_dir),
+                          None if checkpoint_path is None else str(checkpoint_path))
+    except Exception as error:  # a rank failed: rank 0 has said why in train.log and summary.json
+        summary = read_summary(run_dir)
+        if summary.get("status") in ("failed", "interrupted"):
+            return math.inf
+        raise TrainingError(f"a training process failed: {str(error).strip().splitlines()[-1]}") from None
+    return read_summary(run_dir).get("best_val_loss", math.inf)
+
+
+def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str]) -> None:
+    """One spawned rank: the same job as a torchrun rank, from plain (picklable) settings."""
+    ranks = distributed.from_environment()
+    run_dir = Path(run_dir)
+    start_logging(run_dir, ranks)
+    record = RunRecord(run_dir, ranks)
+    try:
+        checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path))
+        distributed.init_process_group(ranks)
+        train(load_settings(plain_settings), run_dir, checkpoint, ranks)
+    except EXPECTED_ERRORS as error:
+        log.error(str(error))
+        record.update(status="failed", error=str(error))
+        raise SystemExit(1) from None
+    except Interrupted as stop:
+        log.warning(stop.message)
+        record.update(status="interrupted")
+        raise SystemExit(stop.exit_code) from None
+    finally:
+        distributed.shutdown()

@@ -8,9 +8,11 @@ ConfigStore as `fragment_llm_schema` for tools that compose against it.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import sys
+from datetime import datetime
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -172,6 +174,7 @@ class HardwareConfig:
     amp: bool = False
     compile: bool = False
     num_threads: int = 0
+    nproc: int = 1
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.match(self.device):
@@ -179,6 +182,7 @@ class HardwareConfig:
                 f"hardware.device={self.device} is not a device; use auto, cpu, cuda, cuda:N or mps"
             )
         check_range("hardware.num_threads", self.num_threads, 0, 1024)
+        check_range("hardware.nproc", self.nproc, 1, 1024)
 
 
 @dataclass
@@ -283,16 +287,32 @@ def command_line_overrides() -> list[str]:
     return get_args_parser().parse_known_args(sys.argv[1:])[0].overrides
 
 
+RUN_STAMP = "FRAGMENT_LLM_RUN_STAMP"  # "<date>|<time>|<id>", set by distributed.prepare_torchrun
+_run_stamp: list[str] = []
+
+
+def run_stamp(part: str) -> str:
+    """The `date`, `time` or `id` (a short random suffix) of this run's start, fixed at the first call.
+    Under torchrun every rank takes rank 0's from RUN_STAMP, so all ranks name one directory."""
+    if not _run_stamp:
+        if RUN_STAMP in os.environ:
+            _run_stamp.extend(os.environ[RUN_STAMP].split("|"))
+        else:
+            now = datetime.now()
+            _run_stamp.extend([f"{now:%Y-%m-%d}", f"{now:%H-%M-%S}", secrets.token_hex(2)])
+    return _run_stamp[("date", "time", "id").index(part)]
+
+
 def register_resolvers() -> None:
-    """`${short_id:}` gives run directories a unique suffix (Hydra's timestamps have 1 s resolution);
-    `${swept_keys:}` names a sweep directory after what it sweeps.
+    """`${run_stamp:date|time|id}` names run directories: the id keeps runs started in the same second
+    apart; `${swept_keys:}` names a sweep directory after what it sweeps.
 
     Both are cached: Hydra resolves the sweep directory first, in the process that launched the sweep,
     and copies the cache into every job's config, so all jobs land in one directory. That is also why
     `swept_keys` reads the command line rather than `hydra.overrides.task`: in a job's config those
     hold the job's own values, not the sweep's `a,b` (and a cached resolver cannot read the config)."""
-    if not OmegaConf.has_resolver("short_id"):
-        OmegaConf.register_new_resolver("short_id", lambda: secrets.token_hex(2), use_cache=True)
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     if not OmegaConf.has_resolver("swept_keys"):
         OmegaConf.register_new_resolver("swept_keys", lambda: swept_keys(command_line_overrides()), use_cache=True)
 

@@ -26,10 +26,10 @@ class ConsoleHandler(logging.Handler):
             console.print(message, markup=False, soft_wrap=True)
 
 
-def setup_logging(log_file: Optional[Path] = None, console_output: bool = True) -> None:
-    """Route the package's log records to the console and, when given, to `log_file`."""
+def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, level: int = logging.INFO) -> None:
+    """Route the package's log records (from `level` up) to the console and, when given, to `log_file`."""
     logger = logging.getLogger("fragment_llm")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

@@ -327,15 +327,20 @@ def _too_small(split: str, size: int, block_size: int, unit: str) -> ConfigError
 class TrainBatches:
     """An endless stream of training windows: each epoch of the stream is a seeded permutation of
     non-overlapping `block_size + 1` windows at a seeded offset. `position` counts the windows
-    consumed, so the stream can be saved and resumed exactly.
+    consumed by all ranks together, so the stream can be saved and resumed exactly. With several
+    ranks, each micro-batch of the stream is `world_size` consecutive slices, rank r taking slice r:
+    together they read what one process with `world_size` times the batch would.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.rank = rank
+        self.world_size = world_size
         self.windows_per_epoch = (len(tokens) - 1) // block_size
         self.position = 0
         self._orders: dict[int, np.ndarray] = {}
@@ -350,8 +355,8 @@ class TrainBatches:
         return self._orders[epoch]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = self.position + np.arange(self.batch_size)
-        self.position += self.batch_size
+        indices = self.position + self.rank * self.batch_size + np.arange(self.batch_size)
+        self.position += self.world_size * self.batch_size
         epochs, within = np.divmod(indices, self.windows_per_epoch)
         starts = np.concatenate([self._starts(int(e))[within[epochs == e]] for e in np.unique(epochs)])
         return to_device(self.tokens[starts[:, None] + self._offsets], self.device)

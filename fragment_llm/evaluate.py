@@ -18,11 +18,12 @@ from .model import GPT
 EVAL_BATCH_SIZE = 8
 
 
-def mean_loss(
+def loss_sum(
     forward: Callable, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], ContextManager]
-) -> float:
-    """Mean cross-entropy in nats per token over every predicted token of `batches`."""
-    total: torch.Tensor | float = 0.0  # stays on the device: one synchronisation at the end
+) -> tuple[torch.Tensor | float, int]:
+    """Summed cross-entropy in nats over every predicted token of `batches`, and the number of tokens.
+    The sum stays on the device: read it once, at the end."""
+    total: torch.Tensor | float = 0.0
     count = 0
     with torch.no_grad():
         for inputs, targets in batches:
@@ -30,6 +31,14 @@ def mean_loss(
                 _, loss = forward(inputs, targets)
             total = total + loss.float() * targets.numel()
             count += targets.numel()
+    return total, count
+
+
+def mean_loss(
+    forward: Callable, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], ContextManager]
+) -> float:
+    """Mean cross-entropy in nats per token over every predicted token of `batches`."""
+    total, count = loss_sum(forward, batches, autocast)
     return float(total) / count
 
 

@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import shutil
+import itertools
 import signal
 import threading
 import time
@@ -24,7 +25,8 @@ from .checkpoint import capture_rng_state, point_last, restore_rng_state, save_c
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
-from .evaluate import bits_per_byte, mean_loss
+from .distributed import Ranks, all_gather, all_reduce_sum
+from .evaluate import bits_per_byte, loss_sum
 from .generate import Sampling, generate_text
 from .model import GPT, GPTConfig
 from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
@@ -195,14 +197,22 @@ class Trainer:
 
     Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
     learning-rate schedule, the position in the data order and every random state.
+
+    With several ranks (torch.distributed), the same loop runs in each: the model is wrapped in
+    DistributedDataParallel, gradients are averaged once per optimizer step, each rank reads its own
+    slice of every micro-batch, and only rank 0 writes logs, TensorBoard, summaries and checkpoints.
     """
 
-    def __init__(self, settings: Config, run_dir: Path, checkpoint: Optional[dict] = None):
+    def __init__(self, settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()):
         self.settings = settings
+        self.ranks = ranks
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.started = time.perf_counter()
         self.device = resolve_device(settings.hardware.device)
+        if ranks.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", ranks.local_rank)
+            torch.cuda.set_device(self.device)
         if settings.hardware.num_threads:
             torch.set_num_threads(settings.hardware.num_threads)
         if self.device.type == "cuda":
@@ -219,19 +229,22 @@ class Trainer:
                 "the corpus differs from the one the checkpoint was trained on (its files changed); "
                 "restore the original text or start a new run without train.resume"
             )
-        shutil.copyfile(self.data.tokenizer_path, self.run_dir / TOKENIZER_FILE)
+        if ranks.is_main:
+            shutil.copyfile(self.data.tokenizer_path, self.run_dir / TOKENIZER_FILE)
 
-        seed_everything(train.seed)
+        seed_everything(train.seed)  # the same initial weights on every rank
         self.model_config = GPTConfig(
             vocab_size=self.data.vocab_size, block_size=model_settings.block_size, n_layer=model_settings.n_layer,
             n_head=model_settings.n_head, n_embd=model_settings.n_embd, dropout=model_settings.dropout,
             bias=model_settings.bias,
         )
         self.model = GPT(self.model_config).to(self.device)
+        seed_everything(train.seed + ranks.rank)  # each rank its own dropout
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
-        self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device)
-        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size
+        self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device,
+                                    ranks.rank, ranks.world_size)
+        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size * ranks.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -239,6 +252,7 @@ class Trainer:
         self.best_val_loss = self.best_val_bpb = math.inf
         self.last_val_loss = self.last_val_bpb = math.nan
         self.last_eval_step = -1
+        self.saved_step = -1
         self.stop_signal: Optional[int] = None
         # The sample prompt: the start of the validation text, so it suits any corpus and stays fixed.
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
@@ -249,10 +263,15 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(self.step):
                 self.scheduler.step()
-        self.forward = torch.compile(self.model) if settings.hardware.compile else self.model
+        self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
+        if ranks.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        trained = self.ddp or self.model
+        self.forward = torch.compile(trained) if settings.hardware.compile else trained
 
         self.writer = None
-        if settings.logging.tensorboard:
+        if settings.logging.tensorboard and ranks.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
@@ -269,7 +288,12 @@ class Trainer:
         self.step = checkpoint["step"]
         self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
         self.batches.position = checkpoint["data_position"]
-        restore_rng_state(checkpoint["rng_state"])
+        rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
+        if self.ranks.rank < len(rng_states):
+            restore_rng_state(rng_states[self.ranks.rank])
+        else:
+            log.warning("the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
+                        self.ranks.rank, len(rng_states))
 
     # ---- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -281,14 +305,22 @@ class Trainer:
         accum = self.settings.train.grad_accum_steps
         scaler = self.precision.scaler
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(accum):
+        for micro_step in range(accum):
             inputs, targets = self.batches.next_batch()
-            with self.precision.autocast():
-                _, loss = self.forward(inputs, targets)
-            loss = loss / accum
-            loss_sum += loss.detach()
-            scaler.scale(loss).backward()
-        loss_value = loss_sum.item()
+            # Gradients are averaged across ranks once, on the last micro-step.
+            gradients_stay_local = self.ddp is not None and micro_step < accum - 1
+            with self.ddp.no_sync() if gradients_stay_local else nullcontext():
+                with self.precision.autocast():
+                    _, loss = self.forward(inputs, targets)
+                loss = loss / accum
+                loss_sum += loss.detach()
+                scaler.scale(loss).backward()
+        # One read per step: the loss averaged over ranks, and whether any rank was asked to stop.
+        stop_requested = torch.tensor(float(self.stop_signal is not None), device=self.device)
+        totals = all_reduce_sum(torch.stack([loss_sum, stop_requested])).tolist()
+        loss_value = totals[0] / self.ranks.world_size
+        if totals[1] and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"the training loss became {loss_value} at step {self.step + 1}; lower the learning rate "
@@ -311,7 +343,11 @@ class Trainer:
         self.model.eval()
         train = self.settings.train
         batches = eval_batches(self.data.val, self.model_config.block_size, train.batch_size, train.eval_iters, self.device)
-        val_loss = mean_loss(self.forward, batches, self.precision.autocast)
+        mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
+        total, count = loss_sum(self.forward, mine, self.precision.autocast)
+        totals = all_reduce_sum(torch.stack([torch.as_tensor(total, dtype=torch.float32, device=self.device),
+                                             torch.tensor(float(count), device=self.device)]))
+        val_loss = (totals[0] / totals[1]).item()
         self.model.train()
         self.last_val_loss = val_loss
         self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
@@ -359,6 +395,8 @@ class Trainer:
         self.writer.file_writer.add_summary(self.hparams_end)
 
     def state(self) -> dict:
+        """Everything a resume needs. Every rank must call it: it gathers each rank's random state."""
+        rng_states = all_gather(capture_rng_state(self.device))
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
@@ -369,7 +407,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "data_position": self.batches.position,
-            "rng_state": capture_rng_state(self.device),
+            "rng_state": rng_states,
             "tokenizer_hash": self.data.tokenizer_hash,
             "corpus_hash": self.data.corpus_hash,
             "best_val_loss": self.best_val_loss,
@@ -378,11 +416,24 @@ class Trainer:
 
     def save_step_checkpoint(self) -> Path:
         path = self.checkpoint_dir / f"step_{self.step}.pt"
-        if not path.exists():
-            save_step_checkpoint(self.checkpoint_dir, self.step, self.state(), self.settings.train.keep_checkpoints)
+        if self.saved_step != self.step:
+            state = self.state()
+            if self.ranks.is_main:
+                save_step_checkpoint(self.checkpoint_dir, self.step, state, self.settings.train.keep_checkpoints)
+            self.saved_step = self.step
         return path
 
+    def save_checkpoint(self, path: Path) -> None:
+        """Write the state to `path` (rank 0) and point checkpoints/last.pt at it."""
+        state = self.state()
+        if self.ranks.is_main:
+            save_checkpoint(path, state)
+            self.checkpoint_dir.mkdir(exist_ok=True)
+            point_last(self.checkpoint_dir, path)
+
     def summarise(self, **fields) -> None:
+        if not self.ranks.is_main:
+            return
         elapsed = time.perf_counter() - self.started
         update_summary(
             self.run_dir,
@@ -439,9 +490,10 @@ class Trainer:
             self.model_config.block_size, self.device, self.precision.name,
         )
         log.info(
-            "Training: %d steps (%d per epoch, %d epochs) of %s tokens (batch %d x accum %d x block %d)",
+            "Training: %d steps (%d per epoch, %d epochs) of %s tokens (batch %d x accum %d x block %d%s)",
             self.total_steps, self.steps_per_epoch, self.epochs, f"{self.tokens_per_step:,}",
             train.batch_size, train.grad_accum_steps, self.model_config.block_size,
+            f" x {self.ranks.world_size} ranks" if self.ranks.enabled else "",
         )
         self.summarise(
             status="running", params=params, device=str(self.device), precision=self.precision.name,
@@ -469,14 +521,11 @@ class Trainer:
                 log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
                 if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
                     path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
-                    save_checkpoint(path, self.state())
-                    point_last(self.checkpoint_dir, path)
+                    self.save_checkpoint(path)
                     log.info("Checkpoint: %s", path)
         train_seconds = time.perf_counter() - train_started
         final = self.run_dir / FINAL_MODEL
-        save_checkpoint(final, self.state())
-        self.checkpoint_dir.mkdir(exist_ok=True)
-        point_last(self.checkpoint_dir, final)
+        self.save_checkpoint(final)
         tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(train_seconds, 1e-9)
         self.summarise(status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -520,7 +569,7 @@ class Trainer:
                 if self.step % train.eval_interval == 0 and self.step < self.total_steps:
                     val_loss = self.evaluate()
                     log.info("Step %d: val loss %.4f (%.3f bits per byte)", self.step, val_loss, self.last_val_bpb)
-                if train.sample_every and self.step % train.sample_every == 0:
+                if train.sample_every and self.step % train.sample_every == 0 and self.ranks.is_main:
                     self.sample()
                 if train.save_interval and self.step % train.save_interval == 0 and self.step < self.total_steps:
                     log.info("Checkpoint: %s", self.save_step_checkpoint())
@@ -529,9 +578,9 @@ class Trainer:
         return sum(losses) / len(losses)
 
 
-def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None) -> float:
+def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:
     """Train one model into `run_dir` (continuing `checkpoint` if given); returns the best validation loss."""
     try:
-        return Trainer(settings, run_dir, checkpoint).fit()
+        return Trainer(settings, run_dir, checkpoint, ranks).fit()
     except torch.OutOfMemoryError:
         raise TrainingError(oom_advice(settings)) from None

@@ -32,7 +32,7 @@ def test_default_config_is_tiny_cpu_pydoc():
     "group,expected",
     [
         ("model", ["large", "medium", "small", "tiny"]),
-        ("hardware", ["cpu", "gpu", "gpu_high"]),
+        ("hardware", ["cpu", "ddp", "gpu", "gpu_high"]),
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear"]),
         ("data", ["pydoc", "stdlib", "text"]),
@@ -120,9 +120,9 @@ def test_run_directory_names_carry_the_choices_and_a_unique_suffix():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True)
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
-    assert run_dir.startswith("${paths.outputs}/${now:%Y-%m-%d}/${now:%H-%M-%S}")
+    assert run_dir.startswith("${paths.outputs}/${run_stamp:date}/${run_stamp:time}")
     assert "${hydra:runtime.choices.model}-${hydra:runtime.choices.hardware}" in run_dir
-    assert run_dir.endswith("_${short_id:}")
+    assert run_dir.endswith("_${run_stamp:id}")
     assert compose_config([]).paths.cache == "outputs/.cache"
 
 
@@ -168,4 +168,4 @@ def test_sweep_directories_are_named_after_what_they_sweep():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True)
     sweep_dir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
-    assert sweep_dir == "${paths.outputs}/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}_${swept_keys:}_${short_id:}"
+    assert sweep_dir == "${paths.outputs}/multirun/${run_stamp:date}/${run_stamp:time}_${swept_keys:}_${run_stamp:id}"

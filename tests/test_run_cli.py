@@ -111,7 +111,7 @@ def test_cfg_job_and_help_show_the_composed_config(tmp_path):
     config = OmegaConf.create(shown.stdout)
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
     help_text = run_cli([RUN, "--help"], cwd=tmp_path).stdout
-    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, gpu, gpu_high" in help_text
+    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, ddp, gpu, gpu_high" in help_text
     assert list(tmp_path.iterdir()) == []  # neither creates a run directory
 
 

@@ -96,7 +96,7 @@ def test_the_training_function_returns_a_finite_best_loss_or_inf(tmp_path, corpu
 def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monkeypatch):
     from conftest import compose_config
 
-    def broken_train(settings, run_dir, checkpoint=None):
+    def broken_train(settings, run_dir, checkpoint=None, ranks=None):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("fragment_llm.app.train", broken_train)

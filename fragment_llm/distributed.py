@@ -1,0 +1,135 @@
+"""Data parallelism on torch.distributed, in one place: which rank this process is, the process group,
+the few collectives the trainer needs, and starting ranks (torchrun's agreement on one run directory,
+or spawning them from inside a Hydra job).
+
+With one process every function here is a no-op, so the training loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .config import RUN_STAMP
+
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def from_environment() -> Ranks:
+    """This process's place, from the variables torchrun (or `spawn`) sets, or from a submitit job's
+    tasks (SLURM `tasks_per_node`, or submitit_local), for which it sets those variables; one process
+    without either."""
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
+        _adopt_submitit_tasks()
+    if "RANK" not in os.environ:
+        return Ranks()
+    return Ranks(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+
+
+def _adopt_submitit_tasks() -> None:
+    """The tasks of one submitit job become the ranks of one process group, rendezvousing on the job's
+    first host at a port derived from the job id (the same in every task)."""
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks > 1:
+        port = 20000 + int(hashlib.sha256(job.job_id.encode()).hexdigest(), 16) % 20000
+        os.environ.update(RANK=str(job.global_rank), LOCAL_RANK=str(job.local_rank), WORLD_SIZE=str(job.num_tasks),
+                          MASTER_ADDR=job.hostnames[0], MASTER_PORT=str(port))
+
+
+def backend() -> str:
+    """gloo for CPU tensors, and nccl for CUDA tensors where CUDA is present."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(ranks: Ranks) -> None:
+    if ranks.enabled and not dist.is_initialized():
+        dist.init_process_group(backend(), rank=ranks.rank, world_size=ranks.world_size)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (a one-item list with one process)."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def prepare_torchrun(argv: list[str]) -> list[str]:
+    """Under torchrun, before Hydra starts: refuse `-m`, agree with the other ranks on one run
+    directory (rank 0's start time and id, in RUN_STAMP), and keep ranks above 0 from writing Hydra's
+    files. Returns the arguments Hydra should see; without torchrun, `argv` unchanged."""
+    ranks = from_environment()
+    if not ranks.enabled:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        print("error: -m (multirun) does not combine with torchrun, which would run the sweep once per rank; "
+              "use `python run.py -m hardware=ddp hardware.nproc=N ...` instead", file=sys.stderr)
+        sys.exit(2)
+    init_process_group(ranks)
+    now = datetime.now()
+    stamp = [f"{now:%Y-%m-%d}|{now:%H-%M-%S}|{secrets.token_hex(2)}"]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ[RUN_STAMP] = stamp[0]
+    return argv if ranks.is_main else [*argv, "hydra.output_subdir=null"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spawn(nproc: int, target: Callable[..., None], *args: Any) -> None:
+    """Run `target(*args)` in `nproc` new processes, ranks 0..nproc-1 of one process group on this
+    machine. Raises if any of them fails."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawned, args=(nproc, free_port(), target, args), nprocs=nproc, join=True)
+
+
+def _spawned(local_rank: int, nproc: int, port: int, target: Callable[..., None], args: tuple) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    target(*args)

@@ -1,0 +1,96 @@
+"""Data-parallel training on CPU over gloo with 2 processes: spawned and torchrun, one run directory,
+the same first step as one process with the same global batch, exact resume per rank, and DDP
+checkpoints resuming in one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import RUN, run_cli, tiny_overrides
+from fragment_llm.checkpoint import load_checkpoint
+from fragment_llm.runs import read_summary
+
+pytestmark = pytest.mark.slow
+
+DDP = {"hardware": "ddp", "hardware.device": "cpu", "hardware.amp": False, "hardware.nproc": 2}
+
+
+def only_run(outputs):
+    (summary,) = list(outputs.rglob("summary.json"))
+    return summary.parent
+
+
+def train_cli(tmp_path, corpus, name, *extra, launcher=(), **keys):
+    """`python [launcher...] run.py <tiny overrides> extra...`, sharing one token cache between runs."""
+    overrides = tiny_overrides(tmp_path / name, corpus, **keys)
+    overrides[overrides.index(f"paths.cache={tmp_path / name / 'cache'}")] = f"paths.cache={tmp_path / 'cache'}"
+    result = run_cli([*launcher, RUN, *overrides, *extra], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return only_run(tmp_path / name / "outputs"), result
+
+
+def test_spawned_ranks_share_one_run_directory_and_learn(tmp_path, corpus):
+    run_dir, result = train_cli(tmp_path, corpus, "spawned", **DDP, **{"train.max_iters": 30, "train.batch_size": 2})
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["best_val_loss"] < summary["initial_val_loss"] - 0.3
+    assert summary["tokens"] == 30 * 2 * 128 * 2  # batch per rank x ranks
+    log = (run_dir / "train.log").read_text()
+    assert "Starting 2 ranks (gloo)" in log and "x 2 ranks" in log
+    assert log.count("Epoch 1/") == 1  # rank 1 writes nothing
+    assert load_checkpoint(run_dir / "models" / "final_model.pt")["step"] == 30
+
+
+def test_torchrun_ranks_agree_on_one_run_directory(tmp_path, corpus):
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    keys = {**DDP, "train.max_iters": 10, "train.batch_size": 2}
+    run_dir, result = train_cli(tmp_path, corpus, "torchrun", launcher=torchrun, **keys)
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 10
+    assert result.stdout.count("Epoch 1/1") == 1
+
+    refused = run_cli([*torchrun, RUN, "-m", *tiny_overrides(tmp_path / "sweep", corpus)], cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "error: -m (multirun) does not combine with torchrun" in refused.stderr
+    assert not (tmp_path / "sweep" / "outputs").exists()
+
+
+def test_two_ranks_take_the_same_first_step_as_one_process_with_their_global_batch(tmp_path, corpus):
+    # SGD: its update is linear in the gradient, so equal averaged gradients show as equal weights.
+    keys = {"train.max_iters": 1, "optimizer": "sgd", "optimizer.lr": 1e-2, "train.grad_accum_steps": 2}
+    two, _ = train_cli(tmp_path, corpus, "two", **DDP, **keys, **{"train.batch_size": 2})
+    one, _ = train_cli(tmp_path, corpus, "one", **keys, **{"train.batch_size": 4})
+    two_weights = load_checkpoint(two / "models" / "final_model.pt")["model_state_dict"]
+    one_weights = load_checkpoint(one / "models" / "final_model.pt")["model_state_dict"]
+    for key in one_weights:
+        torch.testing.assert_close(two_weights[key], one_weights[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_ddp_run_resumes_exactly_per_rank_and_in_one_process(tmp_path, corpus):
+    keys = {**DDP, "model.dropout": 0.1, "train.max_iters": 12, "train.save_interval": 6, "train.batch_size": 2}
+    whole, _ = train_cli(tmp_path, corpus, "whole", **keys)
+    step_6 = whole / "checkpoints" / "step_6.pt"
+    assert len(load_checkpoint(step_6)["rng_state"]) == 2  # one random state per rank
+
+    resumed, _ = train_cli(tmp_path, corpus, "resumed", f"train.resume={step_6}", **keys)
+    expected = load_checkpoint(whole / "models" / "final_model.pt")["model_state_dict"]
+    continued = load_checkpoint(resumed / "models" / "final_model.pt")["model_state_dict"]
+    assert all(torch.equal(expected[key], continued[key]) for key in expected)
+
+    single, _ = train_cli(tmp_path, corpus, "single", f"train.resume={step_6}", **{
+        **keys, "hardware": "cpu", "hardware.nproc": 1, "train.max_iters": 14})
+    summary = read_summary(single)
+    assert summary["status"] == "completed" and summary["steps"] == 14 and summary["resumed_at_step"] == 6
+
+
+def test_a_submitit_job_with_two_tasks_is_one_two_rank_run(tmp_path, corpus):
+    keys = {**DDP, "hardware.nproc": 1, "train.max_iters": 6, "train.batch_size": 2}
+    overrides = tiny_overrides(tmp_path, corpus, **keys)
+    result = run_cli([RUN, "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "sweep")
+    assert run_dir == tmp_path / "sweep" / "0"
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["tokens"] == 6 * 2 * 2 * 128
+    log = (run_dir / "train.log").read_text()
+    assert "x 2 ranks" in log and log.count("Epoch 1/1") == 1
