@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
 import shutil
-import itertools
 import signal
 import threading
 import time
@@ -304,7 +304,7 @@ class Trainer:
         """
         accum = self.settings.train.grad_accum_steps
         scaler = self.precision.scaler
-        loss_sum = torch.zeros((), device=self.device)
+        step_loss = torch.zeros((), device=self.device)
         for micro_step in range(accum):
             inputs, targets = self.batches.next_batch()
             # Gradients are averaged across ranks once, on the last micro-step.
@@ -313,11 +313,11 @@ class Trainer:
                 with self.precision.autocast():
                     _, loss = self.forward(inputs, targets)
                 loss = loss / accum
-                loss_sum += loss.detach()
+                step_loss += loss.detach()
                 scaler.scale(loss).backward()
         # One read per step: the loss averaged over ranks, and whether any rank was asked to stop.
         stop_requested = torch.tensor(float(self.stop_signal is not None), device=self.device)
-        totals = all_reduce_sum(torch.stack([loss_sum, stop_requested])).tolist()
+        totals = all_reduce_sum(torch.stack([step_loss, stop_requested])).tolist()
         loss_value = totals[0] / self.ranks.world_size
         if totals[1] and self.stop_signal is None:
             self.stop_signal = signal.SIGTERM
