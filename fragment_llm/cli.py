@@ -262,6 +262,45 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH", help="another checkpoint of the run instead of its final model")
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    from .config import compose_settings
+
+    settings = compose_settings(args.overrides)
+    error_console.print(f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed steps)...",
+                        markup=False, soft_wrap=True)
+    result = run_bench(settings, args.steps)
+    train, generate, tokenizer = result["train"], result["generate"], result["tokenizer"]
+    setup = result["config"]
+    table = Table(title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "
+                        f"{setup['precision']}, {setup['threads']} threads")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("training tokens/s (median)", f"{train['tokens_per_sec']:,.0f}"),
+        ("bare loop tokens/s (median)", f"{train['bare_tokens_per_sec']:,.0f}"),
+        ("toolkit / bare loop", f"{train['overhead_ratio']:.3f}"),
+        ("model FLOPs per token", f"{train['flops_per_token']:,.0f}"),
+        ("measured matmul peak", f"{train['peak_flops'] / 1e9:,.1f} GFLOP/s"),
+        ("MFU", f"{train['mfu']:.1%}"),
+        ("process start to first step", f"{result['startup_seconds']:.2f} s"),
+        ("tokenizer training", f"{tokenizer['train_mb_per_sec']:.2f} MB/s"),
+        ("tokenizer encoding", f"{tokenizer['encode_mb_per_sec']:.2f} MB/s"),
+        (f"generation, KV cache ({generate['new_tokens']} tokens)", f"{generate['cached_tokens_per_sec']:,.0f} tokens/s"),
+        ("generation, no cache", f"{generate['uncached_tokens_per_sec']:,.0f} tokens/s"),
+        ("peak resident memory", f"{result['peak_rss_mb']:,.0f} MB"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if args.json:
+        from .files import write_json
+
+        write_json(Path(args.json), result)
+        console.print(f"JSON: {args.json}", markup=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fragment-llm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("hf", "safetensors"), default="hf", help="hf: transformers GPT-2 (default); safetensors: weights + our config")
     export.add_argument("--out", metavar="DIR", required=True, help="folder to write")
     export.set_defaults(handler=command_export)
+
+    bench = commands.add_parser("bench", help="measure training, tokenizer and generation speed for a config")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="training overrides, as for run.py (e.g. model=small hardware=cpu)")
+    bench.add_argument("--steps", type=_in_range(1, 10_000), default=5, help="timed optimizer steps (default: 5)")
+    bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    bench.set_defaults(handler=command_bench)
     return parser
 
 

@@ -13,6 +13,7 @@ import re
 import secrets
 import sys
 from datetime import datetime
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -261,6 +262,23 @@ def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, DictConfig):
         return [leaf for name, child in value.items() for leaf in _leaves(f"{key}.{name}", child)]
     return [(key, value)]
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_settings(overrides: list[str]) -> Config:
+    """The settings `python run.py OVERRIDES` would train with, composed from conf/ without a run
+    (for tools such as `fragment-llm bench`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
+    return load_settings(cfg)
 
 
 def to_plain(settings: Config) -> dict[str, Any]:

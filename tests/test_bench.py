@@ -1,0 +1,40 @@
+"""`fragment-llm bench` as a smoke test on a tiny config: every figure is there and plausible (speed is
+printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import tiny_overrides
+from fragment_llm.cli import main
+
+JSON_KEYS = [("train", "tokens_per_sec"), ("train", "bare_tokens_per_sec"), ("train", "overhead_ratio"),
+             ("train", "mfu"), ("train", "peak_flops"), ("startup_seconds",), ("tokenizer", "train_mb_per_sec"),
+             ("tokenizer", "encode_mb_per_sec"), ("generate", "cached_tokens_per_sec"),
+             ("generate", "uncached_tokens_per_sec"), ("peak_rss_mb",)]
+
+
+def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.grad_accum_steps": 2})
+    assert main(["bench", *overrides, "--steps", "2", "--json", str(tmp_path / "bench.json")]) == 0
+    out = capsys.readouterr().out
+    assert "toolkit / bare loop" in out and "MFU" in out and "generation, KV cache" in out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    for path in JSON_KEYS:
+        value = result
+        for key in path:
+            value = value[key]
+        assert value > 0, path
+    assert 0 < result["train"]["mfu"] < 1
+    assert result["config"]["precision"] == "fp32" and result["config"]["device"] == "cpu"
+    assert result["train"]["flops_per_token"] > 6 * 64 * 64  # at least 6 x the parameters of one matrix
+    assert not (tmp_path / "outputs").exists()  # the bench leaves no run directory behind
+
+
+def test_bench_with_a_bad_override_is_one_line(capsys):
+    assert main(["bench", "model.n_layer=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.n_layer=0 is out of range") and err.count("\n") == 1
+    assert main(["bench", "model=huge"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model=huge: ") and err.count("\n") == 1
