@@ -283,7 +283,7 @@ def command_bench(args: argparse.Namespace) -> int:
         ("model FLOPs per token", f"{train['flops_per_token']:,.0f}"),
         ("measured matmul peak", f"{train['peak_flops'] / 1e9:,.1f} GFLOP/s"),
         ("MFU", f"{train['mfu']:.1%}"),
-        ("process start to first step", f"{result['startup_seconds']:.2f} s"),
+        ("process start to first step done", f"{result['startup_seconds']:.2f} s"),
         ("tokenizer training", f"{tokenizer['train_mb_per_sec']:.2f} MB/s"),
         ("tokenizer encoding", f"{tokenizer['encode_mb_per_sec']:.2f} MB/s"),
         (f"generation, KV cache ({generate['new_tokens']} tokens)", f"{generate['cached_tokens_per_sec']:,.0f} tokens/s"),
