@@ -6,7 +6,7 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -54,14 +54,10 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
         distributed.init_process_group(ranks)
         return train(settings, run_dir, checkpoint, ranks)
     except EXPECTED_ERRORS as error:
-        message = str(error)
-        log.error(message)
-        record.update(status="failed", error=message)
+        record.failed(error)
         return math.inf
     except Interrupted as stop:
-        log.warning(stop.message)
-        record.update(status="interrupted")
-        raise SystemExit(stop.exit_code) from None
+        record.interrupted(stop)
     except KeyboardInterrupt:
         record.update(status="interrupted")
         raise
@@ -99,6 +95,17 @@ class RunRecord:
         except OSError as error:
             log.warning("could not update %s: %s", self.run_dir / "summary.json", error.strerror or error)
 
+    def failed(self, error: Exception) -> None:
+        """An expected failure: its one line to standard error and train.log, and the summary marked."""
+        log.error(str(error))
+        self.update(status="failed", error=str(error))
+
+    def interrupted(self, stop: Interrupted) -> NoReturn:
+        """SIGINT/SIGTERM: say what was saved, mark the summary, exit with 130/143."""
+        log.warning(stop.message)
+        self.update(status="interrupted")
+        raise SystemExit(stop.exit_code) from None
+
 
 def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]) -> float:
     """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`."""
@@ -126,12 +133,9 @@ def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str
         distributed.init_process_group(ranks)
         train(load_settings(plain_settings), run_dir, checkpoint, ranks)
     except EXPECTED_ERRORS as error:
-        log.error(str(error))
-        record.update(status="failed", error=str(error))
+        record.failed(error)
         raise SystemExit(1) from None
     except Interrupted as stop:
-        log.warning(stop.message)
-        record.update(status="interrupted")
-        raise SystemExit(stop.exit_code) from None
+        record.interrupted(stop)
     finally:
         distributed.shutdown()
