@@ -67,7 +67,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_range("model.vocab_size", self.vocab_size, 256, 100_000)
-        check_range("model.block_size", self.block_size, 128, 2048)
+        check_range("model.block_size", self.block_size, 16, 4096)
         check_range("model.n_layer", self.n_layer, 1, 48)
         check_range("model.n_head", self.n_head, 1, 32)
         check_range("model.n_embd", self.n_embd, 64, 2048)

@@ -320,7 +320,7 @@ def prepare_data(
 def _too_small(split: str, size: int, block_size: int, unit: str) -> ConfigError:
     return ConfigError(
         f"data: the corpus is too small: its {split} split has {size} {unit}, model.block_size={block_size} "
-        f"needs at least {block_size + 1}; add text or lower model.block_size (min 128)"
+        f"needs at least {block_size + 1}; add text or lower model.block_size (min 16)"
     )
 
 

@@ -56,7 +56,7 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def gpt2_config(model: GPT, end_of_text: int) -> dict:
-    """config.json for transformers' GPT2LMHeadModel: "gelu_new" is the tanh GELU we use."""
+    """config.json for transformers' GPT2LMHeadModel: "gelu" is the exact GELU we use."""
     config = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -68,7 +68,7 @@ def gpt2_config(model: GPT, end_of_text: int) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": 4 * config.n_embd,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu",
         "layer_norm_epsilon": 1e-5,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,

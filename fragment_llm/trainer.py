@@ -173,7 +173,7 @@ def oom_advice(settings: Config) -> str:
     return (
         f"out of memory at train.batch_size={train.batch_size}, model.block_size={model.block_size}; try "
         f"train.batch_size={half} train.grad_accum_steps={train.grad_accum_steps * train.batch_size // half} "
-        f"(same effective batch), or model.block_size={max(128, model.block_size // 2)}, "
+        f"(same effective batch), or model.block_size={max(16, model.block_size // 2)}, "
         f"or a smaller model (model.n_layer={max(1, model.n_layer // 2)} or model=tiny)"
     )
 

@@ -64,7 +64,7 @@ def test_command_line_overrides_beat_profiles():
     [
         ("model.vocab_size=100", "model.vocab_size=100 is out of range [256, 100000]"),
         ("model.vocab_size=100001", "model.vocab_size=100001"),
-        ("model.block_size=64", "model.block_size=64 is out of range [128, 2048]"),
+        ("model.block_size=8", "model.block_size=8 is out of range [16, 4096]"),
         ("model.block_size=4096", "model.block_size=4096"),
         ("model.n_layer=0", "model.n_layer=0 is out of range [1, 48]"),
         ("model.n_layer=49", "model.n_layer=49"),
