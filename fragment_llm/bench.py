@@ -23,6 +23,7 @@ import torch
 from .config import Config, DataConfig, DataSource
 from .data import collect_documents
 from .generate import Sampling, generate_tokens
+from .hardware import attention_kernel, cpu_bf16_speedup, matmul_flops, peak_matmul_size
 from .model import GPT
 from .tokenizer import train_tokenizer
 from .trainer import Trainer, build_optimizer
@@ -44,39 +45,27 @@ def seconds_since_process_start() -> float:
 _IMPORTED = time.perf_counter()
 
 
-def flops_per_token(model: GPT) -> float:
-    """Training FLOPs per token: 6 per parameter (forward and backward; position embeddings
-    excluded) plus the attention scores and their weighted sum, 12 x layers x width x context."""
-    config = model.config
-    return 6 * model.num_parameters(non_embedding=True) + 12 * config.n_layer * config.n_embd * config.block_size
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of `step` takes, the device's queued work included."""
+    started = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
-def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8) -> float:
-    """The best FLOP/s of a square matmul in `dtype` on this device: the bench's own peak."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
-
-
-def timed_steps(step, steps: int, device: torch.device) -> list[float]:
-    """Seconds per call of `step` for `steps` calls after WARMUP_STEPS untimed ones."""
-    times = []
+def interleaved_rounds(trainer_step, bare_step, peak, steps: int, device: torch.device) -> dict[str, list[float]]:
+    """`steps` rounds, after WARMUP_STEPS untimed ones, each timing one trainer step, one bare step
+    and one peak measurement. A shared machine's speed drifts over minutes; interleaving gives all
+    three the same conditions, and alternating who goes first cancels what remains within a round."""
+    times: dict[str, list[float]] = {"trainer": [], "bare": [], "peak": []}
     for index in range(WARMUP_STEPS + steps):
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        order = [("trainer", trainer_step), ("bare", bare_step)]
+        results = {name: timed(step, device) for name, step in (order if index % 2 else order[::-1])}
+        results["peak"] = peak()
         if index >= WARMUP_STEPS:
-            times.append(time.perf_counter() - started)
+            for name, value in results.items():
+                times[name].append(value)
     return times
 
 
@@ -128,30 +117,42 @@ def run_bench(settings: Config, steps: int) -> dict[str, Any]:
         trainer.model.train()
         trainer.train_step()
         startup_seconds = seconds_since_process_start()  # until the first optimizer step is done
-        trainer_times = timed_steps(trainer.train_step, steps, trainer.device)
-        bare_times = timed_steps(bare_step_function(trainer), steps, trainer.device)
-        tokens_per_sec = trainer.tokens_per_step / statistics.median(trainer_times)
-        bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(bare_times)
-        dtype = trainer.precision.dtype or torch.float32
-        peak = matmul_peak_flops(dtype, trainer.device)
-        per_token = flops_per_token(trainer.model)
+        device, dtype = trainer.device, trainer.precision.dtype or torch.float32
+
+        def trainer_step() -> None:  # an optimizer step of the real loop, with its TensorBoard scalars
+            started = time.perf_counter()
+            loss, grad_norm = trainer.train_step()
+            trainer.log_step(loss, grad_norm, time.perf_counter() - started, 1)
+
+        def peak() -> float:
+            return matmul_flops(dtype, device, peak_matmul_size(device), repeats=3)
+
+        times = interleaved_rounds(trainer_step, bare_step_function(trainer), peak, steps, device)
+        tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
+        bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
+        peak_flops = statistics.median(times["peak"])
+        config = trainer.model_config
+        attention = attention_kernel(settings.train.batch_size, config.n_head, config.block_size,
+                                     config.n_embd // config.n_head, dtype, device)
         cached, uncached = generation_speed(trainer.model, True), generation_speed(trainer.model, False)
     train_mb_per_sec, encode_mb_per_sec = tokenizer_speed(settings.model.vocab_size)
     return {
-        "config": {"model": f"{settings.model.n_layer} layers, {settings.model.n_head} heads, "
-                            f"{settings.model.n_embd} wide, block {settings.model.block_size}",
+        "config": {"model": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
+                            f"block {config.block_size}, vocab {config.vocab_size}",
                    "batch": f"{settings.train.batch_size} x accum {settings.train.grad_accum_steps}",
-                   "device": str(trainer.device), "precision": trainer.precision.name,
+                   "device": str(device), "precision": trainer.precision.name, "attention": attention,
                    "threads": torch.get_num_threads(), "compile": settings.hardware.compile},
         "train": {
             "tokens_per_sec": tokens_per_sec,
             "bare_tokens_per_sec": bare_tokens_per_sec,
             "overhead_ratio": tokens_per_sec / bare_tokens_per_sec,
-            "flops_per_token": per_token,
-            "peak_flops": peak,
-            "mfu": tokens_per_sec * per_token / peak,
+            "flops_per_token": trainer.flops_per_token,
+            "peak_flops": peak_flops,
+            "mfu": tokens_per_sec * trainer.flops_per_token / peak_flops,
             "steps_timed": steps,
         },
+        # On a CPU, how bf16 matmuls compare with fp32: what decides whether hardware.amp=true uses bf16.
+        "cpu_bf16_speedup": cpu_bf16_speedup() if device.type == "cpu" else None,
         "startup_seconds": startup_seconds,
         "tokenizer": {"train_mb_per_sec": train_mb_per_sec, "encode_mb_per_sec": encode_mb_per_sec},
         "generate": {"new_tokens": GENERATED_TOKENS, "cached_tokens_per_sec": cached,

@@ -273,7 +273,7 @@ def command_bench(args: argparse.Namespace) -> int:
     train, generate, tokenizer = result["train"], result["generate"], result["tokenizer"]
     setup = result["config"]
     table = Table(title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "
-                        f"{setup['precision']}, {setup['threads']} threads")
+                        f"{setup['precision']}, {setup['threads']} threads{', compiled' if setup['compile'] else ''}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [
@@ -283,6 +283,7 @@ def command_bench(args: argparse.Namespace) -> int:
         ("model FLOPs per token", f"{train['flops_per_token']:,.0f}"),
         ("measured matmul peak", f"{train['peak_flops'] / 1e9:,.1f} GFLOP/s"),
         ("MFU", f"{train['mfu']:.1%}"),
+        ("attention kernel (SDPA)", setup["attention"]),
         ("process start to first step done", f"{result['startup_seconds']:.2f} s"),
         ("tokenizer training", f"{tokenizer['train_mb_per_sec']:.2f} MB/s"),
         ("tokenizer encoding", f"{tokenizer['encode_mb_per_sec']:.2f} MB/s"),
@@ -290,6 +291,10 @@ def command_bench(args: argparse.Namespace) -> int:
         ("generation, no cache", f"{generate['uncached_tokens_per_sec']:,.0f} tokens/s"),
         ("peak resident memory", f"{result['peak_rss_mb']:,.0f} MB"),
     ]
+    if result["cpu_bf16_speedup"] is not None:
+        speedup = result["cpu_bf16_speedup"]
+        verdict = "hardware.amp=true uses bf16" if speedup >= 1 else "no native bf16: hardware.amp=true stays fp32"
+        rows.insert(6, ("CPU bf16 matmul vs fp32", f"{speedup:.3g}x ({verdict})"))
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -129,6 +129,13 @@ class GPT(nn.Module):
         count = sum(parameter.numel() for parameter in self.parameters())
         return count - self.wpe.weight.numel() if non_embedding else count
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (PaLM's estimate, as nanoGPT's MFU): 6 per parameter for forward and
+        backward (position embeddings excluded), plus the attention scores and their weighted sum,
+        12 x layers x width x context."""
+        config = self.config
+        return 6 * self.num_parameters(non_embedding=True) + 12 * config.n_layer * config.n_embd * config.block_size
+
     def new_cache(self, batch_size: int) -> KVCache:
         weight = self.wte.weight
         return KVCache(self.config, batch_size, weight.device, weight.dtype)

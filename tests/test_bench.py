@@ -19,6 +19,7 @@ def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
     assert main(["bench", *overrides, "--steps", "2", "--json", str(tmp_path / "bench.json")]) == 0
     out = capsys.readouterr().out
     assert "toolkit / bare loop" in out and "MFU" in out and "generation, KV cache" in out
+    assert "attention kernel (SDPA)" in out and "CPU bf16 matmul vs fp32" in out
     result = json.loads((tmp_path / "bench.json").read_text())
     for path in JSON_KEYS:
         value = result
@@ -27,6 +28,7 @@ def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
         assert value > 0, path
     assert 0 < result["train"]["mfu"] < 1
     assert result["config"]["precision"] == "fp32" and result["config"]["device"] == "cpu"
+    assert result["config"]["attention"] == "flash (CPU)" and result["cpu_bf16_speedup"] > 0
     assert result["train"]["flops_per_token"] > 6 * 64 * 64  # at least 6 x the parameters of one matrix
     assert not (tmp_path / "outputs").exists()  # the bench leaves no run directory behind
 

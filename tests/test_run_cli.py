@@ -48,7 +48,7 @@ def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert {"train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "mfu"} <= set(events.Tags()["scalars"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 2 and summary["steps"] > 20
     assert len(events.Scalars("train/loss")) == summary["steps"]

@@ -10,6 +10,7 @@ import torch
 from conftest import settings_for, tiny_overrides
 from fragment_llm.checkpoint import CheckpointError, load_checkpoint
 from fragment_llm.config import ConfigError, SchedulerConfig, SchedulerName
+from fragment_llm.hardware import physical_cores
 from fragment_llm.model import GPT, GPTConfig
 from fragment_llm.runs import read_summary
 from fragment_llm.trainer import Trainer, TrainingError, build_optimizer, build_scheduler, oom_advice, resolve_device, train
@@ -89,11 +90,30 @@ def test_other_optimizers_train(tmp_path, corpus, optimizer):
     assert trainer.best_val_loss < initial
 
 
-def test_bf16_autocast_on_cpu(tmp_path, corpus):
+def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr("fragment_llm.trainer.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
     trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True, "train.max_iters": 2})
     assert trainer.precision.name == "bf16 autocast" and not trainer.precision.scaler.is_enabled()
     trainer.fit()
     assert math.isfinite(trainer.best_val_loss)
+
+
+def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus, monkeypatch, caplog):
+    monkeypatch.setattr("fragment_llm.trainer.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
+    trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True})
+    assert trainer.precision.name == "fp32" and trainer.precision.dtype is None
+    assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text
+
+
+def test_threads_default_to_the_physical_cores(tmp_path, corpus):
+    default = torch.get_num_threads()
+    try:
+        make_trainer(tmp_path, corpus, name="one", **{"hardware.num_threads": 1})
+        assert torch.get_num_threads() == 1
+        make_trainer(tmp_path, corpus, name="auto")
+        assert torch.get_num_threads() == physical_cores()
+    finally:
+        torch.set_num_threads(default)
 
 
 def test_schedules_warm_up_then_decay():

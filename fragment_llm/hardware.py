@@ -1,0 +1,79 @@
+"""What this machine can do, measured rather than assumed: its physical cores, its matmul peak for a
+dtype, whether its CPU runs bf16 matmuls fast, and which kernel SDPA attention picks. The trainer acts
+on these (threads, AMP on CPU, MFU in TensorBoard); `fragment-llm bench` reports them."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on. Hyperthreads share a core's vector units, so one
+    matmul thread per physical core is what fills them; the logical count where topology is unknown."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(allowed)
+    return max(1, len(cores))
+
+
+def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8) -> float:
+    """The best FLOP/s of `repeats` square `size` x `size` matmuls in `dtype` on `device`."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def peak_matmul_size(device: torch.device) -> int:
+    """Big enough to reach the device's peak, small enough to measure in well under a second."""
+    return 4096 if device.type == "cuda" else 1024
+
+
+def cpu_bf16_speedup() -> float:
+    """bf16 matmul FLOP/s over fp32 on this CPU. Above 1 with native bf16 (AVX512-BF16, AMX, Arm
+    BF16); a few thousandths on an AVX2-only CPU, where bf16 falls back to a scalar loop. Small
+    matrices, so the slow case costs a fraction of a second."""
+    cpu = torch.device("cpu")
+    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=3) / matmul_flops(torch.float32, cpu, size=256, repeats=3)
+
+
+ATTENTION_KERNELS = {  # the aten op SDPA dispatches to -> what the bench calls it
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "memory-efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cuDNN",
+}
+
+
+def attention_kernel(batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype,
+                     device: torch.device) -> str:
+    """Which kernel SDPA runs for causal attention of this shape, read off the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype) for _ in range(3))
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    names = {event.name for event in profiler.events()}
+    return next((kernel for op, kernel in ATTENTION_KERNELS.items() if op in names), "math (unfused)")

@@ -1,0 +1,26 @@
+"""What the machine can do, measured: cores, matmul peak, CPU bf16 speed, the SDPA kernel."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fragment_llm.hardware import attention_kernel, cpu_bf16_speedup, matmul_flops, physical_cores
+
+
+def test_physical_cores_are_at_most_the_logical_ones():
+    assert 1 <= physical_cores() <= os.cpu_count()
+
+
+def test_matmul_flops_is_a_rate():
+    cpu = torch.device("cpu")
+    assert 1e8 < matmul_flops(torch.float32, cpu, size=128, repeats=2) < 1e14
+
+
+def test_cpu_bf16_speedup_is_measured():
+    assert 0 < cpu_bf16_speedup() < 1000
+
+
+def test_attention_runs_the_fused_cpu_kernel():
+    assert attention_kernel(2, 2, 128, 32, torch.float32, torch.device("cpu")) == "flash (CPU)"
