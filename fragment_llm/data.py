@@ -213,23 +213,26 @@ class PreparedData:
 
 
 def token_arrays(tokenizer: Tokenizer, documents: list[Document], dtype: np.dtype) -> Iterator[np.ndarray]:
-    """The documents' token ids in pieces, `<|endoftext|>` after each document."""
-    separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
+    """The documents' token ids in pieces, `<|endoftext|>` after each document. Pieces of text are
+    encoded ENCODE_BATCH at a time across document boundaries, so that the tokenizer's threads have
+    work even when a corpus is thousands of small files."""
+    batch: list[Optional[str]] = []  # None marks a document's end
     for document in documents:
-        batch: list[str] = []
         for text in document.texts():
             batch.append(text)
-            if len(batch) == ENCODE_BATCH:
+            if len(batch) >= ENCODE_BATCH:
                 yield _encode_batch(tokenizer, batch, dtype)
                 batch = []
-        if batch:
-            yield _encode_batch(tokenizer, batch, dtype)
-        yield separator
+        batch.append(None)
+    if batch:
+        yield _encode_batch(tokenizer, batch, dtype)
 
 
-def _encode_batch(tokenizer: Tokenizer, batch: list[str], dtype: np.dtype) -> np.ndarray:
-    encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
-    return np.concatenate([np.asarray(encoding.ids, dtype=dtype) for encoding in encodings])
+def _encode_batch(tokenizer: Tokenizer, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
+    encodings = iter(tokenizer.encode_batch([text for text in batch if text is not None], add_special_tokens=False))
+    separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
+    return np.concatenate([separator if text is None else np.asarray(next(encodings).ids, dtype=dtype)
+                           for text in batch])
 
 
 def _encode(tokenizer: Tokenizer, documents: list[Document], path: Path, dtype: np.dtype) -> tuple[int, int]:
@@ -271,7 +274,9 @@ def prepare_data(
         log.info("Tokenizer: reusing %s", tokenizer_path)
     else:
         log.info("Tokenizer: training byte-level BPE (vocab %d) on the training split", vocab_size)
+        training_started = time.perf_counter()
         tokenizer = train_tokenizer(_corpus_texts(train_documents), vocab_size, min_frequency)
+        log.info("Tokenizer: trained in %s", _rate(sum(d.size for d in train_documents), training_started))
         with atomic_path(tokenizer_path) as temporary:
             tokenizer.save(str(temporary))
     real_vocab = tokenizer.get_vocab_size()
@@ -287,11 +292,13 @@ def prepare_data(
     meta_path = tokens_dir / "meta.json"
     if not meta_path.exists() or retrain:
         log.info("Data: encoding %d documents into %s", len(documents), tokens_dir)
+        encoding_started = time.perf_counter()
         meta = {"dtype": dtype.name}
         for split, split_documents_ in (("train", train_documents), ("val", val_documents)):
             tokens, size = _encode(tokenizer, split_documents_, tokens_dir / f"{split}.bin", dtype)
             meta[split] = {"tokens": tokens, "bytes": size}
         write_json(meta_path, meta)
+        log.info("Data: encoded in %s", _rate(meta["train"]["bytes"] + meta["val"]["bytes"], encoding_started))
     meta = json.loads(meta_path.read_text())
     train = np.memmap(tokens_dir / "train.bin", dtype=meta["dtype"], mode="r")
     val = np.memmap(tokens_dir / "val.bin", dtype=meta["dtype"], mode="r")
@@ -315,6 +322,11 @@ def prepare_data(
         val_bytes=meta["val"]["bytes"],
         seconds=seconds,
     )
+
+
+def _rate(size: int, started: float) -> str:
+    seconds = time.perf_counter() - started
+    return f"{seconds:.2f}s ({size / 1e6:,.1f} MB, {size / 1e6 / max(seconds, 1e-9):,.2f} MB/s)"
 
 
 def _too_small(split: str, size: int, block_size: int, unit: str) -> ConfigError:
