@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def physical_cores() -> int:
@@ -59,21 +58,21 @@ def cpu_bf16_speedup() -> float:
     return matmul_flops(torch.bfloat16, cpu, size=256, repeats=3) / matmul_flops(torch.float32, cpu, size=256, repeats=3)
 
 
-ATTENTION_KERNELS = {  # the aten op SDPA dispatches to -> what the bench calls it
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
-    "aten::_scaled_dot_product_flash_attention": "flash",
-    "aten::_scaled_dot_product_efficient_attention": "memory-efficient",
-    "aten::_scaled_dot_product_cudnn_attention": "cuDNN",
+ATTENTION_KERNELS = {  # SDPA's backend choice -> what the bench calls it
+    "MATH": "math (unfused)",
+    "FLASH_ATTENTION": "flash",
+    "EFFICIENT_ATTENTION": "memory-efficient",
+    "CUDNN_ATTENTION": "cuDNN",
+    "OVERRIDEABLE": "the device backend's own",
 }
 
 
 def attention_kernel(batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype,
                      device: torch.device) -> str:
-    """Which kernel SDPA runs for causal attention of this shape, read off the profiler's op names."""
-    from torch.profiler import ProfilerActivity, profile
+    """Which kernel SDPA runs for causal attention of this shape: the choice it dispatches on."""
+    from torch.nn.attention import SDPBackend
 
     q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype) for _ in range(3))
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    names = {event.name for event in profiler.events()}
-    return next((kernel for op, kernel in ATTENTION_KERNELS.items() if op in names), "math (unfused)")
+    choice = SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name
+    kernel = ATTENTION_KERNELS.get(choice, choice.lower())
+    return f"{kernel} (CPU)" if device.type == "cpu" and choice != "MATH" else kernel
