@@ -54,19 +54,30 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def interleaved_rounds(trainer_step, bare_step, peak, steps: int, device: torch.device) -> dict[str, list[float]]:
-    """`steps` rounds, after WARMUP_STEPS untimed ones, each timing one trainer step, one bare step
-    and one peak measurement. A shared machine's speed drifts over minutes; interleaving gives all
-    three the same conditions, and alternating who goes first cancels what remains within a round."""
+def interleaved_rounds(trainer_step, bare_step, peak, rounds: int, device: torch.device,
+                       block_seconds: float = 0.5) -> tuple[dict[str, list[float]], int]:
+    """Seconds per step of the trainer and the bare loop, and the matmul peak, over `rounds` rounds
+    (after WARMUP_STEPS untimed steps of each). A shared machine's speed drifts over minutes;
+    interleaving gives all three the same conditions, and alternating who goes first cancels what
+    remains within a round. Each round runs a block of consecutive steps per side, about
+    `block_seconds` long, so that the two models do not evict each other from the CPU caches at
+    every step. Returns the per-round figures and the block length in steps."""
+    warmup = 0.0
+    for _ in range(WARMUP_STEPS):
+        warmup = timed(trainer_step, device)
+        timed(bare_step, device)
+    block = max(1, round(block_seconds / warmup))
+
+    def run_block(step):
+        return lambda: [step() for _ in range(block)]
+
     times: dict[str, list[float]] = {"trainer": [], "bare": [], "peak": []}
-    for index in range(WARMUP_STEPS + steps):
+    for index in range(rounds):
         order = [("trainer", trainer_step), ("bare", bare_step)]
-        results = {name: timed(step, device) for name, step in (order if index % 2 else order[::-1])}
-        results["peak"] = peak()
-        if index >= WARMUP_STEPS:
-            for name, value in results.items():
-                times[name].append(value)
-    return times
+        for name, step in order if index % 2 else order[::-1]:
+            times[name].append(timed(run_block(step), device) / block)
+        times["peak"].append(peak())
+    return times, block
 
 
 def bare_step_function(trainer: Trainer):
@@ -110,7 +121,7 @@ def tokenizer_speed(vocab_size: int) -> tuple[float, float]:
     return megabytes / (trained - started), megabytes / (encoded - trained)
 
 
-def run_bench(settings: Config, steps: int) -> dict[str, Any]:
+def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
     """Every figure of the bench for `settings`, as a nested dict (the JSON the command writes)."""
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(settings, Path(run_dir))
@@ -127,7 +138,7 @@ def run_bench(settings: Config, steps: int) -> dict[str, Any]:
         def peak() -> float:
             return matmul_flops(dtype, device, peak_matmul_size(device), repeats=3)
 
-        times = interleaved_rounds(trainer_step, bare_step_function(trainer), peak, steps, device)
+        times, block = interleaved_rounds(trainer_step, bare_step_function(trainer), peak, rounds, device)
         tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
         bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
         peak_flops = statistics.median(times["peak"])
@@ -149,7 +160,8 @@ def run_bench(settings: Config, steps: int) -> dict[str, Any]:
             "flops_per_token": trainer.flops_per_token,
             "peak_flops": peak_flops,
             "mfu": tokens_per_sec * trainer.flops_per_token / peak_flops,
-            "steps_timed": steps,
+            "rounds": rounds,
+            "steps_per_round": block,
         },
         # On a CPU, how bf16 matmuls compare with fp32: what decides whether hardware.amp=true uses bf16.
         "cpu_bf16_speedup": cpu_bf16_speedup() if device.type == "cpu" else None,

@@ -267,7 +267,7 @@ def command_bench(args: argparse.Namespace) -> int:
     from .config import compose_settings
 
     settings = compose_settings(args.overrides)
-    error_console.print(f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed steps)...",
+    error_console.print(f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed rounds)...",
                         markup=False, soft_wrap=True)
     result = run_bench(settings, args.steps)
     train, generate, tokenizer = result["train"], result["generate"], result["tokenizer"]
@@ -278,6 +278,7 @@ def command_bench(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     rows = [
         ("training tokens/s (median)", f"{train['tokens_per_sec']:,.0f}"),
+        ("timed", f"{train['rounds']} rounds x {train['steps_per_round']} steps"),
         ("bare loop tokens/s (median)", f"{train['bare_tokens_per_sec']:,.0f}"),
         ("toolkit / bare loop", f"{train['overhead_ratio']:.3f}"),
         ("model FLOPs per token", f"{train['flops_per_token']:,.0f}"),
@@ -356,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training, tokenizer and generation speed for a config")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="training overrides, as for run.py (e.g. model=small hardware=cpu)")
-    bench.add_argument("--steps", type=_in_range(1, 10_000), default=5, help="timed optimizer steps (default: 5)")
+    bench.add_argument("--steps", type=_in_range(1, 10_000), default=5,
+                       help="timed rounds, each a block of optimizer steps (about 0.5 s) of the trainer and then "
+                            "of the bare loop (default: 5)")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.set_defaults(handler=command_bench)
     return parser

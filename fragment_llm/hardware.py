@@ -4,8 +4,10 @@ on these (threads, AMP on CPU, MFU in TensorBoard); `fragment-llm bench` reports
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -27,6 +29,18 @@ def physical_cores() -> int:
         except OSError:
             return len(allowed)
     return max(1, len(cores))
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc's malloc from handing freed activation buffers back to the OS, only to page-fault them
+    in again on the next micro-step (its default for blocks over 128 KB-32 MB): buffers up to 32 MB
+    are reused from the heap, which is trimmed only past 2 GB free. On a CPU this alone trains small models about 15%
+    faster; memory stays at its high-water mark, which the run reaches anyway. True if applied."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8) -> float:
@@ -53,9 +67,9 @@ def peak_matmul_size(device: torch.device) -> int:
 def cpu_bf16_speedup() -> float:
     """bf16 matmul FLOP/s over fp32 on this CPU. Above 1 with native bf16 (AVX512-BF16, AMX, Arm
     BF16); a few thousandths on an AVX2-only CPU, where bf16 falls back to a scalar loop. Small
-    matrices, so the slow case costs a fraction of a second."""
+    matrices, so the slow case costs about half a second."""
     cpu = torch.device("cpu")
-    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=3) / matmul_flops(torch.float32, cpu, size=256, repeats=3)
+    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=5) / matmul_flops(torch.float32, cpu, size=256, repeats=5)
 
 
 ATTENTION_KERNELS = {  # SDPA's backend choice -> what the bench calls it

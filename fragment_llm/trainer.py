@@ -28,7 +28,7 @@ from .data import PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum
 from .evaluate import bits_per_byte, loss_sum
 from .generate import Sampling, generate_text
-from .hardware import cpu_bf16_speedup, matmul_flops, peak_matmul_size, physical_cores
+from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_matmul_size, physical_cores
 from .model import GPT, GPTConfig
 from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
 
@@ -221,6 +221,8 @@ class Trainer:
         if ranks.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ranks.local_rank)
             torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         # One thread per physical core, shared among the ranks on this machine (0: that default).
         torch.set_num_threads(settings.hardware.num_threads or max(1, physical_cores() // ranks.local_world_size))
         if self.device.type == "cuda":
