@@ -38,7 +38,7 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(
     model: GPT,
     prompt: list[int],
