@@ -357,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training, tokenizer and generation speed for a config")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="training overrides, as for run.py (e.g. model=small hardware=cpu)")
-    bench.add_argument("--steps", type=_in_range(1, 10_000), default=5,
+    bench.add_argument("--steps", type=_in_range(1, 10_000), default=10,
                        help="timed rounds, each a block of optimizer steps (about 0.5 s) of the trainer and then "
-                            "of the bare loop (default: 5)")
+                            "of the bare loop (default: 10)")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.set_defaults(handler=command_bench)
     return parser
