@@ -29,6 +29,7 @@ def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
     assert 0 < result["train"]["mfu"] < 1
     assert result["config"]["precision"] == "fp32" and result["config"]["device"] == "cpu"
     assert result["config"]["attention"] == "flash (CPU)" and result["cpu_bf16_speedup"] > 0
+    assert result["train"]["rounds"] == 2 and result["train"]["steps_per_round"] >= 1
     assert result["train"]["flops_per_token"] > 6 * 64 * 64  # at least 6 x the parameters of one matrix
     assert not (tmp_path / "outputs").exists()  # the bench leaves no run directory behind
 

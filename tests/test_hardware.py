@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
-from fragment_llm.hardware import attention_kernel, cpu_bf16_speedup, matmul_flops, physical_cores
+from fragment_llm.hardware import attention_kernel, cpu_bf16_speedup, keep_freed_memory, matmul_flops, physical_cores
 
 
 def test_physical_cores_are_at_most_the_logical_ones():
@@ -24,3 +25,8 @@ def test_cpu_bf16_speedup_is_measured():
 
 def test_attention_runs_the_fused_cpu_kernel():
     assert attention_kernel(2, 2, 128, 32, torch.float32, torch.device("cpu")) == "flash (CPU)"
+
+
+def test_freed_memory_is_kept_where_glibc_allows_it():
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
