@@ -14,6 +14,13 @@ from pathlib import Path
 import torch
 
 
+def _random(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Test data from a generator of its own: measuring never moves the global random state, which a
+    run's dropout and data order depend on (and a resumed run restores)."""
+    generator = torch.Generator(device).manual_seed(0)
+    return torch.randn(shape, device=device, generator=generator).to(dtype)
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on. Hyperthreads share a core's vector units, so one
     matmul thread per physical core is what fills them; the logical count where topology is unknown."""
@@ -45,8 +52,7 @@ def keep_freed_memory() -> bool:
 
 def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8) -> float:
     """The best FLOP/s of `repeats` square `size` x `size` matmuls in `dtype` on `device`."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    a, b = (_random((size, size), device, dtype) for _ in range(2))
     best = math.inf
     for _ in range(repeats):
         if device.type == "cuda":
@@ -86,7 +92,7 @@ def attention_kernel(batch: int, heads: int, length: int, head_dim: int, dtype: 
     """Which kernel SDPA runs for causal attention of this shape: the choice it dispatches on."""
     from torch.nn.attention import SDPBackend
 
-    q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype) for _ in range(3))
+    q, k, v = (_random((batch, heads, length, head_dim), device, dtype) for _ in range(3))
     choice = SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name
     kernel = ATTENTION_KERNELS.get(choice, choice.lower())
     return f"{kernel} (CPU)" if device.type == "cpu" and choice != "MATH" else kernel

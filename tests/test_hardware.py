@@ -30,3 +30,12 @@ def test_attention_runs_the_fused_cpu_kernel():
 def test_freed_memory_is_kept_where_glibc_allows_it():
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc
+
+
+def test_measuring_leaves_the_global_random_state_alone():
+    # A resumed run restores its random state before the trainer measures the matmul peak.
+    state = torch.get_rng_state()
+    matmul_flops(torch.float32, torch.device("cpu"), size=64, repeats=1)
+    cpu_bf16_speedup()
+    attention_kernel(1, 1, 16, 8, torch.float32, torch.device("cpu"))
+    assert torch.equal(state, torch.get_rng_state())
