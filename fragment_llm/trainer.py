@@ -25,7 +25,7 @@ from .checkpoint import capture_rng_state, point_last, restore_rng_state, save_c
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
-from .distributed import Ranks, all_gather, all_reduce_sum
+from .distributed import Ranks, all_gather, all_reduce_sum, barrier
 from .evaluate import bits_per_byte, loss_sum
 from .generate import Sampling, generate_text
 from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_matmul_size, physical_cores
@@ -602,6 +602,8 @@ class Trainer:
 def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:
     """Train one model into `run_dir` (continuing `checkpoint` if given); returns the best validation loss."""
     try:
-        return Trainer(settings, run_dir, checkpoint, ranks).fit()
+        best_val_loss = Trainer(settings, run_dir, checkpoint, ranks).fit()
     except torch.OutOfMemoryError:
         raise TrainingError(oom_advice(settings)) from None
+    barrier()  # no rank tears the process group down while another still has work in flight
+    return best_val_loss
