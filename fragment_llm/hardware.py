@@ -41,8 +41,9 @@ def physical_cores() -> int:
 def keep_freed_memory() -> bool:
     """Stop glibc's malloc from handing freed activation buffers back to the OS, only to page-fault them
     in again on the next micro-step (its default for blocks over 128 KB-32 MB): buffers up to 32 MB
-    are reused from the heap, which is trimmed only past 2 GB free. On a CPU this alone trains small models about 15%
-    faster; memory stays at its high-water mark, which the run reaches anyway. True if applied."""
+    are reused from the heap, which is trimmed only past 2 GB free. On a CPU this alone trains small
+    models about 15% faster; memory stays at its high-water mark, which the run reaches anyway.
+    True if applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
