@@ -309,15 +309,18 @@ RUN_STAMP = "FRAGMENT_LLM_RUN_STAMP"  # "<date>|<time>|<id>", set by distributed
 _run_stamp: list[str] = []
 
 
+def new_run_stamp() -> str:
+    """`<date>|<time>|<id>` for a run starting now; the id (a short random suffix) keeps runs started in
+    the same second apart."""
+    now = datetime.now()
+    return f"{now:%Y-%m-%d}|{now:%H-%M-%S}|{secrets.token_hex(2)}"
+
+
 def run_stamp(part: str) -> str:
-    """The `date`, `time` or `id` (a short random suffix) of this run's start, fixed at the first call.
-    Under torchrun every rank takes rank 0's from RUN_STAMP, so all ranks name one directory."""
+    """The `date`, `time` or `id` of this run's start, fixed at the first call. Under torchrun every
+    rank takes rank 0's from RUN_STAMP, so all ranks name one directory."""
     if not _run_stamp:
-        if RUN_STAMP in os.environ:
-            _run_stamp.extend(os.environ[RUN_STAMP].split("|"))
-        else:
-            now = datetime.now()
-            _run_stamp.extend([f"{now:%Y-%m-%d}", f"{now:%H-%M-%S}", secrets.token_hex(2)])
+        _run_stamp.extend(os.environ.get(RUN_STAMP, new_run_stamp()).split("|"))
     return _run_stamp[("date", "time", "id").index(part)]
 
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import socket
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from .config import RUN_STAMP
-
+from .config import RUN_STAMP, new_run_stamp
 
 
 @dataclass(frozen=True)
@@ -112,8 +109,7 @@ def prepare_torchrun(argv: list[str]) -> list[str]:
               "use `python run.py -m hardware=ddp hardware.nproc=N ...` instead", file=sys.stderr)
         sys.exit(2)
     init_process_group(ranks)
-    now = datetime.now()
-    stamp = [f"{now:%Y-%m-%d}|{now:%H-%M-%S}|{secrets.token_hex(2)}"]
+    stamp = [new_run_stamp()]
     dist.broadcast_object_list(stamp, src=0)
     os.environ[RUN_STAMP] = stamp[0]
     return argv if ranks.is_main else [*argv, "hydra.output_subdir=null"]
@@ -134,6 +130,6 @@ def spawn(nproc: int, target: Callable[..., None], *args: Any) -> None:
 
 
 def _spawned(local_rank: int, nproc: int, port: int, target: Callable[..., None], args: tuple) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
+                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     target(*args)
