@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fragment_llm.app import run_training
+from fragment_llm.config import ConfigError, check_overrides, command_line_overrides
 from fragment_llm.distributed import prepare_torchrun
 
 
@@ -32,4 +33,9 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
+    try:
+        check_overrides(command_line_overrides())  # one line where Hydra would print a report
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

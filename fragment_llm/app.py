@@ -2,73 +2,252 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import math
+import os
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Iterator, NoReturn, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from . import distributed
 from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
 from .config import Config, ConfigError, load_settings, resume_settings, to_plain
 from .console import setup_logging
-from .runs import read_summary, update_summary
-from .trainer import Interrupted, TrainingError, train
+from .files import write_text
+from .runs import SUMMARY_FILE, read_summary, update_summary
+from .trainer import STOP_SIGNALS, Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
 
-EXPECTED_ERRORS = (ConfigError, TrainingError, CheckpointError)
+# Failures that end a run as one line; an OSError (a full disk, a missing permission) names its file.
+EXPECTED_ERRORS = (ConfigError, TrainingError, CheckpointError, OSError)
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
     `overrides` are the command line's (they decide what a resumed run may change). Expected
-    failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint) end as one line on
-    standard error and in train.log, and a summary.json marked failed. SIGINT/SIGTERM end the
-    process with 130/143 after a checkpoint, the summary marked interrupted. Any other error is
+    failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint, a file that cannot
+    be read or written) end as one line on standard error and in train.log, and a summary.json marked
+    failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number: during training
+    after a checkpoint, before it at once; the summary is marked interrupted. Any other error is
     marked failed too and raised; `in_sweep`, it is logged with its traceback and returns +inf
     instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
+
+    A directory that holds another run is refused (nothing in it is touched), and rank 0 holds the
+    directory's lock for the run's life, so two processes never train into one directory.
 
     Under torchrun every rank runs this; only rank 0 writes train.log and summary.json. With
     `hardware.nproc` > 1 (and no torchrun), the ranks are spawned here, sharing `run_dir`.
     """
     ranks = distributed.from_environment()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start_logging(run_dir, ranks)
-    record = RunRecord(run_dir, ranks)
-    record.update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
-        settings = load_settings(cfg)
-        log.info("Run directory: %s", run_dir)
-        checkpoint, checkpoint_path = None, None
-        if settings.train.resume:
-            checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
-            settings = resume_settings(cfg, checkpoint["config"], list(overrides))
-            log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
-            record.update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
-        if settings.hardware.nproc > 1 and not ranks.enabled:
-            return spawn_ranks(settings, run_dir, checkpoint_path)
-        distributed.init_process_group(ranks)
-        return train(settings, run_dir, checkpoint, ranks)
-    except EXPECTED_ERRORS as error:
-        record.failed(error)
+        lock = claim_run_directory(run_dir, requested_resume(cfg)) if ranks.is_main else nullcontext()
+    except ConfigError as error:
+        setup_logging(None)
+        log.error(str(error))
         return math.inf
-    except Interrupted as stop:
-        record.interrupted(stop)
-    except KeyboardInterrupt:
-        record.update(status="interrupted")
-        raise
-    except BaseException as error:
-        record.update(status="failed", error=f"{type(error).__name__}: {error}")
-        if in_sweep and isinstance(error, Exception):
-            log.exception("this job failed; the sweep goes on")
+    with lock, stop_on_signals():
+        start_logging(run_dir, ranks)
+        record = RunRecord(run_dir, ranks)
+        record.update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        try:
+            settings = load_settings(cfg)
+            check_writable_folder("paths.cache", settings.paths.cache)
+            log.info("Run directory: %s", run_dir)
+            checkpoint, checkpoint_path = None, None
+            if settings.train.resume:
+                checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
+                settings = resume_settings(cfg, checkpoint["config"], list(overrides))
+                log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
+                record.update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
+                if ranks.is_main:
+                    record_resumed_config(run_dir, settings, checkpoint_path, overrides)
+            if settings.hardware.nproc > 1 and not ranks.enabled:
+                return spawn_ranks(settings, run_dir, checkpoint_path)
+            distributed.init_process_group(ranks)
+            return train(settings, run_dir, checkpoint, ranks)
+        except EXPECTED_ERRORS as error:
+            record.failed(error)
             return math.inf
-        raise
+        except Interrupted as stop:
+            record.interrupted(stop)
+        except BaseException as error:
+            record.update(status="failed", error=f"{type(error).__name__}: {error}")
+            if in_sweep and isinstance(error, Exception):
+                log.exception("this job failed; the sweep goes on")
+                return math.inf
+            raise
+        finally:
+            distributed.shutdown()
+
+
+def check_writable_folder(key: str, folder: str) -> None:
+    """`folder` exists (it is made if missing) and a file can be written in it, or one ConfigError line."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={folder} is a file, not a folder; set {key} to a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key}={folder} is not a writable folder ({error.strerror or error}); "
+                          f"set {key} to a folder you can write") from None
+
+
+def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
+    """`train.resume` as given, before validation (a value that does not resolve counts as none: the
+    validation that follows says what is wrong with it)."""
+    try:
+        return OmegaConf.select(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, "train.resume")
+    except OmegaConfBaseException:
+        return None
+
+
+def file_error(error: OSError) -> TrainingError:
+    """An OSError (a full disk, a read-only folder, a missing permission) as one line naming the file."""
+    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    where = f" {error.filename}" if error.filename else ""
+    return TrainingError(f"could not read or write{where}: {reason}; free space, fix the permissions, or choose "
+                         "other paths.outputs / paths.cache (checkpoints already written are intact)")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) stop the run at once, as `Interrupted`, until the
+    training loop takes them over (Trainer.stop_on_signals, which finishes the step and saves):
+    before then there is nothing to save, and temporary files are removed as the exception unwinds."""
+
+    def stop(signum: int, frame) -> None:
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped before training began; nothing was lost "
+                                  "(no checkpoint yet): run the same command again")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
     finally:
-        distributed.shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "models")
+LOCK_FILE = ".lock"
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / marker).exists() for marker in RUN_MARKERS)
+
+
+def check_run_directory(run_dir: Path, resume: Optional[str]) -> None:
+    """Refuse a directory that holds another run, unless this run resumes it, and one that a live
+    process is training into (its lock is held; a lock file left by a dead process holds nothing)."""
+    claim_run_directory(run_dir, resume).release()
+
+
+def claim_run_directory(run_dir: Path, resume: Optional[str]) -> "RunLock":
+    """Check `run_dir` as check_run_directory does and return its lock, held until released."""
+    run_dir = Path(run_dir)
+    if holds_run(run_dir) and not resumes(run_dir, resume):
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with train.resume={run_dir} hydra.run.dir={run_dir}, "
+            "or leave hydra.run.dir out for a new directory"
+        )
+    return RunLock(run_dir).acquire()
+
+
+def resumes(run_dir: Path, resume: Optional[str]) -> bool:
+    """Whether `resume` (a run directory or a checkpoint file) is `run_dir` or inside it."""
+    if not resume:
+        return False
+    target = Path(resume).expanduser().resolve()
+    return Path(run_dir).resolve() in (target, *target.parents)
+
+
+class RunLock:
+    """An exclusive lock on <run>/.lock, removed when released. flock is released by the kernel when a
+    process dies, so the file a killed run leaves behind locks nothing; it holds the owner's pid for
+    the message."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.handle = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise ConfigError(
+                    f"{self.path.parent} is in use: another process (pid {owner}) is training into it; wait for "
+                    "it to end, or choose another directory"
+                ) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()  # the owner released and removed this file as we locked it: lock the new one
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()  # closing releases the lock
+            self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def record_resumed_config(run_dir: Path, settings: Config, checkpoint_path: Path, overrides: Sequence[str]) -> None:
+    """Make .hydra/config.yaml say what a resumed run trains with (the checkpoint's settings plus the
+    overrides), not what the command line alone composed, and .hydra/hydra.yaml's group choices the
+    resumed run's, except the groups chosen on this command line, so that `fragment-llm runs`,
+    `show` and `compare` describe it truly."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    if not hydra_dir.is_dir():
+        return
+    write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(to_plain(settings)))
+    record_path, source_path = hydra_dir / "hydra.yaml", source_run(checkpoint_path) / ".hydra" / "hydra.yaml"
+    try:
+        record, source = OmegaConf.load(record_path), OmegaConf.load(source_path)
+        chosen_now = {item.split("=", 1)[0] for item in overrides}
+        for group, option in source.hydra.runtime.choices.items():
+            if group in record.hydra.runtime.choices and group not in chosen_now:
+                record.hydra.runtime.choices[group] = option
+    except (OSError, OmegaConfBaseException, AttributeError):
+        return  # the resumed run's record is missing or damaged: the choices stay as composed
+    write_text(record_path, OmegaConf.to_yaml(record))
+
+
+def source_run(checkpoint_path: Path) -> Path:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/x.pt, <run>/models/final_model.pt)."""
+    return Path(checkpoint_path).resolve().parent.parent
 
 
 def start_logging(run_dir: Path, ranks: distributed.Ranks) -> None:
@@ -97,12 +276,15 @@ class RunRecord:
 
     def failed(self, error: Exception) -> None:
         """An expected failure: its one line to standard error and train.log, and the summary marked."""
+        if isinstance(error, OSError):
+            error = file_error(error)
         log.error(str(error))
         self.update(status="failed", error=str(error))
 
     def interrupted(self, stop: Interrupted) -> NoReturn:
-        """SIGINT/SIGTERM: say what was saved, mark the summary, exit with 130/143."""
-        log.warning(stop.message)
+        """SIGINT/SIGTERM/SIGHUP: say what was saved (rank 0), mark the summary, exit with 128 + the signal."""
+        if self.enabled:
+            log.warning(stop.message)
         self.update(status="interrupted")
         raise SystemExit(stop.exit_code) from None
 
@@ -113,10 +295,13 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     log.info("Starting %d ranks (%s)", nproc, distributed.backend())
     try:
         distributed.spawn(nproc, train_rank, to_plain(settings), str(run_dir),
-                          None if checkpoint_path is None else str(checkpoint_path))
-    except Exception as error:  # a rank failed: rank 0 has said why in train.log and summary.json
-        summary = read_summary(run_dir)
-        if summary.get("status") in ("failed", "interrupted"):
+                          None if checkpoint_path is None else str(checkpoint_path), forward=STOP_SIGNALS)
+    except Exception as error:  # a rank failed or was stopped: rank 0 has said why in train.log and summary.json
+        status = read_summary(run_dir).get("status")
+        exit_code = getattr(error, "exit_code", None)
+        if status == "interrupted" and exit_code and exit_code > 128:
+            raise Interrupted(exit_code - 128, "the ranks stopped (rank 0 said what was saved, above)")
+        if status in ("failed", "interrupted"):
             return math.inf
         raise TrainingError(f"a training process failed: {str(error).strip().splitlines()[-1]}") from None
     return read_summary(run_dir).get("best_val_loss", math.inf)
@@ -129,9 +314,10 @@ def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str
     start_logging(run_dir, ranks)
     record = RunRecord(run_dir, ranks)
     try:
-        checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path))
-        distributed.init_process_group(ranks)
-        train(load_settings(plain_settings), run_dir, checkpoint, ranks)
+        with stop_on_signals():
+            checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path), for_resume=True)
+            distributed.init_process_group(ranks)
+            train(load_settings(plain_settings), run_dir, checkpoint, ranks)
     except EXPECTED_ERRORS as error:
         record.failed(error)
         raise SystemExit(1) from None

@@ -38,11 +38,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         with atomic_path(path) as temporary:
             torch.save(state, temporary)
     except OSError as error:
-        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {reason}; free space or choose a writable paths.outputs "
-            "(the previous checkpoint is intact)"
-        ) from None
+        raise _not_written(path, "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error)))
+    except RuntimeError as error:  # torch's zip writer reports a failed write (full disk, file-size limit) so
+        raise _not_written(path, f"the write failed, the disk may be full or the file too large "
+                                 f"({str(error).splitlines()[0]})")
+
+
+def _not_written(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"could not write checkpoint {path}: {reason}; free space or choose a writable paths.outputs "
+        "(the previous checkpoint is intact)"
+    )
 
 
 def point_last(directory: Path, target: Path) -> None:
@@ -66,12 +72,26 @@ def save_step_checkpoint(directory: Path, step: int, state: dict[str, Any], keep
         old.unlink()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+# What every checkpoint holds (the tools need no more), and what resuming a run needs besides.
+MODEL_KEYS = ("model_state_dict", "model_config")
+RESUME_KEYS = (*MODEL_KEYS, "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "config", "step",
+               "data_position", "rng_state", "tokenizer_hash", "corpus_hash", "best_val_loss", "best_val_bpb")
+# model_config's fields and the values a model may have: anything else is a damaged or foreign file,
+# refused before a model is built (a vocabulary of 2e9 would try to allocate terabytes).
+MODEL_CONFIG_RANGES = {"vocab_size": (1, 1 << 20), "block_size": (1, 1 << 16), "n_layer": (1, 256),
+                       "n_head": (1, 256), "n_embd": (1, 1 << 16), "dropout": (0.0, 1.0)}
+
+
+def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, checked: a dict with the model's weights and a sane model_config (and
+    everything a resume needs, `for_resume`). Anything else is a CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass a .pt file such as {path / LAST}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         code = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if code:
@@ -82,29 +102,76 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint (it does not unpickle)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint: {str(error).splitlines()[0]}") from None
+    problem = checkpoint_problem(state, RESUME_KEYS if for_resume else MODEL_KEYS)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is not a fragment-llm checkpoint: {problem}")
+    return state
+
+
+def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
+    """What is wrong with a loaded checkpoint, or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    missing = [key for key in keys if key not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    weights, config = state["model_state_dict"], state["model_config"]
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        return "model_state_dict is not a dict of tensors"
+    if not isinstance(config, dict):
+        return "model_config is not a dict"
+    unknown = set(config) - set(MODEL_CONFIG_RANGES) - {"bias"}
+    if unknown or not set(MODEL_CONFIG_RANGES) - {"dropout"} <= set(config):
+        return f"model_config has the keys {sorted(config)}, not a model's"
+    for key, (low, high) in MODEL_CONFIG_RANGES.items():
+        value = config.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            return f"model_config.{key}={value!r} is not in [{low}, {high}]"
+    if "step" in keys:
+        for key in ("step", "data_position"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                return f"{key}={state[key]!r} is not a count"
+        if not isinstance(state["config"], dict) or not isinstance(state["rng_state"], list):
+            return "its config or rng_state is not what a run writes"
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was saved at, read without loading its tensors (-1 if unreadable)."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:  # noqa: BLE001 - any unreadable file simply ranks last; loading it reports why
+        return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
     """Load the checkpoint to resume from: `path` itself, or a run directory's newest valid one.
 
-    In a run directory, a damaged newest checkpoint (a crash while the disk lied, a truncated copy)
-    is skipped with a warning in favour of the one before it.
+    In a run directory, the newest is the one with the highest step (read from each file: a copied
+    directory has new file times); a damaged one is skipped with a warning in favour of the one before it.
     """
     path = Path(path).expanduser()
     if path.is_file():
-        return path, load_checkpoint(path)
+        return path, load_checkpoint(path, for_resume=True)
     if not path.is_dir():
         raise CheckpointError(
             f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)"
         )
-    candidates = [p for p in (path / "checkpoints").glob("*.pt") if p.name != LAST]
-    candidates += list((path / "models").glob("final_model.pt"))
+    candidates = [p for p in (path / "checkpoints").glob("*.pt") if p.is_file()]
+    candidates += [p for p in (path / "models").glob("final_model.pt") if p.is_file()]
     if not candidates:
         raise CheckpointError(f"train.resume={path} holds no checkpoints (checkpoints/*.pt or models/final_model.pt)")
-    damaged = []
-    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+    steps = {candidate: checkpoint_step(candidate) for candidate in candidates}
+    damaged = [candidate.name for candidate, step in steps.items() if step < 0]
+    for name in damaged:
+        log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path / name)
+    # Highest step first; among equals the final model, then step/epoch files, then last.pt (a link to one of them).
+    ranked = sorted((c for c in candidates if steps[c] >= 0),
+                    key=lambda c: (steps[c], c.parent.name == "models", c.name != LAST), reverse=True)
+    for candidate in ranked:
         try:
-            checkpoint = load_checkpoint(candidate)
+            checkpoint = load_checkpoint(candidate, for_resume=True)
         except CheckpointError as error:
             log.warning("%s; trying the previous checkpoint", error)
             damaged.append(candidate.name)

@@ -8,6 +8,8 @@ ConfigStore as `fragment_llm_schema` for tools that compose against it.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 import secrets
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -28,12 +30,13 @@ class ConfigError(ValueError):
 
 
 def check_range(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """`value` must be a finite number in [low, high] (or (low, high]): NaN and inf fail every check."""
+    interval = f"{'(' if low_open else '['}{low}, {high}]"
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not a finite number; set {key} to a value in {interval}")
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
-        bracket = "(" if low_open else "["
-        raise ConfigError(
-            f"{key}={value} is out of range {bracket}{low}, {high}]; set {key} to a value in that range"
-        )
+        raise ConfigError(f"{key}={value} is out of range {interval}; set {key} to a value in that range")
 
 
 class OptimizerName(str, Enum):
@@ -215,11 +218,19 @@ ConfigStore.instance().store(name="fragment_llm_schema", node=Config)
 
 def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
     """Validate a composed config against the schema and return the typed settings."""
-    plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    plain = {key: value for key, value in plain.items() if key != "hydra"}
     try:
+        if not isinstance(cfg, dict):  # resolving `${...}` here, so that one naming nothing is a ConfigError
+            cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        plain = {key: value for key, value in cfg.items() if key != "hydra"}
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         return OmegaConf.to_object(merged)
+    except InterpolationResolutionError as error:
+        raise ConfigError(
+            f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name an existing key "
+            "(`python run.py --cfg job` lists them)"
+        ) from None
+    except ConfigKeyError as error:
+        raise unknown_key(error.full_key) from None
     except OmegaConfBaseException as error:
         key = error.full_key or error.key
         message = str(error).splitlines()[0]
@@ -237,14 +248,21 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
     the model, the data or the tokenizer is an error; any other (max_iters, epochs, intervals, the
     device, the learning rate) applies.
     """
-    current = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    current = OmegaConf.create({key: value for key, value in current.items() if key != "hydra"})
+    current = OmegaConf.create(to_plain(load_settings(cfg)))
     merged = OmegaConf.create(saved)
     merged.paths = current.paths  # where outputs and caches live is this machine's business
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
+        section = key.split(".")[0]
+        if section == "hydra":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{override} does not combine with train.resume: a resumed run keeps the checkpoint's model, data "
+                "and tokenizer; give only the keys to change (e.g. train.max_iters=2000) or start a new run"
+            )
         value = OmegaConf.select(current, key)
-        if key.split(".")[0] in RESUME_LOCKED:
+        if section in RESUME_LOCKED:
             for leaf, wanted in _leaves(key, value):
                 saved_value = OmegaConf.select(merged, leaf)
                 if wanted != saved_value:
@@ -264,6 +282,7 @@ def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
     return [(key, value)]
 
 
+SECTIONS = tuple(Config.__dataclass_fields__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -296,6 +315,93 @@ def swept_keys(overrides: list[str]) -> str:
              if override.is_sweep_override()]
     names += [str(override.value()) for override in parsed if override.get_key_element() == "hparams_search"]
     return "-".join(names) or "sweep"
+
+
+def valid_keys() -> dict[str, set[str]]:
+    """Every `section.key` of the schema, and every config group with its options (from conf/)."""
+    keys = {f"{section}.{name}" for section, node in Config.__dataclass_fields__.items()
+            for name in node.default_factory.__dataclass_fields__}
+    groups = {folder.name: {path.stem for path in folder.glob("*.yaml")} for folder in CONF_DIR.iterdir()
+              if folder.is_dir() and folder.name != "hydra"}
+    return {"keys": keys, "groups": set(groups), **{f"group:{name}": options for name, options in groups.items()}}
+
+
+def unknown_key(key: str) -> ConfigError:
+    """One line for a key the schema does not have, naming the closest valid one."""
+    known = valid_keys()
+    same_name = sorted(valid for valid in known["keys"] if valid.split(".")[-1] == key.split(".")[-1])
+    close = same_name or difflib.get_close_matches(key, sorted(known["keys"] | known["groups"]), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(f"{key} is not a config key; {hint}`python run.py --cfg job` lists the keys")
+
+
+def group_option_keys(group: str, option: str) -> set[str]:
+    """The keys of `group` that conf/<group>/<option>.yaml (or conf/config.yaml) sets."""
+    config = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    if (CONF_DIR / group / f"{option}.yaml").read_text().startswith("# @package _global_"):
+        config = config.get(group) or {}
+    return set(config) | set(OmegaConf.load(CONF_DIR / "config.yaml").get(group) or {})
+
+
+def chosen_options(group: str, overrides: list[str]) -> list[str]:
+    """The options of `group` a command line picks: its own `group=...` (every value of a sweep), else
+    the recipe's (`experiment=...` with `override /group: ...`), else conf/config.yaml's default."""
+    def default_in(path: Path, prefix: str = "") -> Optional[str]:
+        for entry in OmegaConf.load(path).get("defaults") or []:
+            if isinstance(entry, DictConfig) and f"{prefix}{group}" in entry:
+                return entry[f"{prefix}{group}"]
+        return None
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key.lstrip("+") == group:
+            return [option for option in value.split(",") if option and option != "null"]
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key == "experiment" and (CONF_DIR / "experiment" / f"{value}.yaml").is_file():
+            chosen = default_in(CONF_DIR / "experiment" / f"{value}.yaml", "override /")
+            if chosen:
+                return [chosen]
+    chosen = default_in(CONF_DIR / "config.yaml")
+    return [chosen] if chosen else []
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse, in one ConfigError line, the command-line overrides Hydra itself would refuse with a
+    multi-line report: bad syntax, an unknown key or group option, `+` on a key that exists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    known = valid_keys()
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException as error:
+            raise ConfigError(
+                f"{text} is not a valid override ({str(error).splitlines()[0]}); write key=value, and quote a value "
+                "holding brackets, commas or spaces: 'key=\"a [b].txt\"'"
+            ) from None
+        key = override.get_key_element().lstrip("+~")
+        if override.is_hydra_override() or override.is_delete():
+            continue
+        if key in known["groups"]:
+            options = list(override.sweep_string_iterator()) if override.is_choice_sweep() else [override.value()]
+            for option in options:
+                if option is not None and str(option) not in known[f"group:{key}"]:
+                    raise ConfigError(f"{key}={option} is not an option of {key}; choose one of "
+                                      f"{', '.join(sorted(known[f'group:{key}']))}")
+        elif key in known["keys"]:
+            if override.is_add():
+                raise ConfigError(f"{text}: {key} exists already; drop the + ({key}=...)")
+            section, name = key.split(".")
+            for option in chosen_options(section, overrides) if section in known["groups"] else ():
+                if name not in group_option_keys(section, option):
+                    users = sorted(o for o in known[f"group:{section}"] if name in group_option_keys(section, o))
+                    raise ConfigError(f"{key} is not a setting of {section}={option}, only of "
+                                      f"{', '.join(f'{section}={user}' for user in users)}: choose one, or drop {key}")
+        elif not (override.is_add() or override.is_force_add() or key in SECTIONS):
+            raise unknown_key(key)  # a `+key` the schema lacks is refused by load_settings, in the run's log
 
 
 def command_line_overrides() -> list[str]:

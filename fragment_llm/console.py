@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,24 @@ class ConsoleHandler(logging.Handler):
             console.print(message, markup=False, soft_wrap=True)
 
 
+class LogFileHandler(logging.FileHandler):
+    """train.log. When a write fails (a full disk), the file stops with one warning on the console,
+    instead of logging's traceback on every later record; the run's own error handling goes on."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or error
+        error_console.print(f"warning: could not write {self.baseFilename} ({reason}); logging to the console only",
+                            markup=False, soft_wrap=True)
+
+
 def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, level: int = logging.INFO) -> None:
     """Route the package's log records (from `level` up) to the console and, when given, to `log_file`."""
     logger = logging.getLogger("fragment_llm")
@@ -37,7 +56,12 @@ def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, 
     if console_output:
         logger.addHandler(ConsoleHandler())
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            file_handler = LogFileHandler(log_file, encoding="utf-8")
+        except OSError as error:
+            error_console.print(f"warning: could not open {log_file} ({error.strerror or error}); logging to the "
+                                "console only", markup=False, soft_wrap=True)
+            return
         file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         logger.addHandler(file_handler)

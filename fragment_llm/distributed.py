@@ -8,9 +8,12 @@ With one process every function here is a no-op, so the training loop reads the 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -121,12 +124,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def spawn(nproc: int, target: Callable[..., None], *args: Any) -> None:
+def spawn(nproc: int, target: Callable[..., None], *args: Any, forward: tuple[int, ...] = ()) -> None:
     """Run `target(*args)` in `nproc` new processes, ranks 0..nproc-1 of one process group on this
-    machine. Raises if any of them fails."""
+    machine. Raises if any of them fails. The signals in `forward` that reach this process are passed
+    on to the ranks (a SIGTERM sent to the parent alone), which stop as a trained run does."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawned, args=(nproc, free_port(), target, args), nprocs=nproc, join=True)
+    context = mp.start_processes(_spawned, args=(nproc, free_port(), target, args), nprocs=nproc, join=False)
+
+    def pass_on(signum: int, frame) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    # When one rank ends (a stopped rank exits 128 + the signal), torch ends the others and says so: noise.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, pass_on) for signum in forward} if in_main_thread else {}
+    try:
+        while not context.join():
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _spawned(local_rank: int, nproc: int, port: int, target: Callable[..., None], args: tuple) -> None:

@@ -1,7 +1,7 @@
 """Hydra callbacks, named in conf/config.yaml (`hydra.callbacks`) and loaded only by Hydra.
 
 With config.py the only module of the package that imports Hydra: a callback must subclass Hydra's
-`Callback` (Hydra calls every hook on it). The work itself lives in runs.py.
+`Callback` (Hydra calls every hook on it). The work itself lives in runs.py and app.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .runs import write_sweep_report
+from .runs import SUMMARY_FILE, write_sweep_report
 
 
 class SweepReport(Callback):
@@ -22,3 +22,45 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():  # a sweep that launched no job has no directory
             write_sweep_report(sweep_dir)
+
+
+class Preflight(Callback):
+    """Before Hydra makes the run or sweep directory and writes its .hydra/ record: the folders can be
+    written, the directory holds no other run (Hydra would overwrite its record), and it is not in
+    use. A problem ends the command with one `error:` line and exit code 2, nothing written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check(config, sweep=False)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check(config, sweep=True)
+
+    @staticmethod
+    def check(config: DictConfig, sweep: bool) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf.errors import OmegaConfBaseException
+
+        from .app import check_run_directory, check_writable_folder
+        from .config import ConfigError
+        from .console import error_console
+        from .distributed import from_environment
+
+        HydraConfig.instance().set_config(config)  # for `${hydra:...}` in the directory's name
+        try:
+            try:
+                outputs, cache = config.paths.outputs, config.paths.cache
+                directory = Path(config.hydra.sweep.dir if sweep else config.hydra.run.dir)
+                resume = config.train.resume
+            except OmegaConfBaseException as error:
+                raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name "
+                                  "an existing key (`python run.py --cfg job` lists them)") from None
+            check_writable_folder("paths.outputs", outputs)
+            check_writable_folder("paths.cache", cache)
+            if sweep and any(directory.rglob(SUMMARY_FILE)):
+                raise ConfigError(f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
+                                  "new sweep directory, or choose another")
+            if not sweep and from_environment().is_main:  # torchrun's other ranks share rank 0's directory
+                check_run_directory(directory, resume)
+        except ConfigError as error:
+            error_console.print(f"error: {error}", markup=False, soft_wrap=True)
+            raise SystemExit(2) from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
+from .checkpoint import CheckpointError, capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
 from .data import PreparedData, TrainBatches, eval_batches, prepare_data
@@ -186,8 +186,32 @@ def oom_advice(settings: Config) -> str:
     )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
+def check_resumable(checkpoint: dict, data: PreparedData) -> None:
+    """A checkpoint continues only on the text and the tokenizer it was trained with."""
+    if checkpoint["corpus_hash"] != data.corpus_hash:
+        raise ConfigError(
+            "the corpus differs from the one the checkpoint was trained on (its files changed); "
+            "restore the original text or start a new run without train.resume"
+        )
+    if checkpoint["tokenizer_hash"] != data.tokenizer_hash:
+        raise ConfigError(
+            f"the tokenizer {data.tokenizer_path} differs from the one the checkpoint was trained with (the cache was "
+            "changed); delete that file (it is trained again, the same for the same text) and resume again"
+        )
+
+
+def is_cpu_out_of_memory(error: BaseException) -> bool:
+    """A CPU allocation that failed: torch raises a RuntimeError from its allocator, NumPy a MemoryError."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
+    )
+
+
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM stopped the run; `message` says what was saved and how to resume."""
+    """SIGINT, SIGTERM or SIGHUP stopped the run; `message` says what was saved and how to resume."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
@@ -234,11 +258,8 @@ class Trainer:
             settings.data, model_settings.vocab_size, model_settings.block_size,
             settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
         )
-        if checkpoint is not None and checkpoint["corpus_hash"] != self.data.corpus_hash:
-            raise ConfigError(
-                "the corpus differs from the one the checkpoint was trained on (its files changed); "
-                "restore the original text or start a new run without train.resume"
-            )
+        if checkpoint is not None:
+            check_resumable(checkpoint, self.data)
         if ranks.is_main:
             shutil.copyfile(self.data.tokenizer_path, self.run_dir / TOKENIZER_FILE)
 
@@ -295,8 +316,17 @@ class Trainer:
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
         resume); the schedule is rebuilt for the current length and replayed up to the step."""
-        self.model.load_state_dict(checkpoint["model_state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        try:
+            self.model.load_state_dict(checkpoint["model_state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(f"the checkpoint's weights do not fit its model settings: "
+                                  f"{str(error).splitlines()[0]}; resume from a checkpoint this run wrote") from None
+        saved_optimizer = checkpoint["config"]["optimizer"]["name"]
+        if saved_optimizer == self.settings.optimizer.name.value:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        else:
+            log.warning("Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
+                        self.settings.optimizer.name.value, saved_optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
         self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
@@ -476,7 +506,8 @@ class Trainer:
 
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM ask the loop to stop after the current optimizer step; a second one stops at once."""
+        """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current optimizer step; a second one stops at
+        once. After the last step a first signal changes nothing: the final model is being saved."""
 
         def request_stop(signum: int, frame) -> None:
             if self.stop_signal is not None:
@@ -490,7 +521,7 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
         try:
             yield
         finally:
@@ -535,20 +566,19 @@ class Trainer:
         self.model.train()
         train_started, start_step = time.perf_counter(), self.step
         train_loss = math.nan
-        with self.stop_on_signals():
-            while self.step < self.total_steps:
-                epoch = self.step // self.steps_per_epoch + 1
-                steps = min(self.steps_per_epoch - self.step % self.steps_per_epoch, self.total_steps - self.step)
-                log.info("Epoch %d/%d", epoch, self.epochs)
-                train_loss = self.run_epoch(steps)
-                if self.last_eval_step != self.step:
-                    self.evaluate()
-                log.info("Train loss: %.4f", train_loss)
-                log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
-                if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
-                    path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
-                    self.save_checkpoint(path)
-                    log.info("Checkpoint: %s", path)
+        while self.step < self.total_steps:
+            epoch = self.step // self.steps_per_epoch + 1
+            steps = min(self.steps_per_epoch - self.step % self.steps_per_epoch, self.total_steps - self.step)
+            log.info("Epoch %d/%d", epoch, self.epochs)
+            train_loss = self.run_epoch(steps)
+            if self.last_eval_step != self.step:
+                self.evaluate()
+            log.info("Train loss: %.4f", train_loss)
+            log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
+            if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
+                path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+                self.save_checkpoint(path)
+                log.info("Checkpoint: %s", path)
         train_seconds = time.perf_counter() - train_started
         final = self.run_dir / FINAL_MODEL
         self.save_checkpoint(final)
@@ -602,8 +632,14 @@ class Trainer:
 def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:
     """Train one model into `run_dir` (continuing `checkpoint` if given); returns the best validation loss."""
     try:
-        best_val_loss = Trainer(settings, run_dir, checkpoint, ranks).fit()
+        trainer = Trainer(settings, run_dir, checkpoint, ranks)
+        with trainer.stop_on_signals():
+            best_val_loss = trainer.fit()
     except torch.OutOfMemoryError:
+        raise TrainingError(oom_advice(settings)) from None
+    except (RuntimeError, MemoryError) as error:
+        if not is_cpu_out_of_memory(error):
+            raise
         raise TrainingError(oom_advice(settings)) from None
     barrier()  # no rank tears the process group down while another still has work in flight
     return best_val_loss

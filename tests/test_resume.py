@@ -154,7 +154,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, co
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "step_1.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.ones(3)})
+    model = {"model_config": {"vocab_size": 256, "block_size": 16, "n_layer": 1, "n_head": 1, "n_embd": 64}}
+    save_checkpoint(path, {**model, "step": 1, "model_state_dict": {"w": torch.ones(3)}})
 
     def fill_disk(state, target):
         with open(target, "wb") as handle:
@@ -163,7 +164,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, 
 
     monkeypatch.setattr(checkpoint_module.torch, "save", fill_disk)
     with pytest.raises(CheckpointError) as error:
-        save_checkpoint(path, {"step": 2, "weights": torch.zeros(3)})
+        save_checkpoint(path, {**model, "step": 2, "model_state_dict": {"w": torch.zeros(3)}})
     assert str(path) in str(error.value) and "the disk is full" in str(error.value)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
@@ -176,7 +177,7 @@ def test_random_states_round_trip_through_a_safe_checkpoint(tmp_path):
     state = capture_rng_state(torch.device("cpu"))
     save_checkpoint(tmp_path / "rng.pt", {"rng_state": state})
     expected = (random.random(), np.random.rand(), torch.rand(1))
-    restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng_state"])
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng_state"])
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
 
 

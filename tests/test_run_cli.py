@@ -65,7 +65,7 @@ BAD_RUNS = [
     (["train.batch_size=0"], "train.batch_size=0 is out of range [1, 256]"),
     (["model.n_layer=0"], "model.n_layer=0 is out of range [1, 48]"),
     (["model.n_embd=100", "model.n_head=3"], "model.n_embd=100 is not divisible by model.n_head=3"),
-    (["+model.typo=1"], "model.typo: Key 'typo' not in 'ModelConfig'"),
+    (["+model.typo=1"], "model.typo is not a config key"),
     (["model.n_layer=two"], "model.n_layer: Value 'two'"),
     (["optimizer.lr=0.5"], "optimizer.lr=0.5 is out of range"),
     (["hardware.device=tpu"], "hardware.device=tpu is not a device"),
