@@ -56,6 +56,7 @@ class Preflight(Callback):
                                   "an existing key (`python run.py --cfg job` lists them)") from None
             check_writable_folder("paths.outputs", outputs)
             check_writable_folder("paths.cache", cache)
+            check_writable_folder("hydra.sweep.dir" if sweep else "hydra.run.dir", str(directory))
             if sweep and any(directory.rglob(SUMMARY_FILE)):
                 raise ConfigError(f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
                                   "new sweep directory, or choose another")

@@ -284,7 +284,8 @@ class Trainer:
         self.last_val_loss = self.last_val_bpb = math.nan
         self.last_eval_step = -1
         self.saved_step = -1
-        self.stop_signal: Optional[int] = None
+        self.stop_signal: Optional[int] = None  # set by a signal, at any moment
+        self.stop_agreed = False  # set at a step's end when any rank had a signal: every rank stops there
         # The sample prompt: the start of the validation text, so it suits any corpus and stays fixed.
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
@@ -364,8 +365,9 @@ class Trainer:
         stop_requested = torch.tensor(float(self.stop_signal is not None), device=self.device)
         totals = all_reduce_sum(torch.stack([step_loss, stop_requested])).tolist()
         loss_value = totals[0] / self.ranks.world_size
-        if totals[1] and self.stop_signal is None:
-            self.stop_signal = signal.SIGTERM
+        if totals[1]:
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+            self.stop_agreed = True
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"the training loss became {loss_value} at step {self.step + 1}; lower the learning rate "
@@ -624,7 +626,7 @@ class Trainer:
                     self.sample()
                 if train.save_interval and self.step % train.save_interval == 0 and self.step < self.total_steps:
                     log.info("Checkpoint: %s", self.save_step_checkpoint())
-                if self.stop_signal is not None:
+                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
                     self.stop_here()
         return sum(losses) / len(losses)
 

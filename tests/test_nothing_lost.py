@@ -82,7 +82,7 @@ def test_resuming_into_its_own_directory_is_allowed_but_not_twice_at_once(tmp_pa
 def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, corpus):
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 2})
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fragment_llm.app import RunLock; "
-                               f"RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                               f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -210,6 +210,7 @@ def test_valid_overrides_pass_the_check():
     (["paths.outputs={file}"], "is a file, not a folder"),
     (["paths.cache={file}/cache"], "paths.cache="),
     (["paths.outputs=/proc/fragment-llm"], "is not a writable folder"),
+    (["hydra.run.dir={file}"], "hydra.run.dir="),
     (["paths.outputs=${{nothing}}"], "paths.outputs: Interpolation key 'nothing' not found"),
     (["train.resume=${{nothing}}"], "train.resume: Interpolation key 'nothing' not found"),
     (["train.grad_clip=nan"], "train.grad_clip=nan is not a finite number"),
@@ -341,3 +342,25 @@ def test_sighup_during_training_saves_like_sigterm(tmp_path, corpus):
     (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["status"] == "interrupted"
     assert load_checkpoint(summary.parent / "checkpoints" / "last.pt")["step"] > 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_of_spawned_ranks_stops_them_with_a_checkpoint(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"hardware": "ddp", "hardware.device": "cpu", "hardware.amp": False,
+                                                    "hardware.nproc": 2, "train.batch_size": 2,
+                                                    "train.max_iters": 100_000, "train.epochs": 1000,
+                                                    "train.save_interval": 0, "train.eval_interval": 1000})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
+    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("Epoch "):
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)  # to the parent alone, as a scheduler might
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "SIGTERM: stopped at step" in err
+    (summary,) = (tmp_path / "outputs").rglob("summary.json")
+    assert json.loads(summary.read_text())["status"] == "interrupted"
+    assert load_checkpoint(summary.parent / "checkpoints" / "last.pt", for_resume=True)["step"] > 0
