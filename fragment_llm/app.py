@@ -32,10 +32,13 @@ log = logging.getLogger(__name__)
 EXPECTED_ERRORS = (ConfigError, TrainingError, CheckpointError, OSError)
 
 
-def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False) -> float:
+def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False,
+                 choices: Optional[dict[str, str]] = None) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
-    `overrides` are the command line's (they decide what a resumed run may change). Expected
+    `overrides` are the command line's (they decide what a resumed run may change); `choices` the
+    config group options it was composed from (kept in summary.json, so that a run resumed from this
+    one knows them). Expected
     failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint, a file that cannot
     be read or written) end as one line on standard error and in train.log, and a summary.json marked
     failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number: during training
@@ -60,6 +63,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
         start_logging(run_dir, ranks)
         record = RunRecord(run_dir, ranks)
         record.update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        choices = dict(choices or {})
         try:
             settings = load_settings(cfg)
             check_writable_folder("paths.cache", settings.paths.cache)
@@ -70,8 +74,10 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
                 settings = resume_settings(cfg, checkpoint["config"], list(overrides))
                 log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
                 record.update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
+                choices = resumed_choices(checkpoint_path, choices, overrides)
                 if ranks.is_main:
-                    record_resumed_config(run_dir, settings, checkpoint_path, overrides)
+                    record_resumed_config(run_dir, settings, choices)
+            record.update(choices=choices)
             if settings.hardware.nproc > 1 and not ranks.enabled:
                 return spawn_ranks(settings, run_dir, checkpoint_path)
             distributed.init_process_group(ranks)
@@ -224,25 +230,36 @@ class RunLock:
         self.release()
 
 
-def record_resumed_config(run_dir: Path, settings: Config, checkpoint_path: Path, overrides: Sequence[str]) -> None:
+def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
+    """The config group options a resumed run stands for: those of the run it continues (its
+    summary.json keeps them; Hydra's .hydra/hydra.yaml may already hold this command's, when the run
+    continues in its own directory), except the groups chosen on this command line."""
+    source = source_run(checkpoint_path)
+    earlier = read_summary(source).get("choices")
+    if not isinstance(earlier, dict):
+        try:
+            earlier = dict(OmegaConf.load(source / ".hydra" / "hydra.yaml").hydra.runtime.choices)
+        except (OSError, OmegaConfBaseException, AttributeError):
+            earlier = {}
+    chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
+    return {group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
+            for group in composed}
+
+
+def record_resumed_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
     """Make .hydra/config.yaml say what a resumed run trains with (the checkpoint's settings plus the
-    overrides), not what the command line alone composed, and .hydra/hydra.yaml's group choices the
-    resumed run's, except the groups chosen on this command line, so that `fragment-llm runs`,
-    `show` and `compare` describe it truly."""
+    overrides), not what the command line alone composed, and .hydra/hydra.yaml's group choices
+    `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
     hydra_dir = Path(run_dir) / ".hydra"
     if not hydra_dir.is_dir():
         return
     write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(to_plain(settings)))
-    record_path, source_path = hydra_dir / "hydra.yaml", source_run(checkpoint_path) / ".hydra" / "hydra.yaml"
     try:
-        record, source = OmegaConf.load(record_path), OmegaConf.load(source_path)
-        chosen_now = {item.split("=", 1)[0] for item in overrides}
-        for group, option in source.hydra.runtime.choices.items():
-            if group in record.hydra.runtime.choices and group not in chosen_now:
-                record.hydra.runtime.choices[group] = option
+        record = OmegaConf.load(hydra_dir / "hydra.yaml")
+        record.hydra.runtime.choices.update(choices)
     except (OSError, OmegaConfBaseException, AttributeError):
-        return  # the resumed run's record is missing or damaged: the choices stay as composed
-    write_text(record_path, OmegaConf.to_yaml(record))
+        return  # Hydra's record is missing or damaged: the config above still says what ran
+    write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(record))
 
 
 def source_run(checkpoint_path: Path) -> Path:

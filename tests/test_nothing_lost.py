@@ -242,6 +242,16 @@ def test_a_resumed_run_records_the_config_it_trained_with(finished_run, tmp_path
                       cwd=tmp_path)
     assert [run["path"] for run in json.loads(listing.stdout)] == [str(resumed)]
 
+    # Continued in its own directory, where Hydra rewrites .hydra/ with this command's composition.
+    in_place = tmp_path / "in_place"
+    shutil.copytree(run_dir, in_place)
+    result = run_cli([RUN, f"train.resume={in_place}", f"hydra.run.dir={in_place}", "train.max_iters=8",
+                      f"paths.outputs={outputs}", f"paths.cache={run_dir.parent / 'cache'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert OmegaConf.load(in_place / ".hydra" / "config.yaml").data.source == "text"
+    assert OmegaConf.load(in_place / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
+    assert read_summary(in_place)["choices"]["data"] == "text" and read_summary(in_place)["steps"] == 8
+
 
 def test_atomically_written_files_get_the_usual_mode(tmp_path):
     from safetensors.torch import save_file
