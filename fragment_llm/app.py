@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import math
@@ -22,8 +21,8 @@ from . import distributed
 from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
 from .config import Config, ConfigError, load_settings, resume_settings, to_plain
 from .console import setup_logging
-from .files import write_text
-from .runs import SUMMARY_FILE, read_summary, update_summary
+from .files import file_problem, write_text
+from .runs import holds_run, read_summary, update_summary
 from .trainer import STOP_SIGNALS, Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
@@ -122,10 +121,7 @@ def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
 
 def file_error(error: OSError) -> TrainingError:
     """An OSError (a full disk, a read-only folder, a missing permission) as one line naming the file."""
-    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-    where = f" {error.filename}" if error.filename else ""
-    return TrainingError(f"could not read or write{where}: {reason}; free space, fix the permissions, or choose "
-                         "other paths.outputs / paths.cache (checkpoints already written are intact)")
+    return TrainingError(f"could not read or write {file_problem(error)} (checkpoints already written are intact)")
 
 
 @contextmanager
@@ -149,12 +145,7 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "models")
 LOCK_FILE = ".lock"
-
-
-def holds_run(run_dir: Path) -> bool:
-    return any((Path(run_dir) / marker).exists() for marker in RUN_MARKERS)
 
 
 def check_run_directory(run_dir: Path, resume: Optional[str]) -> None:

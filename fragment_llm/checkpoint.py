@@ -100,8 +100,9 @@ def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
                 "load only checkpoints written by fragment-llm"
             ) from None
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint (it does not unpickle)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # junk bytes fail in many ways (RuntimeError, EOFError, KeyError, IndexError, ...)
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint: {reason}") from None
     problem = checkpoint_problem(state, RESUME_KEYS if for_resume else MODEL_KEYS)
     if problem:
         raise CheckpointError(f"checkpoint {path} is not a fragment-llm checkpoint: {problem}")
@@ -127,6 +128,14 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
         value = config.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             return f"model_config.{key}={value!r} is not in [{low}, {high}]"
+    if config["n_embd"] % config["n_head"]:
+        return f"model_config.n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}"
+    # The embeddings and the blocks' matrices: fewer weights than the model has, never more. A config
+    # asking for more than the file holds would allocate a model for nothing (or all the memory).
+    needed = (config["vocab_size"] + config["block_size"] + 12 * config["n_layer"] * config["n_embd"]) * config["n_embd"]
+    held = sum(value.numel() for value in weights.values())
+    if needed > held:
+        return f"its model_config needs over {needed:,} weights and it holds {held:,}"
     if "step" in keys:
         for key in ("step", "data_position"):
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:

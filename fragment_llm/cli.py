@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import torch
 from rich.table import Table
@@ -16,14 +17,16 @@ from rich.table import Table
 from .checkpoint import CheckpointError
 from .config import ConfigError, DataConfig, DataSource
 from .console import console, error_console
+from .files import file_problem
+from .generate import Sampling, SamplingError, generate_text
 from .runs import (
-    RunError, TrainedModel, describe_run, find_runs, load_run, lookup, read_summary, reproduce_command, run_config,
-    run_overrides, runs_table, same_value,
+    RunError, TrainedModel, describe_run, find_runs, holds_run, load_run, lookup, read_summary, record_damage,
+    reproduce_command, run_config, run_overrides, runs_table, same_value,
 )
 
 METRICS = ("status", "steps", "epochs", "tokens", "params", "initial_val_loss", "train_loss", "val_loss",
            "best_val_loss", "val_bpb", "best_val_bpb", "tokens_per_sec", "wall_time_s", "error")
-EXPECTED_ERRORS = (RunError, CheckpointError, ConfigError)
+EXPECTED_ERRORS = (RunError, CheckpointError, ConfigError, SamplingError)
 
 
 class CLIError(Exception):
@@ -43,6 +46,14 @@ def fail(message: str) -> int:
     return 1
 
 
+def end_on_closed_pipe() -> int:
+    """The reader of our output went away (`fragment-llm generate RUN | head -3`): end quietly, as the
+    Python docs' note on SIGPIPE recommends and as rich's console does for our tables: standard output
+    now points at /dev/null, so that Python's last flush does not fail again, and the exit code is 1."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
+
+
 def existing_folder(path: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():
@@ -53,7 +64,7 @@ def existing_folder(path: str) -> Path:
 def resolve_run(name: str, root: Path) -> Path:
     """A run given as its directory, or as the end of its path under `root` (`07-10-11_tiny-cpu_4fd8`, `4fd8/0`)."""
     path = Path(name)
-    if (path / "summary.json").is_file() or (path / ".hydra").is_dir():
+    if holds_run(path):
         return path
     if root.is_dir():
         matches = [run for run in find_runs(root) if str(run.relative_to(root)).endswith(name.strip("/"))]
@@ -110,6 +121,13 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     return table
 
 
+def warn_if_damaged(run: Path) -> None:
+    damage = record_damage(run)
+    if damage:
+        error_console.print(f"warning: {run} is damaged, so some of it is missing above: {damage}",
+                            markup=False, soft_wrap=True)
+
+
 def command_show(args: argparse.Namespace) -> int:
     run = resolve_run(args.run, Path(args.root))
     summary = read_summary(run)
@@ -122,6 +140,7 @@ def command_show(args: argparse.Namespace) -> int:
     for path in files:
         console.print(f"  {path}  ({path.stat().st_size / 1e6:.1f} MB)", markup=False)
     console.print(f"Reproduce: {reproduce_command(run)}", markup=False, soft_wrap=True)
+    warn_if_damaged(run)
     return 0
 
 
@@ -133,7 +152,7 @@ def command_compare(args: argparse.Namespace) -> int:
     configs = [run_config(run) for run in runs]
     summaries = [read_summary(run) for run in runs]
     keys = sorted(set().union(*configs))
-    differing = [key for key in keys if len({json.dumps(config.get(key)) for config in configs}) > 1]
+    differing = [key for key in keys if len({json.dumps(config.get(key), default=str) for config in configs}) > 1]
     names = [str(run.relative_to(root)) if run.is_relative_to(root) else str(run) for run in runs]
 
     config_table = Table(title=f"Config keys that differ ({len(differing)} of {len(keys)})")
@@ -149,6 +168,8 @@ def command_compare(args: argparse.Namespace) -> int:
             metrics_table.add_row(key, *(str(summary.get(key, "-")) for summary in summaries))
     console.print(config_table)
     console.print(metrics_table)
+    for run in runs:
+        warn_if_damaged(run)
     return 0
 
 
@@ -160,8 +181,6 @@ def _load(args: argparse.Namespace) -> TrainedModel:
 
 def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, generator: torch.Generator) -> None:
     """Each sample: the prompt, then its continuation as it is produced."""
-    from .generate import Sampling, generate_text
-
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     for number in range(1, args.num_samples + 1):
         if args.num_samples > 1:
@@ -174,20 +193,34 @@ def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, 
         sys.stdout.flush()
 
 
+def read_prompt(read: Callable[[], str], source: str) -> str:
+    """The prompt `read` returns, checked to be text: bytes that are not UTF-8 arrive as a
+    UnicodeDecodeError, or as surrogates (from the command line, or standard input in the C locale)."""
+    try:
+        prompt = read()
+        prompt.encode()
+    except UnicodeError:
+        raise CLIError(f"{source} is not UTF-8 text; give the prompt as text") from None
+    return prompt
+
+
 def command_generate(args: argparse.Namespace) -> int:
     trained = _load(args)
     generator = torch.Generator().manual_seed(secrets.randbits(63) if args.seed is None else args.seed)
     if not args.interactive:
-        if args.prompt is None and sys.stdin.isatty():
-            error_console.print("Reading the prompt from standard input; end it with Ctrl-D", soft_wrap=True)
-        # Without the newline that ends the input (`echo "..." | fragment-llm generate RUN`).
-        prompt = sys.stdin.read().removesuffix("\n") if args.prompt is None else args.prompt
+        if args.prompt is not None:
+            prompt = read_prompt(lambda: args.prompt, "--prompt")
+        else:
+            if sys.stdin.isatty():
+                error_console.print("Reading the prompt from standard input; end it with Ctrl-D", soft_wrap=True)
+            # Without the newline that ends the input (`echo "..." | fragment-llm generate RUN`).
+            prompt = read_prompt(lambda: sys.stdin.read().removesuffix("\n"), "standard input")
         write_samples(trained, prompt, args, generator)
         return 0
     error_console.print("Type a prompt and press Enter; Ctrl-D ends", soft_wrap=True)
     while True:
         try:
-            prompt = input("> ")
+            prompt = read_prompt(lambda: input("> "), "standard input")
         except EOFError:
             return 0
         write_samples(trained, prompt, args, generator)
@@ -202,10 +235,15 @@ def command_eval(args: argparse.Namespace) -> int:
         documents, described = text_documents(args.data, key="--data"), args.data
     else:
         data = trained.settings.get("data")
-        if data is None:
+        try:
+            source = DataSource(data["source"])
+        except (TypeError, KeyError, ValueError):
             return fail(f"{trained.checkpoint_path} does not record its training data; pass --data PATH")
-        settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
-        documents = split_documents(collect_documents(settings), settings.val_fraction)[1]
+        settings = DataConfig(source=source, path=data.get("path"), val_fraction=data.get("val_fraction"))
+        try:
+            documents = split_documents(collect_documents(settings), settings.val_fraction)[1]
+        except ConfigError as error:
+            return fail(f"{error} (the run's training data); or evaluate other text with --data PATH")
         described = f"the run's validation split ({settings.source.value}{f': {settings.path}' if settings.path else ''})"
     result = evaluate_documents(trained.model, trained.tokenizer, documents)
     console.print(f"Model: {trained.checkpoint_path}", markup=False, soft_wrap=True)
@@ -218,18 +256,39 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_export_folder(out: Path, force: bool) -> None:
+    """An export never writes into a run directory, and replaces files only with --force."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; pass a folder (it is created if missing)")
+    target = out.resolve()
+    for folder in (target, *target.parents):
+        if holds_run(folder):
+            where = "a run directory" if folder == target else f"inside the run directory {folder}"
+            raise CLIError(f"--out {out} is {where}, which holds only what training wrote; "
+                           "pick a folder outside it, e.g. --out exported/")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CLIError(f"--out {out} is not empty; pass --force to replace the exported files in it, "
+                       "or pick another folder")
+
+
 def command_export(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from .export import export_hf, export_safetensors
 
-    trained = _load(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return fail(f"--out {out} is a file; pass a folder (it is created if missing)")
+    check_export_folder(out, args.force)
+    trained = _load(args)
     model = trained.model.cpu()
-    if args.format == "hf":
-        export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
-    else:
-        export_safetensors(model, trained.tokenizer_path, out)
+    try:
+        if args.format == "hf":
+            export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
+        else:
+            export_safetensors(model, trained.tokenizer_path, out)
+    except OSError as error:
+        return fail(f"could not export to {file_problem(error, out)}")
+    except SafetensorError as error:  # safetensors' own I/O errors
+        return fail(f"could not export to {out}: {error}; check that it is writable and the disk has space")
     console.print(f"Exported {trained.checkpoint_path} ({args.format}) to {out}", markup=False, soft_wrap=True)
     return 0
 
@@ -317,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--reverse", action="store_true", help="sort in descending order")
     runs.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[],
                       help="keep runs whose KEY (status, model, model.n_embd, ...) equals VALUE; repeatable")
-    runs.add_argument("--limit", metavar="N", type=int, help="show the first N runs (after sorting)")
+    runs.add_argument("--limit", metavar="N", type=_in_range(0), help="show the first N runs (after sorting)")
     runs.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     runs.set_defaults(handler=command_runs)
 
@@ -351,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a run's model as a Hugging Face folder or safetensors")
     _add_run_arguments(export)
     export.add_argument("--format", choices=("hf", "safetensors"), default="hf", help="hf: transformers GPT-2 (default); safetensors: weights + our config")
-    export.add_argument("--out", metavar="DIR", required=True, help="folder to write")
+    export.add_argument("--out", metavar="DIR", required=True, help="folder to write (not a run directory)")
+    export.add_argument("--force", action="store_true",
+                        help="write into a folder that is not empty, replacing the exported files in it")
     export.set_defaults(handler=command_export)
 
     bench = commands.add_parser("bench", help="measure training, tokenizer and generation speed for a config")
@@ -367,14 +428,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        args = build_parser().parse_args(argv)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except CLIError as error:
         fail(str(error))
         return 2
     except EXPECTED_ERRORS as error:
         return fail(str(error))
+    except BrokenPipeError:
+        return end_on_closed_pipe()
+    except OSError as error:
+        return fail(file_problem(error))
+    except (RuntimeError, MemoryError) as error:
+        from .trainer import is_out_of_memory
+
+        if not is_out_of_memory(error):
+            raise
+        return fail("out of memory: the model and what it works on do not fit; close other programs, "
+                    "evaluate less text (--data), or use a machine with more memory")
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         return 130

@@ -1,4 +1,8 @@
-"""Export a trained model: a Hugging Face GPT-2 folder, or bare safetensors weights with our config."""
+"""Export a trained model: a Hugging Face GPT-2 folder, or bare safetensors weights with our config.
+
+Every file is written to a temporary name and renamed (`files.atomic_path`): an interrupted export
+never leaves a half-written file under a final name, and a new export replaces an old one file by file.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 from safetensors.torch import save_file, save_model
 from tokenizers import Tokenizer
 
-from .files import write_json
+from .files import atomic_path, write_json
 from .model import GPT
 from .runs import TOKENIZER_FILE
 from .tokenizer import END_OF_TEXT
@@ -81,13 +85,18 @@ def gpt2_config(model: GPT, end_of_text: int) -> dict:
     }
 
 
+def copy_tokenizer(tokenizer_path: Path, out: Path) -> None:
+    with atomic_path(out / TOKENIZER_FILE) as temporary:
+        shutil.copyfile(tokenizer_path, temporary)
+
+
 def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path) -> None:
     """A folder that `transformers.AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer` load."""
-    out.mkdir(parents=True, exist_ok=True)
     end_of_text = tokenizer.token_to_id(END_OF_TEXT)
-    save_file(gpt2_state_dict(model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    with atomic_path(out / WEIGHTS_FILE) as temporary:
+        save_file(gpt2_state_dict(model), str(temporary), metadata={"format": "pt"})
     write_json(out / CONFIG_FILE, gpt2_config(model, end_of_text))
-    shutil.copyfile(tokenizer_path, out / TOKENIZER_FILE)
+    copy_tokenizer(tokenizer_path, out)
     write_json(
         out / "tokenizer_config.json",
         {
@@ -104,7 +113,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path)
 def export_safetensors(model: GPT, tokenizer_path: Path, out: Path) -> None:
     """Our own layout: model.safetensors (safetensors.torch.load_model loads it into a GPT built from
     config.json, which holds GPTConfig's arguments) and the tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    with atomic_path(out / WEIGHTS_FILE) as temporary:
+        save_model(model, str(temporary), metadata={"format": "pt"})
     write_json(out / CONFIG_FILE, asdict(model.config))
-    shutil.copyfile(tokenizer_path, out / TOKENIZER_FILE)
+    copy_tokenizer(tokenizer_path, out)

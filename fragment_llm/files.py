@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+FILE_ADVICE = {
+    errno.ENOSPC: "free disk space or write elsewhere",
+    errno.EFBIG: "the file is over a size limit (ulimit -f): raise it or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "check its permissions or use another path",
+    errno.EPERM: "check its permissions or use another path",
+}
+
+
+def file_problem(error: OSError, path: Path | str | None = None) -> str:
+    """`path: why; what to do` for a file or folder that could not be read or written."""
+    path = path or error.filename
+    reason = f"{error.strerror or error}; {FILE_ADVICE.get(error.errno, 'check the path')}"
+    return f"{path}: {reason}" if path else reason
 
 
 def _file_mode() -> int:

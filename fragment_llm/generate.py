@@ -21,11 +21,24 @@ class Sampling:
     top_p: float = 1.0
 
 
+class SamplingError(ValueError):
+    """Logits no token can be drawn from: the model's weights are damaged or diverged."""
+
+
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     """One token id from the logits of the last position (real vocabulary only)."""
+    # In float64, from the largest logit down: dividing by a tiny temperature then gives -inf for the
+    # others (greedy, as it should be), never inf - inf = NaN.
+    logits = logits.cpu().double()
+    if logits.isnan().any() or logits.isneginf().all():
+        raise SamplingError("the model's logits are NaN or all -inf: its weights are damaged or diverged; "
+                            "try an earlier checkpoint (--checkpoint)")
+    certain = logits.isposinf()
+    if certain.any():  # infinitely likelier than any finite logit: draw among those alone
+        logits = torch.zeros_like(logits).masked_fill(~certain, -torch.inf)
     if sampling.temperature == 0:
         return int(logits.argmax())
-    logits = logits.float().cpu() / sampling.temperature
+    logits = (logits - logits.max()) / sampling.temperature
     if sampling.top_k:
         threshold = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < threshold, -torch.inf)

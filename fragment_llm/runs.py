@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 from tokenizers import Tokenizer
@@ -17,62 +18,127 @@ from tokenizers import Tokenizer
 from .checkpoint import load_checkpoint
 from .files import write_json
 from .model import GPT, GPTConfig
-from .tokenizer import load_tokenizer, tokenizer_hash
+from .tokenizer import END_OF_TEXT, end_of_text_id, load_tokenizer, tokenizer_hash
 
 SUMMARY_FILE = "summary.json"
+CONFIG_RECORD = ".hydra/config.yaml"
+OVERRIDES_RECORD = ".hydra/overrides.yaml"
+HYDRA_RECORD = ".hydra/hydra.yaml"
+# The files a run records itself in, and the kind of value each holds.
+RECORDS = {SUMMARY_FILE: dict, CONFIG_RECORD: dict, OVERRIDES_RECORD: list, HYDRA_RECORD: dict}
 SWEEP_REPORT_FILE = "sweep.txt"
 TOKENIZER_FILE = "tokenizer.json"
 FINAL_MODEL = Path("models") / "final_model.pt"
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class RunError(ValueError):
+    """A run directory or checkpoint that the tools cannot use: one line naming it and the fix."""
+
+
+class DamagedRecord(RunError):
+    """A record of a run (summary.json, .hydra/*.yaml) that exists but cannot be read."""
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem and error.problem_mark:
+        return f"{error.problem} (line {error.problem_mark.line + 1})"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def load_record(run_dir: Path, name: str) -> dict | list | None:
+    """The contents of the record `name` (a key of RECORDS); None when the run has none. Raises
+    DamagedRecord, naming the file and why, when it cannot be read."""
+    path = Path(run_dir) / name
+    try:
+        if not path.exists():
+            return None
+        text = path.read_text(encoding="utf-8")
+        # Plain YAML, as Hydra writes it; libyaml's parser, where installed, is ten times faster.
+        record = json.loads(text) if name.endswith(".json") else yaml.load(text, Loader=YAML_LOADER)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise DamagedRecord(f"{name}: {_reason(error)}") from None
+    if not isinstance(record, RECORDS[name]):
+        expected = "a mapping" if RECORDS[name] is dict else "a list"
+        raise DamagedRecord(f"{name}: holds a {type(record).__name__} ({str(record)[:40]}), not {expected}")
+    return record
+
+
+def read_record(run_dir: Path, name: str) -> dict | list | None:
+    """`load_record`, with a damaged record read as a missing one (`record_damage` says why)."""
+    try:
+        return load_record(run_dir, name)
+    except DamagedRecord:
+        return None
+
+
+def record_damage(run_dir: Path) -> str | None:
+    """Why some of the run's records cannot be read, one `file: reason` per record; None when all can."""
+    problems = []
+    for name in RECORDS:
+        try:
+            load_record(run_dir, name)
+        except DamagedRecord as error:
+            problems.append(str(error))
+    return "; ".join(problems) or None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The run's summary.json; empty when it has none or it is damaged."""
+    return read_record(run_dir, SUMMARY_FILE) or {}
 
 
 def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into the run's summary.json (written atomically) and return the result."""
+    """Merge `fields` into the run's summary.json (written atomically) and return the result. A damaged
+    summary.json is replaced: the fields being recorded matter more than what could not be read."""
     summary = read_summary(run_dir)
     summary.update(fields)
     write_json(Path(run_dir) / SUMMARY_FILE, summary)
     return summary
 
 
+RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "models")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run: what a run writes first (summary.json) or what it saves (checkpoints/,
+    models/). Hydra's .hydra/ alone does not count: Hydra writes it before the run starts."""
+    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
+
+
+def _started_at(run_dir: Path) -> str:
+    started = read_summary(run_dir).get("started_at")
+    return started if isinstance(started, str) else ""
+
+
 def find_runs(root: Path) -> list[Path]:
     """Every run directory (one holding a summary.json) below `root`, oldest first."""
     root = Path(root)
     runs = [path.parent for path in root.rglob(SUMMARY_FILE) if ".cache" not in path.parts]
-    return sorted(runs, key=lambda run: (read_summary(run).get("started_at", ""), str(run)))
-
-
-def _hydra_record(run_dir: Path, name: str):
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / ".hydra" / name
-    return OmegaConf.load(path) if path.exists() else None
+    return sorted(runs, key=lambda run: (_started_at(run), str(run)))
 
 
 def run_choices(run_dir: Path) -> dict[str, str]:
     """The config group options a run was composed from (model, hardware, ...), from Hydra's record."""
-    record = _hydra_record(run_dir, "hydra.yaml")
-    if record is None:
+    choices = read_record(run_dir, HYDRA_RECORD)
+    for key in ("hydra", "runtime", "choices"):
+        choices = choices.get(key) if isinstance(choices, dict) else None
+    if not isinstance(choices, dict):
         return {}
-    choices = record.hydra.runtime.choices
-    return {key: str(value) for key, value in choices.items() if not key.startswith("hydra") and value is not None}
+    return {str(key): str(value) for key, value in choices.items()
+            if not str(key).startswith("hydra") and value is not None}
 
 
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides that made this run (for a sweep job: the job's own, sweep values resolved)."""
-    record = _hydra_record(run_dir, "overrides.yaml")
-    return [] if record is None else [str(item) for item in record]
+    return [str(item) for item in read_record(run_dir, OVERRIDES_RECORD) or []]
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The run's composed config as flat `section.key` -> value pairs."""
-    from omegaconf import OmegaConf
-
-    record = _hydra_record(run_dir, "config.yaml")
-    return {} if record is None else flatten(OmegaConf.to_container(record, resolve=False))
+    return flatten(read_record(run_dir, CONFIG_RECORD) or {})
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -93,8 +159,9 @@ def reproduce_command(run_dir: Path) -> str:
 
 
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
-    """One row of the runs table: where and when, what it was made from, how it went."""
-    summary, choices = read_summary(run_dir), run_choices(run_dir)
+    """One row of the runs table: where and when, what it was made from, how it went. A run with a
+    damaged record shows what the others hold, with status `damaged` and why in `damaged`."""
+    summary, choices, damage = read_summary(run_dir), run_choices(run_dir), record_damage(run_dir)
     run_dir = Path(run_dir)
     return {
         "name": str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir),
@@ -109,8 +176,9 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "tokens": summary.get("tokens"),
         "best_val_loss": summary.get("best_val_loss"),
         "val_bpb": summary.get("val_bpb"),
-        "status": summary.get("status"),
+        "status": "damaged" if damage else summary.get("status"),
         "wall_time_s": summary.get("wall_time_s"),
+        "damaged": damage,
     }
 
 
@@ -124,11 +192,15 @@ def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
     return False, None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def same_value(actual: Any, wanted: str) -> bool:
-    if isinstance(actual, (int, float)) and not isinstance(actual, bool):
+    if _is_number(actual):
         try:
             return float(actual) == float(wanted)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number; an integer beyond floats
             return False
     return str(actual).lower() == wanted.lower()
 
@@ -138,9 +210,15 @@ def _text(value: Any, digits: int = 4) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_number(value):
         return f"{value:,}"
     return str(value)
+
+
+def _seconds(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}s"
+    return f"{value}s" if _is_number(value) else _text(value)
 
 
 RUNS_COLUMNS = ("when", "run", "model", "hardware", "optimizer", "overrides", "steps", "tokens", "best val loss",
@@ -160,7 +238,7 @@ def runs_table(runs: Iterable[dict[str, Any]], title: str, columns: tuple[str, .
     for run in runs:
         overrides = [item for item in run["overrides"] if overrides_shown is None or item in overrides_shown]
         cells = {
-            "when": (run["started_at"] or "-").replace("T", " ")[:16],
+            "when": run["started_at"].replace("T", " ")[:16] if isinstance(run["started_at"], str) else "-",
             "run": run["name"],
             "model": _text(run["model"]),
             "hardware": _text(run["hardware"]),
@@ -171,7 +249,7 @@ def runs_table(runs: Iterable[dict[str, Any]], title: str, columns: tuple[str, .
             "best val loss": _text(run["best_val_loss"]),
             "bits/byte": _text(run["val_bpb"], 3),
             "status": _text(run["status"]),
-            "time": "-" if run["wall_time_s"] is None else f"{run['wall_time_s']:.0f}s",
+            "time": _seconds(run["wall_time_s"]),
         }
         table.add_row(*(cells[column] for column in columns))
     return table
@@ -204,10 +282,6 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     return path
 
 
-class RunError(ValueError):
-    """A run directory or checkpoint that the tools cannot use: one line naming it and the fix."""
-
-
 @dataclass
 class TrainedModel:
     """A run's model in eval mode, with the tokenizer it was trained with and its training settings."""
@@ -223,13 +297,40 @@ class TrainedModel:
         return self.model.config
 
 
+def checkpoint_model(checkpoint: Path, state: dict[str, Any]) -> GPT:
+    """The model a checkpoint describes (`load_checkpoint` has checked its model_config), with its weights."""
+    try:
+        model = GPT(GPTConfig(**state["model_config"]))
+        model.load_state_dict(state["model_state_dict"])
+    except (RuntimeError, TypeError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 else lines[0]  # torch: a heading, then each problem
+        raise RunError(f"{checkpoint} is damaged or not a fragment-llm checkpoint: {reason}; "
+                       "load only checkpoints written by fragment-llm") from None
+    return model
+
+
+def run_tokenizer(path: Path) -> Tokenizer:
+    """A run's tokenizer.json, which must be a tokenizer with our end-of-text token."""
+    try:
+        tokenizer = load_tokenizer(path)
+    except Exception as error:  # tokenizers raises plain Exceptions
+        reason = str(error).splitlines()[0]
+    else:
+        if end_of_text_id(tokenizer) is not None:
+            return tokenizer
+        reason = f"it has no {END_OF_TEXT} token"
+    raise RunError(f"{path} is damaged or not a tokenizer: {reason}; restore it from a backup or from the "
+                   "tokenizer cache (<paths.cache>/tokenizers/), or train the run again")
+
+
 def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
     """The model of `run_dir` (its models/final_model.pt, or `checkpoint`) and its tokenizer.json."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a directory; pass a run directory such as outputs/<date>/<time>_tiny-cpu_ab12")
     tokenizer_path = run_dir / TOKENIZER_FILE
-    if not tokenizer_path.is_file():
+    if not tokenizer_path.exists():
         raise RunError(f"{run_dir} is not a run directory (it has no {TOKENIZER_FILE}); `fragment-llm runs` lists the runs")
     if checkpoint is None:
         checkpoint = run_dir / FINAL_MODEL
@@ -238,14 +339,16 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.
                 f"{run_dir} has no {FINAL_MODEL} (the run did not finish); "
                 f"pass --checkpoint {run_dir / 'checkpoints'}/checkpoint_epoch_N.pt"
             )
+    tokenizer = run_tokenizer(tokenizer_path)
     state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or not {"model_config", "model_state_dict"} <= state.keys():
-        raise RunError(f"{checkpoint} is not a fragment-llm checkpoint (no model_config or model_state_dict)")
-    tokenizer = load_tokenizer(tokenizer_path)
     if state.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
         raise RunError(
             f"{checkpoint} was trained with another tokenizer than {tokenizer_path}; pass the run directory it came from"
         )
-    model = GPT(GPTConfig(**state["model_config"]))
-    model.load_state_dict(state["model_state_dict"])
-    return TrainedModel(model.to(device).eval(), tokenizer, tokenizer_path, Path(checkpoint), state.get("config", {}))
+    model = checkpoint_model(Path(checkpoint), state)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise RunError(f"{tokenizer_path} has more tokens than the model of {checkpoint} ({tokenizer.get_vocab_size()}"
+                       f" > {model.config.vocab_size}); pass the run directory it came from")
+    settings = state.get("config")
+    return TrainedModel(model.to(device).eval(), tokenizer, tokenizer_path, Path(checkpoint),
+                        settings if isinstance(settings, dict) else {})

@@ -203,9 +203,10 @@ def check_resumable(checkpoint: dict, data: PreparedData) -> None:
         )
 
 
-def is_cpu_out_of_memory(error: BaseException) -> bool:
-    """A CPU allocation that failed: torch raises a RuntimeError from its allocator, NumPy a MemoryError."""
-    return isinstance(error, MemoryError) or (
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, NumPy's MemoryError, or the RuntimeError of torch's
+    CPU allocator."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
     )
 
@@ -637,10 +638,8 @@ def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ra
         trainer = Trainer(settings, run_dir, checkpoint, ranks)
         with trainer.stop_on_signals():
             best_val_loss = trainer.fit()
-    except torch.OutOfMemoryError:
-        raise TrainingError(oom_advice(settings)) from None
     except (RuntimeError, MemoryError) as error:
-        if not is_cpu_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         raise TrainingError(oom_advice(settings)) from None
     barrier()  # no rank tears the process group down while another still has work in flight

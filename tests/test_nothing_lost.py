@@ -142,6 +142,8 @@ NOT_CHECKPOINTS = {
     "a vocabulary of 2e9": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "vocab_size": 2_000_000_000}},
     "an unknown config key": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_expert": 8}},
     "a string for a size": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_layer": "4"}},
+    "more layers than its weights": {"model_state_dict": {"w": torch.zeros(1000)}, "model_config": MODEL_CONFIG},
+    "heads that do not divide the width": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_head": 3}},
 }
 
 
@@ -155,8 +157,10 @@ def test_pickle_free_data_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_pa
 
 
 def test_a_model_checkpoint_cannot_be_resumed_and_a_folder_is_not_a_checkpoint(tmp_path):
+    from fragment_llm.model import GPT, GPTConfig
+
     path = tmp_path / "model.pt"
-    torch.save({"model_state_dict": {}, "model_config": MODEL_CONFIG}, path)
+    torch.save({"model_state_dict": GPT(GPTConfig(**MODEL_CONFIG)).state_dict(), "model_config": MODEL_CONFIG}, path)
     load_checkpoint(path)  # enough for the tools
     with pytest.raises(CheckpointError, match="it lacks optimizer_state_dict"):
         find_resume_checkpoint(path)

@@ -26,6 +26,7 @@ from fragment_llm.checkpoint import (
     save_checkpoint,
 )
 from fragment_llm.config import ConfigError, resume_settings
+from fragment_llm.model import GPT, GPTConfig
 from fragment_llm.runs import read_summary
 from fragment_llm.trainer import Trainer
 
@@ -154,8 +155,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, co
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "step_1.pt"
-    model = {"model_config": {"vocab_size": 256, "block_size": 16, "n_layer": 1, "n_head": 1, "n_embd": 64}}
-    save_checkpoint(path, {**model, "step": 1, "model_state_dict": {"w": torch.ones(3)}})
+    config = {"vocab_size": 256, "block_size": 16, "n_layer": 1, "n_head": 1, "n_embd": 64}
+    model = {"model_config": config, "model_state_dict": GPT(GPTConfig(**config)).state_dict()}
+    save_checkpoint(path, {**model, "step": 1})
 
     def fill_disk(state, target):
         with open(target, "wb") as handle:
@@ -164,7 +166,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, 
 
     monkeypatch.setattr(checkpoint_module.torch, "save", fill_disk)
     with pytest.raises(CheckpointError) as error:
-        save_checkpoint(path, {**model, "step": 2, "model_state_dict": {"w": torch.zeros(3)}})
+        save_checkpoint(path, {**model, "step": 2})
     assert str(path) in str(error.value) and "the disk is full" in str(error.value)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
