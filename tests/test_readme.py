@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 from conftest import ROOT, settings_for
+from fragment_llm.config import check_overrides
 
 COMMAND = re.compile(r"^(?:\$ )?python run\.py(.*?)(?:\s+#.*)?$")
 
@@ -41,6 +42,7 @@ def test_readme_command_composes(arguments):
         return  # exercised by test_run_cli.test_cfg_job_and_help_show_the_composed_config
     expected_error = "model.dropout=1.5" in arguments
     sweep = arguments[:1] == ["-m"]
+    check_overrides(arguments[1:] if sweep else arguments)  # run.py's check of keys and options, before Hydra
     for overrides in expand_sweep(arguments[1:]) if sweep else [arguments]:
         if expected_error:
             with pytest.raises(ValueError, match="model.dropout=1.5 is out of range"):
