@@ -318,42 +318,41 @@ def big_corpus(tmp_path_factory):
     return folder
 
 
+def signalled(overrides, cwd, after_line: str, signum: int, delay: float):
+    """Start run.py, send `signum` `delay` seconds after it prints a line starting with `after_line`;
+    returns its exit code, its standard error, and its run directory's summary.json."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
+    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith(after_line):
+            break
+    time.sleep(delay)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    (summary,) = (cwd / "outputs").rglob("summary.json")
+    return process.returncode, err, summary
+
+
+TRAIN_ON = {"train.max_iters": 100_000, "train.epochs": 1000, "train.save_interval": 0, "train.eval_interval": 1000}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_preparing_data_stops_cleanly(tmp_path, big_corpus, signum):
     overrides = tiny_overrides(tmp_path, big_corpus, **{"model.vocab_size": 4096})
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Tokenizer: training"):
-            break
-    time.sleep(0.5)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum, err
+    code, err, summary = signalled(overrides, tmp_path, "Tokenizer: training", signum, 0.5)
+    assert code == 128 + signum, err
     assert "Traceback" not in err and f"{signal.Signals(signum).name}: stopped before training began" in err
-    (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["status"] == "interrupted"
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
 @pytest.mark.slow
 def test_sighup_during_training_saves_like_sigterm(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 100_000, "train.epochs": 1000,
-                                                    "train.save_interval": 0, "train.eval_interval": 1000})
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Epoch "):
-            break
-    time.sleep(1.0)
-    process.send_signal(signal.SIGHUP)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 129, err
+    code, err, summary = signalled(tiny_overrides(tmp_path, corpus, **TRAIN_ON), tmp_path, "Epoch ", signal.SIGHUP, 1.0)
+    assert code == 129, err
     assert "SIGHUP: stopped at step" in err and "Traceback" not in err
-    (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["status"] == "interrupted"
     assert load_checkpoint(summary.parent / "checkpoints" / "last.pt")["step"] > 0
 
@@ -361,20 +360,10 @@ def test_sighup_during_training_saves_like_sigterm(tmp_path, corpus):
 @pytest.mark.slow
 def test_sigterm_to_the_parent_of_spawned_ranks_stops_them_with_a_checkpoint(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"hardware": "ddp", "hardware.device": "cpu", "hardware.amp": False,
-                                                    "hardware.nproc": 2, "train.batch_size": 2,
-                                                    "train.max_iters": 100_000, "train.epochs": 1000,
-                                                    "train.save_interval": 0, "train.eval_interval": 1000})
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Epoch "):
-            break
-    time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)  # to the parent alone, as a scheduler might
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
+                                                    "hardware.nproc": 2, "train.batch_size": 2, **TRAIN_ON})
+    # To the parent alone, as a scheduler might send it.
+    code, err, summary = signalled(overrides, tmp_path, "Epoch ", signal.SIGTERM, 1.0)
+    assert code == 143, err
     assert "Traceback" not in err and "SIGTERM: stopped at step" in err
-    (summary,) = (tmp_path / "outputs").rglob("summary.json")
     assert json.loads(summary.read_text())["status"] == "interrupted"
     assert load_checkpoint(summary.parent / "checkpoints" / "last.pt", for_resume=True)["step"] > 0
