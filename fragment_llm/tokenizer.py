@@ -6,15 +6,31 @@ import hashlib
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 END_OF_TEXT = "<|endoftext|>"
+# GPT-2's pre-tokenizer (tokenizers' ByteLevel) splits text into words with this regex. BPE training
+# spends time in proportion to a word's length at every merge, so a long run of one kind of character
+# (a line of digits, CJK text, minified code, a block of spaces) is one huge word that trains at
+# kilobytes per second. The same regex with every run bounded to MAX_RUN characters splits ordinary
+# text exactly as GPT-2 does and cuts long runs into words of at most MAX_RUN (+1 leading space).
+GPT2_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+MAX_RUN = 64
+
+
+def byte_level_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """GPT-2's byte-level pre-tokenizer, with runs longer than MAX_RUN characters cut."""
+    bounded_words = GPT2_WORDS.replace("+", f"{{1,{MAX_RUN}}}")
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(bounded_words), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
     """Train a GPT-2 style byte-level BPE; `<|endoftext|>` (id 0) separates documents."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
