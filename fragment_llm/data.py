@@ -38,6 +38,7 @@ READ_BLOCK = 1 << 16
 CHECKSUM_BLOCK = 1 << 20
 ENCODE_BATCH = 64
 CACHE_VERSION = 2
+CORPUS_HASH_VERSION = 2  # how corpus_hash is computed: checkpoints record it, to compare like with like
 FOLDER_PATTERN = "**/*.txt"
 PROGRESS_SECONDS = 5.0
 
@@ -339,7 +340,7 @@ def _line_break_after(document: Document, offset: int) -> int:
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    tokenizer_path: Path
+    tokenizer_path: Optional[Path]  # in the cache; None for a checkpoint's own tokenizer
     tokenizer_hash: str
     corpus_hash: str
     vocab_size: int
@@ -457,9 +458,11 @@ def _process_exists(pid: int) -> bool:
 
 
 def prepare_data(
-    data: DataConfig, vocab_size: int, block_size: int, min_frequency: int, retrain: bool, cache_dir: Path
+    data: DataConfig, vocab_size: int, block_size: int, min_frequency: int, retrain: bool, cache_dir: Path,
+    tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedData:
-    """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps."""
+    """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps.
+    A given `tokenizer` (a resumed checkpoint's own) is used as it is, whatever the cache holds."""
     started = time.perf_counter()
     documents = collect_documents(data)
     train_documents, val_documents = split_documents(documents, data.val_fraction)
@@ -477,8 +480,10 @@ def prepare_data(
         f"{CACHE_VERSION}:{corpus_hash}:{data.val_fraction}:{vocab_size}:{min_frequency}".encode(), digest_size=8
     ).hexdigest()
     tokenizer_path = cache_dir / "tokenizers" / f"{key}.json"
-    tokenizer = None if retrain else _cached_tokenizer(tokenizer_path)
     if tokenizer is not None:
+        tokenizer_path = None
+        log.info("Tokenizer: the checkpoint's own")
+    elif not retrain and (tokenizer := _cached_tokenizer(tokenizer_path)) is not None:
         log.info("Tokenizer: reusing %s", tokenizer_path)
     else:
         log.info("Tokenizer: training byte-level BPE (vocab %d) on the training split", vocab_size)

@@ -6,7 +6,6 @@ import itertools
 import logging
 import math
 import random
-import shutil
 import signal
 import threading
 import time
@@ -20,17 +19,20 @@ from typing import ContextManager, Iterator, Optional
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
 
 from .checkpoint import CheckpointError, capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
 from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
 from .console import console
-from .data import PreparedData, TrainBatches, eval_batches, prepare_data
+from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum, barrier
 from .evaluate import bits_per_byte, loss_sum
 from .generate import Sampling, generate_text
 from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_matmul_size, physical_cores
+from .files import write_text
 from .model import GPT, GPTConfig
 from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
+from .tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +191,34 @@ def oom_advice(settings: Config) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
 
 
+def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
+    """The tokenizer a checkpoint carries (None for a new run, or a checkpoint from before they carried one)."""
+    if checkpoint is None or "tokenizer" not in checkpoint:
+        return None
+    try:
+        tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
+    except Exception:  # tokenizers raises bare Exceptions; a wrong type is a TypeError
+        tokenizer = None
+    if tokenizer is None or tokenizer_hash(tokenizer) != checkpoint["tokenizer_hash"]:
+        raise CheckpointError("the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
+                              "resume from another checkpoint of the run")
+    return tokenizer
+
+
 def check_resumable(checkpoint: dict, data: PreparedData) -> None:
     """A checkpoint continues only on the text and the tokenizer it was trained with."""
-    if checkpoint["corpus_hash"] != data.corpus_hash:
+    if checkpoint.get("corpus_hash_version") != CORPUS_HASH_VERSION:
+        log.warning("The checkpoint comes from an older fragment-llm, whose corpus hash cannot be compared with "
+                    "this one's: make sure the text is the one it was trained on")
+    elif checkpoint["corpus_hash"] != data.corpus_hash:
         raise ConfigError(
             "the corpus differs from the one the checkpoint was trained on (its files changed); "
             "restore the original text or start a new run without train.resume"
         )
-    if checkpoint["tokenizer_hash"] != data.tokenizer_hash:
+    if checkpoint["tokenizer_hash"] != data.tokenizer_hash:  # an older checkpoint, without its own tokenizer
         raise ConfigError(
-            f"the tokenizer {data.tokenizer_path} differs from the one the checkpoint was trained with (the cache was "
-            "changed); delete that file (it is trained again, the same for the same text) and resume again"
+            f"the cached tokenizer {data.tokenizer_path} differs from the one the checkpoint was trained with; copy "
+            "the run's tokenizer.json over it and resume again"
         )
 
 
@@ -258,11 +277,12 @@ class Trainer:
         self.data: PreparedData = prepare_data(
             settings.data, model_settings.vocab_size, model_settings.block_size,
             settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
+            tokenizer=checkpoint_tokenizer(checkpoint),
         )
         if checkpoint is not None:
             check_resumable(checkpoint, self.data)
         if ranks.is_main:
-            shutil.copyfile(self.data.tokenizer_path, self.run_dir / TOKENIZER_FILE)
+            write_text(self.run_dir / TOKENIZER_FILE, self.data.tokenizer.to_str(pretty=True))
 
         seed_everything(train.seed)  # the same initial weights on every rank
         self.model_config = GPTConfig(
@@ -468,7 +488,9 @@ class Trainer:
             "data_position": self.batches.position,
             "rng_state": rng_states,
             "tokenizer_hash": self.data.tokenizer_hash,
+            "tokenizer": self.data.tokenizer.to_str(),  # a resume needs no file besides the checkpoint
             "corpus_hash": self.data.corpus_hash,
+            "corpus_hash_version": CORPUS_HASH_VERSION,
             "best_val_loss": self.best_val_loss,
             "best_val_bpb": self.best_val_bpb,
         }

@@ -108,16 +108,36 @@ def test_resume_picks_the_highest_step_not_the_newest_file(tmp_path, corpus):
     assert find_resume_checkpoint(copy)[1]["step"] == 8
 
 
-def test_resume_refuses_a_tokenizer_other_than_the_checkpoints(tmp_path, corpus):
+def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds(tmp_path, corpus):
+    from fragment_llm.tokenizer import load_tokenizer, tokenizer_hash
+
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
     (cached,) = (tmp_path / "cache" / "tokenizers").glob("*.json")
     tokenizer = json.loads(cached.read_text())
     tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]  # another tokenizer under the same name
     cached.write_text(json.dumps(tokenizer))
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={run_dir}"]
-    assert run_training(compose_config(overrides), tmp_path / "resumed", overrides) == math.inf
-    error = read_summary(tmp_path / "resumed")["error"]
-    assert "differs from the one the checkpoint was trained with" in error and str(cached) in error
+    final = run_dir / "models" / "final_model.pt"
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={final}"]
+    assert run_training(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
+    saved_hash = load_checkpoint(final)["tokenizer_hash"]
+    assert tokenizer_hash(load_tokenizer(tmp_path / "resumed" / "tokenizer.json")) == saved_hash
+    assert load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt")["tokenizer_hash"] == saved_hash
+
+    # A checkpoint from before checkpoints carried their tokenizer and said how the corpus was hashed.
+    older = {key: value for key, value in load_checkpoint(final).items()
+             if key not in ("tokenizer", "corpus_hash_version")}
+    save_checkpoint(tmp_path / "older.pt", older)
+    overrides[-1] = f"train.resume={tmp_path / 'older.pt'}"
+    assert run_training(compose_config(overrides), tmp_path / "from_older", overrides) == math.inf
+    error = read_summary(tmp_path / "from_older")["error"]
+    assert f"the cached tokenizer {cached} differs" in error and "copy the run's tokenizer.json over it" in error
+    assert "comes from an older fragment-llm" in (tmp_path / "from_older" / "train.log").read_text()
+
+    damaged = {**load_checkpoint(final), "tokenizer": "{not a tokenizer"}
+    save_checkpoint(tmp_path / "damaged.pt", damaged)
+    overrides[-1] = f"train.resume={tmp_path / 'damaged.pt'}"
+    assert run_training(compose_config(overrides), tmp_path / "from_damaged", overrides) == math.inf
+    assert "the checkpoint's tokenizer is damaged" in read_summary(tmp_path / "from_damaged")["error"]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon", "adafactor"])
