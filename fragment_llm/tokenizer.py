@@ -15,7 +15,7 @@ END_OF_TEXT = "<|endoftext|>"
 # kilobytes per second. The same regex with every run bounded to MAX_RUN characters splits ordinary
 # text exactly as GPT-2 does and cuts long runs into words of at most MAX_RUN (+1 leading space).
 GPT2_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-MAX_RUN = 64
+MAX_RUN = 1024
 
 
 def byte_level_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
