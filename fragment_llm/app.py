@@ -1,4 +1,5 @@
-"""The training job behind `run.py`: logging, validation, training, and the run's final status."""
+"""The training job behind `run.py`: claiming the run directory (no other run in it, locked while in
+use), logging, validation, signals in every phase, training, and the run's final status."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
 from .config import Config, ConfigError, load_settings, resume_settings, to_plain
 from .console import setup_logging
 from .files import file_problem, write_text
-from .runs import holds_run, read_summary, update_summary
+from .runs import holds_run, read_summary, run_choices, update_summary
 from .trainer import STOP_SIGNALS, Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,9 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
 
     `overrides` are the command line's (they decide what a resumed run may change); `choices` the
     config group options it was composed from (kept in summary.json, so that a run resumed from this
-    one knows them). Expected
-    failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint, a file that cannot
-    be read or written) end as one line on standard error and in train.log, and a summary.json marked
-    failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number: during training
+    one knows them). Expected failures (a bad setting or corpus, divergence, out of memory, a bad
+    checkpoint, a file that cannot be read or written) end as one line on standard error and in
+    train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number: during training
     after a checkpoint, before it at once; the summary is marked interrupted. Any other error is
     marked failed too and raised; `in_sweep`, it is logged with its traceback and returns +inf
     instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
@@ -54,9 +54,9 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
     ranks = distributed.from_environment()
     try:
         lock = claim_run_directory(run_dir, requested_resume(cfg)) if ranks.is_main else nullcontext()
-    except ConfigError as error:
+    except (ConfigError, OSError) as error:  # nothing of the directory's is touched, not even its log
         setup_logging(None)
-        log.error(str(error))
+        log.error(file_problem(error) if isinstance(error, OSError) else str(error))
         return math.inf
     with lock, stop_on_signals():
         start_logging(run_dir, ranks)
@@ -131,8 +131,8 @@ def stop_on_signals() -> Iterator[None]:
     before then there is nothing to save, and temporary files are removed as the exception unwinds."""
 
     def stop(signum: int, frame) -> None:
-        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped before training began; nothing was lost "
-                                  "(no checkpoint yet): run the same command again")
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped before training began; nothing was lost: "
+                                  "run the same command again")
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -228,10 +228,7 @@ def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: 
     source = source_run(checkpoint_path)
     earlier = read_summary(source).get("choices")
     if not isinstance(earlier, dict):
-        try:
-            earlier = dict(OmegaConf.load(source / ".hydra" / "hydra.yaml").hydra.runtime.choices)
-        except (OSError, OmegaConfBaseException, AttributeError):
-            earlier = {}
+        earlier = run_choices(source)
     chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
     return {group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
             for group in composed}
