@@ -343,23 +343,24 @@ def group_option_keys(group: str, option: str) -> set[str]:
     return set(config) | set(OmegaConf.load(CONF_DIR / "config.yaml").get(group) or {})
 
 
-def chosen_options(group: str, overrides: list[str]) -> list[str]:
-    """The options of `group` a command line picks: its own `group=...` (every value of a sweep), else
-    the recipe's (`experiment=...` with `override /group: ...`), else conf/config.yaml's default."""
+def chosen_options(group: str, overrides: list) -> list[str]:
+    """The options of `group` that parsed command-line `overrides` pick: its own `group=...` (every value
+    of a sweep), else the recipe's (`experiment=...` with `override /group: ...`), else conf/config.yaml's
+    default."""
     def default_in(path: Path, prefix: str = "") -> Optional[str]:
         for entry in OmegaConf.load(path).get("defaults") or []:
             if isinstance(entry, DictConfig) and f"{prefix}{group}" in entry:
                 return entry[f"{prefix}{group}"]
         return None
 
-    for text in overrides:
-        key, _, value = text.partition("=")
-        if key.lstrip("+") == group:
-            return [option for option in value.split(",") if option and option != "null"]
-    for text in overrides:
-        key, _, value = text.partition("=")
-        if key == "experiment" and (CONF_DIR / "experiment" / f"{value}.yaml").is_file():
-            chosen = default_in(CONF_DIR / "experiment" / f"{value}.yaml", "override /")
+    for override in overrides:
+        if override.get_key_element().lstrip("+") == group and not override.is_delete():
+            values = override.sweep_string_iterator() if override.is_choice_sweep() else [override.value()]
+            return [str(value) for value in values if (CONF_DIR / group / f"{value}.yaml").is_file()]
+    for override in overrides:
+        recipe = CONF_DIR / "experiment" / f"{override.value()}.yaml"
+        if override.get_key_element() == "experiment" and not override.is_sweep_override() and recipe.is_file():
+            chosen = default_in(recipe, "override /")
             if chosen:
                 return [chosen]
     chosen = default_in(CONF_DIR / "config.yaml")
@@ -374,14 +375,16 @@ def check_overrides(overrides: list[str]) -> None:
 
     parser = OverridesParser.create()
     known = valid_keys()
+    parsed = []
     for text in overrides:
         try:
-            (override,) = parser.parse_overrides([text])
+            parsed.extend(parser.parse_overrides([text]))
         except OverrideParseException as error:
             raise ConfigError(
                 f"{text} is not a valid override ({str(error).splitlines()[0]}); write key=value, and quote a value "
                 "holding brackets, commas or spaces: 'key=\"a [b].txt\"'"
             ) from None
+    for text, override in zip(overrides, parsed):
         key = override.get_key_element().lstrip("+~")
         if override.is_hydra_override() or override.is_delete():
             continue
@@ -395,7 +398,7 @@ def check_overrides(overrides: list[str]) -> None:
             if override.is_add():
                 raise ConfigError(f"{text}: {key} exists already; drop the + ({key}=...)")
             section, name = key.split(".")
-            for option in chosen_options(section, overrides) if section in known["groups"] else ():
+            for option in chosen_options(section, parsed) if section in known["groups"] else ():
                 if name not in group_option_keys(section, option):
                     users = sorted(o for o in known[f"group:{section}"] if name in group_option_keys(section, o))
                     raise ConfigError(f"{key} is not a setting of {section}={option}, only of "

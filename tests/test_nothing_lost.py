@@ -216,6 +216,8 @@ def test_the_float_keys_are_found():
     (["model.n_layer=["], "is not a valid override"),
     (["optimizer.momentum=0.5"], "optimizer.momentum is not a setting of optimizer=adamw, only of optimizer=muon"),
     (["optimizer=adamw,sgd", "optimizer.beta1=0.5"], "optimizer.beta1 is not a setting of optimizer=sgd"),
+    (["optimizer=choice(adamw,sgd)", "optimizer.momentum=0.5"], "not a setting of optimizer=adamw"),
+    (["optimizer.momentum=0.5", "data.path=a[1].txt"], "data.path=a[1].txt is not a valid override"),
 ])
 def test_unknown_keys_and_options_are_one_line_naming_the_closest(overrides, needle):
     with pytest.raises(ConfigError) as error:
