@@ -126,8 +126,11 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
         return f"model_config has the keys {sorted(config)}, not a model's"
     for key, (low, high) in MODEL_CONFIG_RANGES.items():
         value = config.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        kinds = (int, float) if isinstance(low, float) else int  # sizes are whole numbers, dropout a fraction
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
             return f"model_config.{key}={value!r} is not in [{low}, {high}]"
+    if not isinstance(config.get("bias", False), bool):
+        return f"model_config.bias={config['bias']!r} is not true or false"
     if config["n_embd"] % config["n_head"]:
         return f"model_config.n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}"
     # The embeddings and the blocks' matrices: fewer weights than the model has, never more. A config

@@ -162,6 +162,7 @@ NOT_CHECKPOINTS = {
     "a vocabulary of 2e9": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "vocab_size": 2_000_000_000}},
     "an unknown config key": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_expert": 8}},
     "a string for a size": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_layer": "4"}},
+    "a float for a size": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_layer": 1.0}},
     "more layers than its weights": {"model_state_dict": {"w": torch.zeros(1000)}, "model_config": MODEL_CONFIG},
     "heads that do not divide the width": {"model_state_dict": {}, "model_config": {**MODEL_CONFIG, "n_head": 3}},
 }
