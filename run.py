@@ -7,17 +7,28 @@ Hydra composes the config from conf/; everything below this file works on valida
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
-from fragment_llm.app import run_training
-from fragment_llm.config import ConfigError, check_overrides, command_line_overrides
-from fragment_llm.distributed import prepare_torchrun
+def _quit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+# A signal before the run starts (imports, composing the config) or after it ends quits quietly with
+# 128 + its number; the run itself (fragment_llm.app) handles signals while it runs.
+for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_signum, _quit)
+
+import hydra  # noqa: E402 - after the handlers: importing torch takes seconds
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fragment_llm.app import run_training  # noqa: E402
+from fragment_llm.config import ConfigError, check_overrides, command_line_overrides  # noqa: E402
+from fragment_llm.distributed import prepare_torchrun  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

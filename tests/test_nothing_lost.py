@@ -390,3 +390,17 @@ def test_sigterm_to_the_parent_of_spawned_ranks_stops_them_with_a_checkpoint(tmp
     assert "Traceback" not in err and "SIGTERM: stopped at step" in err
     assert json.loads(summary.read_text())["status"] == "interrupted"
     assert load_checkpoint(summary.parent / "checkpoints" / "last.pt", for_resume=True)["step"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_a_signal_while_starting_up_quits_quietly(tmp_path, corpus, signum, delay):
+    """Before the run starts (importing torch, composing the config): no traceback, 128 + the signal."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
+    process = subprocess.Popen([sys.executable, RUN, *tiny_overrides(tmp_path, corpus)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum and "Traceback" not in err, err
