@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from .config import ConfigError, DataConfig, DataSource
 from .files import atomic_path, write_json, write_text
-from .tokenizer import end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
+from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -427,15 +427,10 @@ def _cached_tokenizer(path: Path) -> Optional[Tokenizer]:
     if not path.exists():
         return None
     try:
-        tokenizer = load_tokenizer(path)
-    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
-        problem = str(error)
-    else:
-        if end_of_text_id(tokenizer) is not None:
-            return tokenizer
-        problem = "no end-of-text token"
-    log.warning("Tokenizer: the cached tokenizer %s is damaged (%s); training it again", path, problem)
-    return None
+        return load_tokenizer(path)
+    except TokenizerError as error:
+        log.warning("Tokenizer: the cached tokenizer %s is damaged (%s); training it again", path, error)
+        return None
 
 
 def _remove_stale_temporaries(cache_dir: Path) -> None:

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from .checkpoint import load_checkpoint
 from .files import write_json
 from .model import GPT, GPTConfig
-from .tokenizer import END_OF_TEXT, end_of_text_id, load_tokenizer, tokenizer_hash
+from .tokenizer import TokenizerError, load_tokenizer, tokenizer_hash
 
 SUMMARY_FILE = "summary.json"
 CONFIG_RECORD = ".hydra/config.yaml"
@@ -313,15 +313,10 @@ def checkpoint_model(checkpoint: Path, state: dict[str, Any]) -> GPT:
 def run_tokenizer(path: Path) -> Tokenizer:
     """A run's tokenizer.json, which must be a tokenizer with our end-of-text token."""
     try:
-        tokenizer = load_tokenizer(path)
-    except Exception as error:  # tokenizers raises plain Exceptions
-        reason = str(error).splitlines()[0]
-    else:
-        if end_of_text_id(tokenizer) is not None:
-            return tokenizer
-        reason = f"it has no {END_OF_TEXT} token"
-    raise RunError(f"{path} is damaged or not a tokenizer: {reason}; restore it from a backup or from the "
-                   "tokenizer cache (<paths.cache>/tokenizers/), or train the run again")
+        return load_tokenizer(path)
+    except TokenizerError as error:
+        raise RunError(f"{path} is damaged or not a tokenizer: {error}; restore it from a backup or from the "
+                       "tokenizer cache (<paths.cache>/tokenizers/), or train the run again") from None
 
 
 def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:

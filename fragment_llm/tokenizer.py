@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -43,8 +43,26 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     return tokenizer
 
 
+class TokenizerError(ValueError):
+    """A tokenizer that does not load, or is not one of ours (no `<|endoftext|>`): the reason, one line."""
+
+
 def load_tokenizer(path: Path) -> Tokenizer:
-    return Tokenizer.from_file(str(path))
+    return _checked(lambda: Tokenizer.from_file(str(path)))
+
+
+def tokenizer_from_str(text: str) -> Tokenizer:
+    return _checked(lambda: Tokenizer.from_str(text))
+
+
+def _checked(load: Callable[[], Tokenizer]) -> Tokenizer:
+    try:
+        tokenizer = load()
+    except Exception as error:  # tokenizers raises bare Exceptions; a value that is no string, a TypeError
+        raise TokenizerError((str(error).splitlines() or [type(error).__name__])[0]) from None
+    if end_of_text_id(tokenizer) is None:
+        raise TokenizerError(f"it has no {END_OF_TEXT} token")
+    return tokenizer
 
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:

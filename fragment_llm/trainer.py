@@ -32,7 +32,7 @@ from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_ma
 from .files import write_text
 from .model import GPT, GPTConfig
 from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
-from .tokenizer import tokenizer_hash
+from .tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
     if checkpoint is None or "tokenizer" not in checkpoint:
         return None
     try:
-        tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
-    except Exception:  # tokenizers raises bare Exceptions; a wrong type is a TypeError
+        tokenizer = tokenizer_from_str(checkpoint["tokenizer"])
+    except TokenizerError:
         tokenizer = None
     if tokenizer is None or tokenizer_hash(tokenizer) != checkpoint["tokenizer_hash"]:
         raise CheckpointError("the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
