@@ -11,6 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
+from fragment_llm.signals import STOP_SIGNALS
+
 
 def _quit(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
@@ -18,7 +20,7 @@ def _quit(signum: int, frame) -> None:
 
 # A signal before the run starts (imports, composing the config) or after it ends quits quietly with
 # 128 + its number; the run itself (fragment_llm.app) handles signals while it runs.
-for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+for _signum in STOP_SIGNALS:
     signal.signal(_signum, _quit)
 
 import hydra  # noqa: E402 - after the handlers: importing torch takes seconds

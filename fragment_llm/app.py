@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import tempfile
-import threading
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,8 @@ from .config import Config, ConfigError, load_settings, resume_settings, to_plai
 from .console import setup_logging
 from .files import file_problem, write_text
 from .runs import holds_run, read_summary, run_choices, update_summary
-from .trainer import STOP_SIGNALS, Interrupted, TrainingError, train
+from .signals import STOP_SIGNALS, handling
+from .trainer import Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,8 @@ def stop_on_signals() -> Iterator[None]:
         raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped before training began; nothing was lost: "
                                   "run the same command again")
 
-    if threading.current_thread() is not threading.main_thread():
+    with handling(stop):
         yield
-        return
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 LOCK_FILE = ".lock"

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .config import RUN_STAMP, new_run_stamp
+from .signals import handling
 
 
 @dataclass(frozen=True)
@@ -139,14 +138,9 @@ def spawn(nproc: int, target: Callable[..., None], *args: Any, forward: tuple[in
 
     # When one rank ends (a stopped rank exits 128 + the signal), torch ends the others and says so: noise.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, pass_on) for signum in forward} if in_main_thread else {}
-    try:
+    with handling(pass_on, forward):
         while not context.join():
             pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _spawned(local_rank: int, nproc: int, port: int, target: Callable[..., None], args: tuple) -> None:

@@ -7,7 +7,6 @@ import logging
 import math
 import random
 import signal
-import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -32,6 +31,7 @@ from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_ma
 from .files import write_text
 from .model import GPT, GPTConfig
 from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
+from .signals import handling
 from .tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
 
 log = logging.getLogger(__name__)
@@ -186,9 +186,6 @@ def oom_advice(settings: Config) -> str:
         f"(same effective batch), or model.block_size={max(16, model.block_size // 2)}, "
         f"or a smaller model (model.n_layer={max(1, model.n_layer // 2)} or model=tiny)"
     )
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
 
 
 def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
@@ -543,15 +540,8 @@ class Trainer:
                 "(send it again to stop at once)", signal.Signals(signum).name,
             )
 
-        if threading.current_thread() is not threading.main_thread():
+        with handling(request_stop):
             yield
-            return
-        previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     def stop_here(self) -> None:
         path = self.save_step_checkpoint()
