@@ -225,10 +225,7 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         return OmegaConf.to_object(merged)
     except InterpolationResolutionError as error:
-        raise ConfigError(
-            f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name an existing key "
-            "(`python run.py --cfg job` lists them)"
-        ) from None
+        raise unresolved(error) from None
     except ConfigKeyError as error:
         raise unknown_key(error.full_key) from None
     except OmegaConfBaseException as error:
@@ -324,6 +321,12 @@ def valid_keys() -> dict[str, set[str]]:
     groups = {folder.name: {path.stem for path in folder.glob("*.yaml")} for folder in CONF_DIR.iterdir()
               if folder.is_dir() and folder.name != "hydra"}
     return {"keys": keys, "groups": set(groups), **{f"group:{name}": options for name, options in groups.items()}}
+
+
+def unresolved(error: OmegaConfBaseException) -> ConfigError:
+    """One line for a `${...}` value that resolves to nothing, naming its key."""
+    return ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name an existing "
+                       "key (`python run.py --cfg job` lists them)")
 
 
 def unknown_key(key: str) -> ConfigError:

@@ -41,7 +41,7 @@ class Preflight(Callback):
         from omegaconf.errors import OmegaConfBaseException
 
         from .app import check_run_directory, check_writable_folder
-        from .config import ConfigError
+        from .config import ConfigError, unresolved
         from .console import error_console
         from .distributed import from_environment
 
@@ -52,8 +52,7 @@ class Preflight(Callback):
                 directory = Path(config.hydra.sweep.dir if sweep else config.hydra.run.dir)
                 resume = config.train.resume
             except OmegaConfBaseException as error:
-                raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name "
-                                  "an existing key (`python run.py --cfg job` lists them)") from None
+                raise unresolved(error) from None
             check_writable_folder("paths.outputs", outputs)
             check_writable_folder("paths.cache", cache)
             check_writable_folder("hydra.sweep.dir" if sweep else "hydra.run.dir", str(directory))
