@@ -74,15 +74,22 @@ def read_record(run_dir: Path, name: str) -> dict | list | None:
         return None
 
 
-def record_damage(run_dir: Path) -> str | None:
-    """Why some of the run's records cannot be read, one `file: reason` per record; None when all can."""
-    problems = []
+def run_records(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """Every record of the run, each read once (None where missing or damaged), and why some cannot
+    be read, one `file: reason` per record (None when all can)."""
+    records, problems = {}, []
     for name in RECORDS:
         try:
-            load_record(run_dir, name)
+            records[name] = load_record(run_dir, name)
         except DamagedRecord as error:
+            records[name] = None
             problems.append(str(error))
-    return "; ".join(problems) or None
+    return records, "; ".join(problems) or None
+
+
+def record_damage(run_dir: Path) -> str | None:
+    """Why some of the run's records cannot be read (see run_records); None when all can."""
+    return run_records(run_dir)[1]
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -122,7 +129,11 @@ def find_runs(root: Path) -> list[Path]:
 
 def run_choices(run_dir: Path) -> dict[str, str]:
     """The config group options a run was composed from (model, hardware, ...), from Hydra's record."""
-    choices = read_record(run_dir, HYDRA_RECORD)
+    return _choices(read_record(run_dir, HYDRA_RECORD))
+
+
+def _choices(hydra_record: Any) -> dict[str, str]:
+    choices = hydra_record
     for key in ("hydra", "runtime", "choices"):
         choices = choices.get(key) if isinstance(choices, dict) else None
     if not isinstance(choices, dict):
@@ -133,7 +144,11 @@ def run_choices(run_dir: Path) -> dict[str, str]:
 
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides that made this run (for a sweep job: the job's own, sweep values resolved)."""
-    return [str(item) for item in read_record(run_dir, OVERRIDES_RECORD) or []]
+    return _overrides(read_record(run_dir, OVERRIDES_RECORD))
+
+
+def _overrides(overrides_record: Any) -> list[str]:
+    return [str(item) for item in overrides_record or []]
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
@@ -161,7 +176,8 @@ def reproduce_command(run_dir: Path) -> str:
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """One row of the runs table: where and when, what it was made from, how it went. A run with a
     damaged record shows what the others hold, with status `damaged` and why in `damaged`."""
-    summary, choices, damage = read_summary(run_dir), run_choices(run_dir), record_damage(run_dir)
+    records, damage = run_records(run_dir)
+    summary, choices = records[SUMMARY_FILE] or {}, _choices(records[HYDRA_RECORD])
     run_dir = Path(run_dir)
     return {
         "name": str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir),
@@ -171,7 +187,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "hardware": choices.get("hardware"),
         "optimizer": choices.get("optimizer"),
         "data": choices.get("data"),
-        "overrides": run_overrides(run_dir),
+        "overrides": _overrides(records[OVERRIDES_RECORD]),
         "steps": summary.get("steps"),
         "tokens": summary.get("tokens"),
         "best_val_loss": summary.get("best_val_loss"),
