@@ -8,6 +8,7 @@ carries pickled code is refused before any of it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .files import atomic_path
+from .model import CHOICES, GPTConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ RESUME_KEYS = (*MODEL_KEYS, "optimizer_state_dict", "scheduler_state_dict", "sca
 # model_config's fields and the values a model may have: anything else is a damaged or foreign file,
 # refused before a model is built (a vocabulary of 2e9 would try to allocate terabytes).
 MODEL_CONFIG_RANGES = {"vocab_size": (1, 1 << 20), "block_size": (1, 1 << 16), "n_layer": (1, 256),
-                       "n_head": (1, 256), "n_embd": (1, 1 << 16), "dropout": (0.0, 1.0)}
+                       "n_head": (1, 256), "n_embd": (1, 1 << 16), "dropout": (0.0, 1.0), "logit_softcap": (0.0, 1e3)}
 
 
 def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
@@ -121,21 +123,27 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
         return "model_state_dict is not a dict of tensors"
     if not isinstance(config, dict):
         return "model_config is not a dict"
-    unknown = set(config) - set(MODEL_CONFIG_RANGES) - {"bias"}
-    if unknown or not set(MODEL_CONFIG_RANGES) - {"dropout"} <= set(config):
+    fields = {field.name: field for field in dataclasses.fields(GPTConfig)}
+    unknown = set(config) - set(fields)
+    if unknown or not {name for name, field in fields.items() if field.default is dataclasses.MISSING} <= set(config):
         return f"model_config has the keys {sorted(config)}, not a model's"
     for key, (low, high) in MODEL_CONFIG_RANGES.items():
         value = config.get(key, 0.0)
-        kinds = (int, float) if isinstance(low, float) else int  # sizes are whole numbers, dropout a fraction
+        kinds = (int, float) if isinstance(low, float) else int  # sizes are whole numbers, fractions and caps floats
         if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
             return f"model_config.{key}={value!r} is not in [{low}, {high}]"
-    if not isinstance(config.get("bias", False), bool):
-        return f"model_config.bias={config['bias']!r} is not true or false"
-    if config["n_embd"] % config["n_head"]:
-        return f"model_config.n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}"
+    for key, values in CHOICES.items():
+        if config.get(key, fields[key].default) not in values:
+            return f"model_config.{key}={config[key]!r} is not one of {', '.join(values)}"
+    for key in (name for name, field in fields.items() if field.type in ("bool", bool)):
+        if not isinstance(config.get(key, False), bool):
+            return f"model_config.{key}={config[key]!r} is not true or false"
+    if config["n_embd"] % config["n_head"] or (config.get("position") == "rope" and config["n_embd"] // config["n_head"] % 2):
+        return f"model_config.n_embd={config['n_embd']} does not split into {config['n_head']} heads of its position's size"
     # The embeddings and the blocks' matrices: fewer weights than the model has, never more. A config
     # asking for more than the file holds would allocate a model for nothing (or all the memory).
-    needed = (config["vocab_size"] + config["block_size"] + 12 * config["n_layer"] * config["n_embd"]) * config["n_embd"]
+    positions = config["block_size"] if config.get("position", "learned") == "learned" else 0
+    needed = (config["vocab_size"] + positions + 12 * config["n_layer"] * config["n_embd"]) * config["n_embd"]
     held = sum(value.numel() for value in weights.values())
     if needed > held:
         return f"its model_config needs over {needed:,} weights and it holds {held:,}"

@@ -50,6 +50,23 @@ class SchedulerName(str, Enum):
     cosine = "cosine"
     linear = "linear"
     constant = "constant"
+    wsd = "wsd"
+
+
+class PositionKind(str, Enum):
+    learned = "learned"
+    rope = "rope"
+
+
+class NormKind(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class ActivationKind(str, Enum):
+    gelu = "gelu"
+    relu2 = "relu2"
+    swiglu = "swiglu"
 
 
 class DataSource(str, Enum):
@@ -67,8 +84,20 @@ class ModelConfig:
     n_embd: int = 256
     dropout: float = 0.0
     bias: bool = False
+    # The layout (conf/arch/: `modern`, the default, or `gpt2`); these defaults are GPT-2's, as GPTConfig's.
+    position: PositionKind = PositionKind.learned
+    norm: NormKind = NormKind.layernorm
+    qk_norm: bool = False
+    activation: ActivationKind = ActivationKind.gelu
+    tie_embeddings: bool = True
+    zero_init: bool = False
+    logit_softcap: float = 0.0
+    value_embeddings: bool = False
+    residual_scalars: bool = False
+    embed_norm: bool = False
 
     def __post_init__(self) -> None:
+        check_range("model.logit_softcap", self.logit_softcap, 0.0, 1000.0)
         check_range("model.vocab_size", self.vocab_size, 256, 100_000)
         check_range("model.block_size", self.block_size, 16, 4096)
         check_range("model.n_layer", self.n_layer, 1, 48)
@@ -80,6 +109,16 @@ class ModelConfig:
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
                 f"pick n_head among {[h for h in range(1, 33) if self.n_embd % h == 0]}"
             )
+        if self.position is PositionKind.rope and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"model.position=rope needs an even head size, and model.n_embd={self.n_embd} / "
+                f"model.n_head={self.n_head} is {self.n_embd // self.n_head}; pick n_head among "
+                f"{[h for h in range(1, 33) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]}"
+            )
+
+
+DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass
@@ -98,6 +137,8 @@ class TrainConfig:
     log_interval: int = 1
     sample_every: int = 0
     seed: int = 1337
+    time_budget: Optional[str] = None
+    early_stop_patience: int = 0
 
     def __post_init__(self) -> None:
         check_range("train.batch_size", self.batch_size, 1, 256)
@@ -113,6 +154,21 @@ class TrainConfig:
         check_range("train.log_interval", self.log_interval, 1, 10**9)
         check_range("train.sample_every", self.sample_every, 0, 10**9)
         check_range("train.seed", self.seed, 0, 2**63 - 1)
+        check_range("train.early_stop_patience", self.early_stop_patience, 0, 10**6)
+        if self.time_budget is not None:
+            self.budget_seconds  # a bad duration fails here, before any work
+
+    @property
+    def budget_seconds(self) -> Optional[float]:
+        """`time_budget` in seconds: `90s`, `10m`, `1.5h`, or a bare number of seconds; None when off."""
+        if self.time_budget is None:
+            return None
+        match = DURATION.match(str(self.time_budget).strip())
+        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"] if match else math.nan
+        if not math.isfinite(seconds) or seconds <= 0 or seconds > 366 * 86400:
+            raise ConfigError(f"train.time_budget={self.time_budget} is not a duration; use e.g. train.time_budget=90s, "
+                              "10m or 2h (null turns it off)")
+        return seconds
 
 
 @dataclass
@@ -125,6 +181,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.9
     nesterov: bool = True
+    cautious_weight_decay: bool = False
 
     def __post_init__(self) -> None:
         check_range("optimizer.lr", self.lr, 0.0, 1e-2, low_open=True)
@@ -140,9 +197,11 @@ class SchedulerConfig:
     name: SchedulerName = SchedulerName.cosine
     warmup_fraction: float = 0.05
     min_lr_fraction: float = 0.1
+    decay_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         check_range("scheduler.warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+        check_range("scheduler.decay_fraction", self.decay_fraction, 0.0, 1.0, low_open=True)
         check_range("scheduler.min_lr_fraction", self.min_lr_fraction, 0.0, 1.0)
 
 

@@ -64,19 +64,24 @@ def generate_tokens(
     """Yield up to `max_new_tokens` new token ids, one at a time, ending early at `stop_token`.
 
     The context is the last `block_size` tokens of the prompt, then grows with each new token. When
-    it is full, it slides on to the last half block: with learned absolute positions every cached key
-    is tied to its position, so a slide means recomputing the cache, and sliding by half a block
-    (not by one token) keeps that to once every `block_size // 2` tokens. Both paths slide alike,
-    so the cached and uncached paths see the same contexts and give the same text.
+    it is full it slides. With rotary positions it slides one token at a time (the cache rolls; see
+    KVCache), so every token sees a full context. With learned absolute positions every cached key is
+    tied to its position, so a slide means recomputing the cache, and sliding by half a block (not by
+    one token) keeps that to once every `block_size // 2` tokens. Both paths slide alike, so the
+    cached and uncached paths see the same contexts and give the same text.
     """
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    rolls = model.config.position == "rope"
     device = model.wte.weight.device
     tokens = list(prompt)
     start = max(0, len(tokens) - block_size)
     cache: KVCache | None = None
     for _ in range(max_new_tokens):
         if len(tokens) - start > block_size:
-            start, cache = len(tokens) - block_size // 2, None
+            if rolls:
+                start += 1
+            else:
+                start, cache = len(tokens) - block_size // 2, None
         if not use_cache:
             logits, _ = model(torch.tensor([tokens[start:]], device=device))
         elif cache is None:

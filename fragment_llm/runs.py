@@ -29,6 +29,7 @@ RECORDS = {SUMMARY_FILE: dict, CONFIG_RECORD: dict, OVERRIDES_RECORD: list, HYDR
 SWEEP_REPORT_FILE = "sweep.txt"
 TOKENIZER_FILE = "tokenizer.json"
 FINAL_MODEL = Path("models") / "final_model.pt"
+BEST_MODEL = Path("models") / "best_model.pt"  # the lowest validation loss of the run
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -343,6 +344,11 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.
     tokenizer_path = run_dir / TOKENIZER_FILE
     if not tokenizer_path.exists():
         raise RunError(f"{run_dir} is not a run directory (it has no {TOKENIZER_FILE}); `fragment-llm runs` lists the runs")
+    if checkpoint is not None and str(checkpoint) == "best":
+        checkpoint = run_dir / BEST_MODEL
+        if not checkpoint.is_file():
+            raise RunError(f"{run_dir} has no {BEST_MODEL}: the run wrote none yet (it is written at an evaluation that "
+                           "improves on the step-0 loss); use its final model (no --checkpoint)")
     if checkpoint is None:
         checkpoint = run_dir / FINAL_MODEL
         if not checkpoint.is_file():

@@ -8,12 +8,11 @@ import math
 import random
 import signal
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tokenizers import Tokenizer
 
 from .checkpoint import CheckpointError, capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
-from .config import Config, ConfigError, HardwareConfig, OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName, to_plain
+from .config import Config, ConfigError, HardwareConfig, to_plain
 from .console import console
 from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum, barrier
@@ -30,7 +29,8 @@ from .generate import Sampling, generate_text
 from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_matmul_size, physical_cores
 from .files import write_text
 from .model import GPT, GPTConfig
-from .runs import FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
+from .optim import build_optimizer, lr_factor, set_lr
+from .runs import BEST_MODEL, FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
 from .signals import handling
 from .tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
 
@@ -93,82 +93,6 @@ class Precision:
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-
-class MuonWithAdamW(torch.optim.Optimizer):
-    """Muon for the transformer blocks' weight matrices and AdamW for the rest (embeddings, gains,
-    biases), stepped and scheduled as one optimizer: its param_groups are the two optimizers' own."""
-
-    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
-        self.optimizers = {"muon": muon, "adamw": adamw}
-        super().__init__(self._inner_groups(), {})
-
-    def _inner_groups(self) -> list[dict]:
-        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-
-    def state_dict(self) -> dict:
-        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state_dict[name])
-        self.param_groups = self._inner_groups()  # loading replaces the inner group dicts
-
-
-def build_optimizer(model: torch.nn.Module, settings: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Weight decay on matrices (dim >= 2) only; fused AdamW on CUDA and CPU (on CPU about 5x faster
-    than foreach), foreach elsewhere."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    muon_names = {name for name, p in named if settings.name is OptimizerName.muon and name.startswith("blocks.") and p.dim() == 2}
-    parameters = [p for name, p in named if name not in muon_names]
-    groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if settings.name in (OptimizerName.adamw, OptimizerName.muon):
-        fused = device.type in ("cuda", "cpu")
-        adamw = torch.optim.AdamW(
-            groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps,
-            fused=fused or None, foreach=None if fused else True,
-        )
-        if settings.name is OptimizerName.adamw:
-            return adamw
-        # Muon's update scaled to AdamW's RMS ("match_rms_adamw"), so one learning rate serves both.
-        muon = torch.optim.Muon(
-            [p for name, p in named if name in muon_names], lr=settings.lr, weight_decay=settings.weight_decay,
-            momentum=settings.momentum, nesterov=settings.nesterov, adjust_lr_fn="match_rms_adamw",
-        )
-        return MuonWithAdamW(muon, adamw)
-    if settings.name is OptimizerName.sgd:
-        return torch.optim.SGD(
-            groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0
-        )
-    return torch.optim.Adafactor(groups, lr=settings.lr)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, settings: SchedulerConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine or linear decay to `min_lr_fraction` of the peak, or constant."""
-    lr_scheduler = torch.optim.lr_scheduler
-    warmup = min(int(settings.warmup_fraction * total_steps), total_steps - 1)
-    decay_steps = max(1, total_steps - warmup)
-    if settings.name is SchedulerName.cosine:
-        peak = optimizer.param_groups[0]["lr"]
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=peak * settings.min_lr_fraction)
-    elif settings.name is SchedulerName.linear:
-        main = lr_scheduler.LinearLR(optimizer, 1.0, settings.min_lr_fraction, total_iters=decay_steps)
-    else:
-        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup == 0:
-        return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def seed_everything(seed: int) -> None:
@@ -282,11 +206,7 @@ class Trainer:
             write_text(self.run_dir / TOKENIZER_FILE, self.data.tokenizer.to_str(pretty=True))
 
         seed_everything(train.seed)  # the same initial weights on every rank
-        self.model_config = GPTConfig(
-            vocab_size=self.data.vocab_size, block_size=model_settings.block_size, n_layer=model_settings.n_layer,
-            n_head=model_settings.n_head, n_embd=model_settings.n_embd, dropout=model_settings.dropout,
-            bias=model_settings.bias,
-        )
+        self.model_config = GPTConfig(**{**to_plain(settings)["model"], "vocab_size": self.data.vocab_size})
         self.model = GPT(self.model_config).to(self.device)
         seed_everything(train.seed + ranks.rank)  # each rank its own dropout
         self.precision = Precision(settings.hardware, self.device)
@@ -295,8 +215,14 @@ class Trainer:
                                     ranks.rank, ranks.world_size)
         self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size * ranks.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
-        self.total_steps = min(train.max_iters, train.epochs * self.steps_per_epoch)
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        # A time budget alone decides a run's length; otherwise epochs or max_iters, whichever ends first.
+        self.budget = train.budget_seconds
+        self.total_steps = None if self.budget else min(train.max_iters, train.epochs * self.steps_per_epoch)
+        self.epochs = None if self.budget else math.ceil(self.total_steps / self.steps_per_epoch)
+        self.train_seconds = 0.0  # training time before this process (a resumed run's), then the loop's so far
+        self.budget_spent = self.early_stopped = False
+        self.evaluations_without_gain = 0
+        self.best_step: Optional[int] = None
         self.step = 0
         self.best_val_loss = self.best_val_bpb = math.inf
         self.last_val_loss = self.last_val_bpb = math.nan
@@ -308,11 +234,7 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
-        self.scheduler = build_scheduler(self.optimizer, settings.scheduler, self.total_steps)
-        with warnings.catch_warnings():  # replaying the schedule steps it without optimizer steps
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(self.step):
-                self.scheduler.step()
+        self.update_lr()
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
         if ranks.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -340,17 +262,22 @@ class Trainer:
         except RuntimeError as error:
             raise CheckpointError(f"the checkpoint's weights do not fit its model settings: "
                                   f"{str(error).splitlines()[0]}; resume from a checkpoint this run wrote") from None
-        saved_optimizer = checkpoint["config"]["optimizer"]["name"]
-        if saved_optimizer == self.settings.optimizer.name.value:
+        saved = checkpoint["config"]["optimizer"]
+        saved_optimizer = (saved["name"], saved.get("cautious_weight_decay", False))
+        wanted = (self.settings.optimizer.name.value, self.settings.optimizer.cautious_weight_decay)
+        if saved_optimizer == wanted:
             self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         else:
-            log.warning("Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
-                        self.settings.optimizer.name.value, saved_optimizer)
+            log.warning("Resuming with optimizer %s, cautious_weight_decay=%s (the checkpoint was trained with %s, %s): "
+                        "its state starts afresh", *wanted, *saved_optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
         self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.step = checkpoint["step"]
         self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
+        self.best_step = checkpoint.get("best_step")
+        self.evaluations_without_gain = checkpoint.get("evaluations_without_gain", 0)
+        self.train_seconds = checkpoint.get("train_seconds", 0.0)
         self.batches.position = checkpoint["data_position"]
         rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
         if self.ranks.rank < len(rng_states):
@@ -381,7 +308,8 @@ class Trainer:
                 scaler.scale(loss).backward()
         # One read per step: the loss averaged over ranks, and whether any rank was asked to stop.
         stop_requested = torch.tensor(float(self.stop_signal is not None), device=self.device)
-        totals = all_reduce_sum(torch.stack([step_loss, stop_requested])).tolist()
+        elapsed = torch.tensor(self.loop_seconds() if self.budget and self.ranks.is_main else 0.0, device=self.device)
+        totals = all_reduce_sum(torch.stack([step_loss, stop_requested, elapsed.to(step_loss.dtype)])).tolist()
         loss_value = totals[0] / self.ranks.world_size
         if totals[1]:
             self.stop_signal = self.stop_signal or signal.SIGTERM
@@ -398,9 +326,26 @@ class Trainer:
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         self.step += 1
+        if self.budget:  # rank 0's clock decides, for every rank alike
+            self.train_seconds = totals[2]
+            self.budget_spent = self.train_seconds >= self.budget
+        self.update_lr()
         return loss_value, grad_norm.item()
+
+    def progress(self) -> float:
+        """How much of the run is done (0 to 1): the share of the time budget spent, or of the steps."""
+        if self.budget:
+            return min(1.0, self.train_seconds / self.budget)
+        return self.step / self.total_steps
+
+    def update_lr(self) -> None:
+        """The learning rate for the next step, from the schedule at the run's progress."""
+        tick = 1 / self.total_steps if self.total_steps else 1e-3
+        set_lr(self.optimizer, lr_factor(self.settings.scheduler, self.progress(), tick))
+
+    def loop_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.loop_started
 
     def evaluate(self) -> float:
         """Validation loss on the fixed validation windows; logs it and its bits per byte. Uses no random
@@ -418,7 +363,12 @@ class Trainer:
         self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
         self.last_eval_step = self.step
         if val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_val_bpb = val_loss, self.last_val_bpb
+            self.best_val_loss, self.best_val_bpb, self.best_step = val_loss, self.last_val_bpb, self.step
+            self.evaluations_without_gain = 0
+            if self.step > 0:
+                self.save_best_model()
+        else:
+            self.evaluations_without_gain += 1
         self.scalar("val/loss", val_loss)
         self.scalar("val/bpb", self.last_val_bpb)
         return val_loss
@@ -476,7 +426,7 @@ class Trainer:
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scheduler_state_dict": {"lr": self.optimizer.param_groups[0]["lr"], "progress": self.progress()},
             "scaler_state_dict": self.precision.scaler.state_dict(),
             "config": to_plain(self.settings),
             "model_config": asdict(self.model_config),
@@ -490,7 +440,25 @@ class Trainer:
             "corpus_hash_version": CORPUS_HASH_VERSION,
             "best_val_loss": self.best_val_loss,
             "best_val_bpb": self.best_val_bpb,
+            "best_step": self.best_step,
+            "evaluations_without_gain": self.evaluations_without_gain,
+            "train_seconds": self.train_seconds,
         }
+
+    def save_best_model(self) -> None:
+        """models/best_model.pt: the weights with the lowest validation loss so far, for the tools
+        (`--checkpoint best`); a model file, not a resume point (rank 0 alone writes it)."""
+        if self.ranks.is_main:
+            save_checkpoint(self.run_dir / BEST_MODEL, {
+                "model_state_dict": self.model.state_dict(),
+                "model_config": asdict(self.model_config),
+                "config": to_plain(self.settings),
+                "step": self.step,
+                "val_loss": self.best_val_loss,
+                "val_bpb": self.best_val_bpb,
+                "tokenizer_hash": self.data.tokenizer_hash,
+                "tokenizer": self.data.tokenizer.to_str(),
+            })
 
     def save_step_checkpoint(self) -> Path:
         path = self.checkpoint_dir / f"step_{self.step}.pt"
@@ -522,6 +490,7 @@ class Trainer:
             best_val_loss=None if math.isinf(self.best_val_loss) else self.best_val_loss,
             val_bpb=None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
             best_val_bpb=None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
+            best_step=self.best_step,
             wall_time_s=round(elapsed, 2),
             **fields,
         )
@@ -553,56 +522,96 @@ class Trainer:
         )
 
     # ---- the loop -----------------------------------------------------------------------------
+    def finished(self) -> bool:
+        return self.budget_spent if self.budget else self.step >= self.total_steps
+
     def fit(self) -> float:
         train = self.settings.train
         params = self.model.num_parameters()
+        config = self.model_config
         log.info(
-            "Model: %s parameters (%d layers, %d heads, %d wide, block %d) on %s, %s",
-            f"{params:,}", self.model_config.n_layer, self.model_config.n_head, self.model_config.n_embd,
-            self.model_config.block_size, self.device, self.precision.name,
+            "Model: %s parameters (%d layers, %d heads, %d wide, block %d; %s positions, %s, %s) on %s, %s",
+            f"{params:,}", config.n_layer, config.n_head, config.n_embd, config.block_size, config.position,
+            config.norm, config.activation, self.device, self.precision.name,
         )
+        length = (f"for {format_seconds(self.budget)} (train.time_budget)" if self.budget else
+                  f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)")
         log.info(
-            "Training: %d steps (%d per epoch, %d epochs) of %s tokens (batch %d x accum %d x block %d%s)",
-            self.total_steps, self.steps_per_epoch, self.epochs, f"{self.tokens_per_step:,}",
-            train.batch_size, train.grad_accum_steps, self.model_config.block_size,
+            "Training: %s of %s tokens (batch %d x accum %d x block %d%s)",
+            length, f"{self.tokens_per_step:,}", train.batch_size, train.grad_accum_steps, config.block_size,
             f" x {self.ranks.world_size} ranks" if self.ranks.enabled else "",
         )
         self.summarise(
             status="running", params=params, device=str(self.device), precision=self.precision.name,
             vocab_size=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
-            data_seconds=round(self.data.seconds, 3),
+            data_seconds=round(self.data.seconds, 3), time_budget_s=self.budget,
         )
         if self.step == 0:
             initial_val_loss = self.evaluate()
             log.info("Step 0: val loss %.4f (%.3f bits per byte)", initial_val_loss, self.last_val_bpb)
             self.summarise(initial_val_loss=initial_val_loss)
         else:
-            log.info("Resuming at step %d of %d", self.step, self.total_steps)
+            log.info("Resuming at step %d%s", self.step, "" if self.budget else f" of {self.total_steps}")
         self.model.train()
-        train_started, start_step = time.perf_counter(), self.step
-        train_loss = math.nan
-        while self.step < self.total_steps:
-            epoch = self.step // self.steps_per_epoch + 1
-            steps = min(self.steps_per_epoch - self.step % self.steps_per_epoch, self.total_steps - self.step)
-            log.info("Epoch %d/%d", epoch, self.epochs)
-            train_loss = self.run_epoch(steps)
-            if self.last_eval_step != self.step:
-                self.evaluate()
-            log.info("Train loss: %.4f", train_loss)
-            log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
-            if self.step % self.steps_per_epoch == 0 and epoch % train.checkpoint_every == 0:
-                path = self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
-                self.save_checkpoint(path)
-                log.info("Checkpoint: %s", path)
-        train_seconds = time.perf_counter() - train_started
+        start_step, self.seconds_before = self.step, self.train_seconds
+        self.loop_started = window_started = time.perf_counter()
+        startup_seconds = self.loop_started - self.started
+        window_steps, epoch_losses, train_loss = 0, [], math.nan
+        with self.progress_bar() as advance:
+            while not self.finished():
+                if self.step % self.steps_per_epoch == 0:
+                    epoch = self.step // self.steps_per_epoch + 1
+                    log.info("Epoch %d%s", epoch, "" if self.budget else f"/{self.epochs}")
+                loss, grad_norm = self.train_step()
+                if not self.budget:
+                    self.train_seconds = self.loop_seconds()
+                epoch_losses.append(loss)
+                window_steps += 1
+                last = self.finished()
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self.step % train.log_interval == 0 or last:
+                    self.log_step(loss, grad_norm, time.perf_counter() - window_started, window_steps)
+                    window_started, window_steps = time.perf_counter(), 0
+                advance(loss)
+                if self.step % train.eval_interval == 0 or epoch_end or last:
+                    self.evaluate()
+                    log.info("Step %d: val loss %.4f (%.3f bits per byte)", self.step, self.last_val_loss,
+                             self.last_val_bpb)
+                if epoch_end or last:
+                    train_loss = sum(epoch_losses) / len(epoch_losses)
+                    log.info("Train loss: %.4f", train_loss)
+                    log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
+                    epoch_losses = []
+                if train.sample_every and self.step % train.sample_every == 0 and self.ranks.is_main:
+                    self.sample()
+                if epoch_end and (self.step // self.steps_per_epoch) % train.checkpoint_every == 0:
+                    path = self.checkpoint_dir / f"checkpoint_epoch_{self.step // self.steps_per_epoch}.pt"
+                    self.save_checkpoint(path)
+                    log.info("Checkpoint: %s", path)
+                if train.save_interval and self.step % train.save_interval == 0 and not last:
+                    log.info("Checkpoint: %s", self.save_step_checkpoint())
+                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
+                    self.stop_here()
+                if self.early_stop_due():
+                    log.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)",
+                             self.evaluations_without_gain)
+                    self.early_stopped = True
+                    break
+        loop_seconds = time.perf_counter() - self.loop_started
+        ending_started = time.perf_counter()
         final = self.run_dir / FINAL_MODEL
         self.save_checkpoint(final)
-        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(train_seconds, 1e-9)
-        self.summarise(status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
-                       finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
+        self.summarise(
+            status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
+            startup_seconds=round(startup_seconds, 2), train_seconds=round(self.train_seconds, 2),
+            final_seconds=round(time.perf_counter() - ending_started, 2), early_stopped=self.early_stopped,
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         log.info(
-            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte); model saved to %s",
-            self.step, train_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, self.best_val_bpb, final,
+            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; model saved to %s",
+            self.step, loop_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, self.best_val_bpb, self.best_step,
+            final,
         )
         if self.writer is not None:
             metrics = (self.best_val_loss, self.best_val_bpb, self.last_val_loss, train_loss, tokens_per_sec)
@@ -610,38 +619,34 @@ class Trainer:
             self.writer.close()
         return self.best_val_loss
 
-    def run_epoch(self, steps: int) -> float:
-        """Train `steps` optimizer steps; returns their mean loss."""
-        train = self.settings.train
-        losses = []
-        epoch_started = window_started = time.perf_counter()
-        window_steps = 0
+    def early_stop_due(self) -> bool:
+        patience = self.settings.train.early_stop_patience
+        return bool(patience) and self.evaluations_without_gain >= patience and not self.finished()
+
+    @contextmanager
+    def progress_bar(self) -> Iterator[Callable[[float], None]]:
+        """A bar over the whole run (its steps, or its time budget), on a terminal; yields `advance(loss)`."""
+        total = self.budget or self.total_steps
         with Progress(
-            TextColumn("Training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"), console=console, disable=not console.is_terminal,
+            TextColumn("Training"), BarColumn(), MofNCompleteColumn() if not self.budget else TextColumn(""),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
+            disable=not console.is_terminal,
         ) as progress:
-            task = progress.add_task("epoch", total=steps, stats="")
-            for _ in range(steps):
-                loss, grad_norm = self.train_step()
-                losses.append(loss)
-                window_steps += 1
-                if self.step % train.log_interval == 0 or self.step == self.total_steps:
-                    self.log_step(loss, grad_norm, time.perf_counter() - window_started, window_steps)
-                    window_started, window_steps = time.perf_counter(), 0
-                    epoch_rate = len(losses) * self.tokens_per_step / (time.perf_counter() - epoch_started)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    progress.update(task, stats=f"loss {loss:.4f}  lr {lr:.2e}  {epoch_rate:,.0f} tok/s")
-                progress.advance(task)
-                if self.step % train.eval_interval == 0 and self.step < self.total_steps:
-                    val_loss = self.evaluate()
-                    log.info("Step %d: val loss %.4f (%.3f bits per byte)", self.step, val_loss, self.last_val_bpb)
-                if train.sample_every and self.step % train.sample_every == 0 and self.ranks.is_main:
-                    self.sample()
-                if train.save_interval and self.step % train.save_interval == 0 and self.step < self.total_steps:
-                    log.info("Checkpoint: %s", self.save_step_checkpoint())
-                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
-                    self.stop_here()
-        return sum(losses) / len(losses)
+            task = progress.add_task("run", total=total, completed=self.train_seconds if self.budget else self.step,
+                                     stats="")
+            started, first_step = time.perf_counter(), self.step
+
+            def advance(loss: float) -> None:
+                rate = (self.step - first_step) * self.tokens_per_step / max(time.perf_counter() - started, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                progress.update(task, completed=self.train_seconds if self.budget else self.step,
+                                stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+
+            yield advance
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
 
 def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:

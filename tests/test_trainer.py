@@ -13,7 +13,8 @@ from fragment_llm.config import ConfigError, SchedulerConfig, SchedulerName
 from fragment_llm.hardware import physical_cores
 from fragment_llm.model import GPT, GPTConfig
 from fragment_llm.runs import read_summary
-from fragment_llm.trainer import Trainer, TrainingError, build_optimizer, build_scheduler, oom_advice, resolve_device, train
+from fragment_llm.optim import build_optimizer, lr_factor
+from fragment_llm.trainer import Trainer, TrainingError, oom_advice, resolve_device, train
 
 
 def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:
@@ -117,15 +118,9 @@ def test_threads_default_to_the_physical_cores(tmp_path, corpus):
 
 
 def test_schedules_warm_up_then_decay():
-    def curve(name, steps=100):
-        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        scheduler = build_scheduler(optimizer, SchedulerConfig(name=name, warmup_fraction=0.1, min_lr_fraction=0.1), steps)
-        lrs = []
-        for _ in range(steps):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return lrs
+    def curve(name, steps=100, **keys):
+        settings = SchedulerConfig(name=name, **{"warmup_fraction": 0.1, "min_lr_fraction": 0.1, **keys})
+        return [lr_factor(settings, step / steps, 1 / steps) for step in range(steps)]
 
     cosine = curve(SchedulerName.cosine)
     assert cosine[0] < 0.2 and cosine[:10] == sorted(cosine[:10])
@@ -134,6 +129,23 @@ def test_schedules_warm_up_then_decay():
     linear = curve(SchedulerName.linear)
     assert linear[55] == pytest.approx(0.55, abs=0.02) and linear[-1] == pytest.approx(0.1, abs=0.02)
     assert curve(SchedulerName.constant)[10:] == [pytest.approx(1.0)] * 90
+    wsd = curve(SchedulerName.wsd, decay_fraction=0.3, min_lr_fraction=0.0)
+    assert wsd[10:70] == [pytest.approx(1.0)] * 60 and wsd[70:] == sorted(wsd[70:], reverse=True)
+    assert wsd[85] == pytest.approx(0.5) and wsd[-1] == pytest.approx(1 / 30)
+
+
+def test_the_schedule_matches_torchs_schedulers_step_for_step():
+    steps, warmup = 50, 5
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=0.1),
+    ], milestones=[warmup])
+    settings = SchedulerConfig(name=SchedulerName.cosine, warmup_fraction=warmup / steps, min_lr_fraction=0.1)
+    for step in range(steps):
+        assert lr_factor(settings, step / steps, 1 / steps) == pytest.approx(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
 
 
 def test_a_nan_loss_stops_the_run_and_writes_no_model(tmp_path, corpus):
