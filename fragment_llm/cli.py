@@ -228,9 +228,13 @@ def command_generate(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     from .data import collect_documents, split_documents, text_documents
-    from .evaluate import evaluate_documents
+    from .evaluate import document_tokens, evaluate_documents, evaluate_tokens
 
     trained = _load(args)
+    block_size = trained.model.config.block_size
+    if args.stride is not None and args.stride > block_size:
+        return fail(f"--stride {args.stride} is longer than the model's context (block_size {block_size}); "
+                    f"pass a stride in [1, {block_size}], e.g. --stride {max(1, block_size // 2)}")
     if args.data is not None:
         documents, described = text_documents(args.data, key="--data"), args.data
     else:
@@ -245,14 +249,30 @@ def command_eval(args: argparse.Namespace) -> int:
         except ConfigError as error:
             return fail(f"{error} (the run's training data); or evaluate other text with --data PATH")
         described = f"the run's validation split ({settings.source.value}{f': {settings.path}' if settings.path else ''})"
-    result = evaluate_documents(trained.model, trained.tokenizer, documents)
+    if args.stride is None:
+        result = evaluate_documents(trained.model, trained.tokenizer, documents)
+    else:
+        tokens, text_bytes = document_tokens(trained.tokenizer, documents), sum(doc.size for doc in documents)
+        result, sliding = (evaluate_tokens(trained.model, tokens, text_bytes, stride) for stride in (None, args.stride))
     console.print(f"Model: {trained.checkpoint_path}", markup=False, soft_wrap=True)
     console.print(
         f"Data: {described}, {result.tokens:,} tokens, {result.text_bytes:,} bytes", markup=False, soft_wrap=True
     )
-    console.print(f"Loss: {result.loss:.4f} nats per token", markup=False)
-    console.print(f"Perplexity: {result.perplexity:.2f}", markup=False)
-    console.print(f"Bits per byte: {result.bits_per_byte:.4f}", markup=False)
+    if args.stride is None:
+        console.print(f"Loss: {result.loss:.4f} nats per token", markup=False)
+        console.print(f"Perplexity: {result.perplexity:.2f}", markup=False)
+        console.print(f"Bits per byte: {result.bits_per_byte:.4f}", markup=False)
+        return 0
+    # The two measures side by side: the sliding window's gain is what more context is worth.
+    rows = [
+        ("Windows:", "non-overlapping", f"sliding, stride {args.stride}", ""),
+        ("Loss:", f"{result.loss:.4f}", f"{sliding.loss:.4f}", " nats per token"),
+        ("Perplexity:", f"{result.perplexity:.2f}", f"{sliding.perplexity:.2f}", ""),
+        ("Bits per byte:", f"{result.bits_per_byte:.4f}", f"{sliding.bits_per_byte:.4f}", ""),
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    for label, flat, slid, unit in rows:
+        console.print(f"{label:<{widths[0]}} {flat:<{widths[1]}} | {slid}{unit}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -282,14 +302,15 @@ def command_export(args: argparse.Namespace) -> int:
     model = trained.model.cpu()
     try:
         if args.format == "hf":
-            export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
+            written = export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
         else:
             export_safetensors(model, trained.tokenizer_path, out)
+            written = "safetensors (our GPTConfig in config.json)"
     except OSError as error:
         return fail(f"could not export to {file_problem(error, out)}")
     except SafetensorError as error:  # safetensors' own I/O errors
         return fail(f"could not export to {out}: {error}; check that it is writable and the disk has space")
-    console.print(f"Exported {trained.checkpoint_path} ({args.format}) to {out}", markup=False, soft_wrap=True)
+    console.print(f"Exported {trained.checkpoint_path} to {out} as {written}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -405,11 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run's model on text")
     _add_run_arguments(evaluate)
     evaluate.add_argument("--data", metavar="PATH", help="a text file, folder of .txt files or glob (default: the run's validation split)")
+    evaluate.add_argument("--stride", metavar="N", type=_in_range(1),
+                          help="also score in sliding windows that start every N tokens (N <= the model's "
+                               "block_size), each token with at least block_size - N tokens of context; "
+                               "block_size / N times the work")
     evaluate.set_defaults(handler=command_eval)
 
     export = commands.add_parser("export", help="write a run's model as a Hugging Face folder or safetensors")
     _add_run_arguments(export)
-    export.add_argument("--format", choices=("hf", "safetensors"), default="hf", help="hf: transformers GPT-2 (default); safetensors: weights + our config")
+    export.add_argument("--format", choices=("hf", "safetensors"), default="hf",
+                        help="hf (default): a transformers folder, as GPT-2, Llama or Qwen3 where the layout is "
+                             "one of them, else with our model code (trust_remote_code=True); "
+                             "safetensors: weights + our config")
     export.add_argument("--out", metavar="DIR", required=True, help="folder to write (not a run directory)")
     export.add_argument("--force", action="store_true",
                         help="write into a folder that is not empty, replacing the exported files in it")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from .config import ConfigError
-from .data import Document, eval_batches, fingerprint, token_arrays
+from .data import Document, fingerprint, to_device, token_arrays
 from .model import GPT
 
 EVAL_BATCH_SIZE = 8
@@ -58,19 +58,70 @@ class Evaluation:
     bits_per_byte: float
     tokens: int
     text_bytes: int
+    stride: int | None = None  # the sliding window's stride; None: non-overlapping windows
 
 
-def evaluate_documents(model: GPT, tokenizer: Tokenizer, documents: list[Document]) -> Evaluation:
-    """The model's loss on all of the documents' text, in windows of its context length."""
+def window_ends(targets: int, window: int, stride: int) -> np.ndarray:
+    """Where each window of `window` tokens ends, in targets: the first ends at `window`, each later one
+    `stride` further on, and the last at `targets`, the text's end. Window k scores the targets
+    between the previous window's end and its own, so each target is scored exactly once."""
+    count = 1 + -(-(targets - window) // stride)
+    return np.minimum(window + stride * np.arange(count, dtype=np.int64), targets)
+
+
+def scored_losses(model: GPT, tokens: np.ndarray, stride: int | None = None) -> Iterator[torch.Tensor]:
+    """Each predicted token's cross-entropy in nats, in the text's order, a batch of windows at a time:
+    `len(tokens) - 1` values in all. Windows are the model's context long (or the whole text, when it
+    is shorter). Without a stride they do not overlap. With a stride S, one starts every S tokens: the
+    first window scores all of its targets, each later one its last S (those not scored yet), so each
+    of them sees at least `block_size - S` tokens of context; the last window ends at the text's end."""
+    block_size = model.config.block_size
+    if stride is not None and not 1 <= stride <= block_size:
+        raise ValueError(f"stride {stride} is out of range; pass a stride in [1, {block_size}] (the model's block_size)")
+    targets = len(tokens) - 1
+    window = min(block_size, targets)
+    ends = window_ends(targets, window, min(stride or window, window))
+    scored = np.diff(ends, prepend=0)  # the first window scores all of its `window` targets
+    device = next(model.parameters()).device
+    positions = torch.arange(window, device=device)
+    offsets = np.arange(window + 1)
+    with torch.inference_mode():
+        for index in range(0, len(ends), EVAL_BATCH_SIZE):
+            starts = ends[index : index + EVAL_BATCH_SIZE] - window
+            inputs, labels = to_device(tokens[starts[:, None] + offsets], device)
+            logits, _ = model(inputs)
+            first = torch.from_numpy(window - scored[index : index + EVAL_BATCH_SIZE]).to(device)
+            chosen = positions >= first[:, None]  # each window's targets not scored before, in order
+            # Over every column of the (padded) vocabulary, as training's loss is.
+            yield F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="none")
+
+
+def document_tokens(tokenizer: Tokenizer, documents: list[Document]) -> np.ndarray:
+    """The documents' tokens, as training reads them, checked to be enough to evaluate."""
     fingerprint(documents)  # checks, as for training data, that the files are UTF-8 text
     tokens = np.concatenate(list(token_arrays(tokenizer, documents, np.dtype(np.int64))))
     if len(tokens) < 2:
         raise ConfigError(f"{documents[0].name} holds too little text to evaluate (one token); give it more text")
-    window = min(model.config.block_size, len(tokens) - 1)
-    windows = (len(tokens) - 1) // window
-    batches = eval_batches(
-        tokens, window, EVAL_BATCH_SIZE, math.ceil(windows / EVAL_BATCH_SIZE), model.wte.weight.device
-    )
-    loss = mean_loss(model, batches, nullcontext)
-    text_bytes = sum(document.size for document in documents)
-    return Evaluation(loss, math.exp(loss), bits_per_byte(loss, len(tokens), text_bytes), len(tokens), text_bytes)
+    return tokens
+
+
+def evaluate_tokens(model: GPT, tokens: np.ndarray, text_bytes: int, stride: int | None = None) -> Evaluation:
+    """The model's loss on every predicted token of `tokens` (see scored_losses), from `text_bytes` of text."""
+    total: torch.Tensor | float = 0.0
+    count = 0
+    for losses in scored_losses(model, tokens, stride):
+        total = total + losses.sum()
+        count += losses.numel()
+    assert count == len(tokens) - 1, (count, len(tokens))
+    loss = float(total) / count
+    return Evaluation(loss, math.exp(loss), bits_per_byte(loss, len(tokens), text_bytes), len(tokens), text_bytes,
+                      stride)
+
+
+def evaluate_documents(
+    model: GPT, tokenizer: Tokenizer, documents: list[Document], stride: int | None = None
+) -> Evaluation:
+    """The model's loss on all of the documents' text: in non-overlapping windows of its context length,
+    or, with a `stride`, in windows that slide by `stride` tokens (block_size / stride times the work)."""
+    tokens = document_tokens(tokenizer, documents)
+    return evaluate_tokens(model, tokens, sum(document.size for document in documents), stride)

@@ -1,4 +1,9 @@
-"""Export a trained model: a Hugging Face GPT-2 folder, or bare safetensors weights with our config.
+"""Export a trained model: a Hugging Face folder, or bare safetensors weights with our config.
+
+The Hugging Face folder is written as the transformers architecture that computes exactly what our
+layout computes (`hf_architecture`): GPT-2 (learned positions, LayerNorm, GELU or ReLU squared), Llama
+(rotary positions, RMSNorm, SwiGLU) or Qwen3 (Llama's layout with QK-norm). Any other layout gets our
+own model code beside its weights (`hf_remote`), which transformers runs with `trust_remote_code=True`.
 
 Every file is written to a temporary name and renamed (`files.atomic_path`): an interrupted export
 never leaves a half-written file under a final name, and a new export replaces an old one file by file.
@@ -7,20 +12,59 @@ never leaves a half-written file under a final name, and a new export replaces a
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file, save_model
 from tokenizers import Tokenizer
 
+from . import hf_remote
 from .files import atomic_path, write_json
-from .model import GPT
+from .model import GPT, NORM_EPS, ROPE_BASE, GPTConfig
 from .runs import TOKENIZER_FILE
 from .tokenizer import END_OF_TEXT
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+# What each architecture is called in the export command's report.
+HF_NAMES = {
+    "gpt2": "GPT-2 (GPT2LMHeadModel)",
+    "llama": "Llama (LlamaForCausalLM)",
+    "qwen3": "Qwen3 (Qwen3ForCausalLM)",
+    "remote": f"our own code ({hf_remote.ARCHITECTURE}, load with trust_remote_code=True)",
+}
+
+
+# The keys of GPTConfig that hf_architecture weighs.
+KNOWN_KEYS = {
+    "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "position", "norm", "qk_norm",
+    "activation", "tie_embeddings", "zero_init", "logit_softcap", "value_embeddings", "residual_scalars", "embed_norm",
+}
+
+
+def hf_architecture(config: GPTConfig) -> str:
+    """The transformers architecture that computes exactly what `config`'s layout computes: "gpt2",
+    "llama" or "qwen3"; "remote" where none does (our own code goes with the weights).
+
+    Initialisation (`zero_init`) and dropout change no computation at inference: they never count. A
+    key of GPTConfig not named here (a layout option added later) leads to our own code unless it keeps
+    its default.
+    """
+    if any(getattr(config, key.name) != key.default for key in fields(GPTConfig) if key.name not in KNOWN_KEYS):
+        return "remote"
+    if config.logit_softcap or config.value_embeddings or config.residual_scalars or config.embed_norm:
+        return "remote"
+    if config.position == "learned" and config.norm == "layernorm" and not config.qk_norm:
+        if config.activation in ("gelu", "relu2"):  # transformers' "gelu" is the exact GELU, "relu2" ReLU squared
+            return "gpt2"
+    if config.position == "rope" and config.norm == "rmsnorm" and config.activation == "swiglu":
+        if not config.qk_norm:
+            return "llama"  # its attention_bias and mlp_bias cover all our linear layers' biases
+        if not config.bias:
+            return "qwen3"  # QK-norm before the rotation, as ours; its MLP has no biases
+    return "remote"
 
 
 def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -28,7 +72,8 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
     GPT-2 keeps its linear layers as Conv1D, whose weight is the transpose of nn.Linear's; it always
     has biases, so a model trained without them gets zeros, which compute the same. The embedding
-    is cut to the real vocabulary (padded rows are no tokens) and serves as the tied lm_head.
+    is cut to the real vocabulary (padded rows are no tokens) and serves as the tied lm_head; an
+    untied head is cut alike.
     """
     config = model.config
     weights = {name: parameter.detach() for name, parameter in model.state_dict().items()}
@@ -48,6 +93,8 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         "transformer.wpe.weight": weights["wpe.weight"],
         **layer_norm("ln_f", "transformer.ln_f"),
     }
+    if not config.tie_embeddings:
+        exported["lm_head.weight"] = weights["lm_head.weight"][: config.vocab_size]
     for layer in range(config.n_layer):
         ours, theirs = f"blocks.{layer}", f"transformer.h.{layer}"
         exported.update(layer_norm(f"{ours}.ln_1", f"{theirs}.ln_1"))
@@ -60,7 +107,7 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def gpt2_config(model: GPT, end_of_text: int) -> dict:
-    """config.json for transformers' GPT2LMHeadModel: "gelu" is the exact GELU we use."""
+    """config.json for transformers' GPT2LMHeadModel: "gelu" is the exact GELU we use, "relu2" ReLU squared."""
     config = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -71,14 +118,116 @@ def gpt2_config(model: GPT, end_of_text: int) -> dict:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": 4 * config.n_embd,
-        "activation_function": "gelu",
+        "n_inner": config.mlp_hidden,
+        "activation_function": config.activation,
         "layer_norm_epsilon": 1e-5,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
+        "torch_dtype": "float32",
+    }
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under transformers' LlamaForCausalLM (or Qwen3ForCausalLM) names.
+
+    The fused attention input splits into q_proj, k_proj and v_proj (rows in that order, heads
+    contiguous as in Llama), the SwiGLU input into gate_proj and up_proj (gate first, as
+    `MLP.forward` chunks it). The embedding, and an untied head, are cut to the real vocabulary.
+    """
+    config = model.config
+    weights = {name: parameter.detach() for name, parameter in model.state_dict().items()}
+    exported = {
+        "model.embed_tokens.weight": weights["wte.weight"][: config.vocab_size],
+        "model.norm.weight": weights["ln_f.weight"],
+    }
+    if not config.tie_embeddings:
+        exported["lm_head.weight"] = weights["lm_head.weight"][: config.vocab_size]
+
+    def linear(ours: str, theirs: list[str]) -> None:
+        """`ours` split by rows into len(theirs) equal parts, biases alike."""
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in weights:
+                parts = weights[f"{ours}.{kind}"].chunk(len(theirs), dim=0)
+                exported.update({f"{name}.{kind}": part for name, part in zip(theirs, parts)})
+
+    for layer in range(config.n_layer):
+        ours, theirs = f"blocks.{layer}", f"model.layers.{layer}"
+        exported[f"{theirs}.input_layernorm.weight"] = weights[f"{ours}.ln_1.weight"]
+        exported[f"{theirs}.post_attention_layernorm.weight"] = weights[f"{ours}.ln_2.weight"]
+        attention = f"{theirs}.self_attn"
+        linear(f"{ours}.attn.qkv", [f"{attention}.q_proj", f"{attention}.k_proj", f"{attention}.v_proj"])
+        linear(f"{ours}.attn.proj", [f"{attention}.o_proj"])
+        if config.qk_norm:
+            exported[f"{attention}.q_norm.weight"] = weights[f"{ours}.attn.q_norm.weight"]
+            exported[f"{attention}.k_norm.weight"] = weights[f"{ours}.attn.k_norm.weight"]
+        linear(f"{ours}.mlp.fc", [f"{theirs}.mlp.gate_proj", f"{theirs}.mlp.up_proj"])
+        linear(f"{ours}.mlp.proj", [f"{theirs}.mlp.down_proj"])
+    return {name: tensor.float().contiguous() for name, tensor in exported.items()}
+
+
+def llama_config(model: GPT, end_of_text: int, architecture: str) -> dict:
+    """config.json for transformers' LlamaForCausalLM ("llama") or Qwen3ForCausalLM ("qwen3"): rotary
+    base 10000 of the default (unscaled) kind, under both transformers 5's `rope_parameters` and the
+    older `rope_theta`; all heads have their own keys and values (no grouped queries)."""
+    config = model.config
+    rope = {"rope_type": "default", "rope_theta": ROPE_BASE}
+    common = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": NORM_EPS,
+        "rope_theta": ROPE_BASE,
+        "rope_parameters": rope,
+        "attention_bias": config.bias,
+        "attention_dropout": config.dropout,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_embeddings,
+        "use_cache": True,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
+        "torch_dtype": "float32",
+    }
+    if architecture == "qwen3":
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            **common,
+            "use_sliding_window": False,
+            "max_window_layers": config.n_layer,
+        }
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "mlp_bias": config.bias}
+
+
+def remote_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our own weights under `model.` (FragmentForCausalLM holds the GPT as `.model`), padded tables as
+    they are; a tied head is the embedding, stored once."""
+    weights = model.state_dict()
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight")
+    return {f"model.{name}": tensor.detach().float().contiguous() for name, tensor in weights.items()}
+
+
+def remote_config(model: GPT, end_of_text: int) -> dict:
+    """config.json for our own code: the arguments of GPTConfig, and where transformers finds the classes."""
+    config = model.config
+    return {
+        "architectures": [hf_remote.ARCHITECTURE],
+        "model_type": hf_remote.MODEL_TYPE,
+        "auto_map": hf_remote.AUTO_MAP,
+        **asdict(config),
+        "tie_word_embeddings": config.tie_embeddings,
+        "use_cache": False,
         "bos_token_id": end_of_text,
         "eos_token_id": end_of_text,
         "torch_dtype": "float32",
@@ -90,12 +239,29 @@ def copy_tokenizer(tokenizer_path: Path, out: Path) -> None:
         shutil.copyfile(tokenizer_path, temporary)
 
 
-def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path) -> None:
-    """A folder that `transformers.AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer` load."""
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path) -> str:
+    """A folder that `transformers.AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer` load
+    (with `trust_remote_code=True` for a layout no transformers architecture computes). Returns what
+    it was written as, e.g. "Llama (LlamaForCausalLM)"."""
     end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    architecture = hf_architecture(model.config)
+    if architecture == "gpt2":
+        weights, config = gpt2_state_dict(model), gpt2_config(model, end_of_text)
+    elif architecture in ("llama", "qwen3"):
+        weights, config = llama_state_dict(model), llama_config(model, end_of_text, architecture)
+    else:
+        weights, config = remote_state_dict(model), remote_config(model, end_of_text)
     with atomic_path(out / WEIGHTS_FILE) as temporary:
-        save_file(gpt2_state_dict(model), str(temporary), metadata={"format": "pt"})
-    write_json(out / CONFIG_FILE, gpt2_config(model, end_of_text))
+        save_file(weights, str(temporary), metadata={"format": "pt"})
+    if architecture == "remote":  # the code before the config.json that names it
+        for name, source in hf_remote.remote_files().items():
+            write_text(out / name, source)
+    write_json(out / CONFIG_FILE, config)
     copy_tokenizer(tokenizer_path, out)
     write_json(
         out / "tokenizer_config.json",
@@ -108,6 +274,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path)
             "add_prefix_space": False,
         },
     )
+    return HF_NAMES[architecture]
 
 
 def export_safetensors(model: GPT, tokenizer_path: Path, out: Path) -> None:

@@ -64,11 +64,13 @@ def generate_tokens(
     """Yield up to `max_new_tokens` new token ids, one at a time, ending early at `stop_token`.
 
     The context is the last `block_size` tokens of the prompt, then grows with each new token. When
-    it is full it slides. With rotary positions it slides one token at a time (the cache rolls; see
-    KVCache), so every token sees a full context. With learned absolute positions every cached key is
-    tied to its position, so a slide means recomputing the cache, and sliding by half a block (not by
-    one token) keeps that to once every `block_size // 2` tokens. Both paths slide alike, so the
-    cached and uncached paths see the same contexts and give the same text.
+    it is full it slides. With rotary positions it slides one token at a time: the cache rolls (see
+    KVCache), so every token sees a full context and nothing is recomputed. A rolled key also carries
+    the context its own position saw, as in sliding-window attention, so past the context the cached
+    path can pick other tokens than the uncached one, which recomputes the last `block_size` tokens.
+    With learned absolute positions every cached key is tied to its position, so a slide means
+    recomputing the cache, and sliding by half a block (not by one token) keeps that to once every
+    `block_size // 2` tokens; both paths slide alike and give the same text.
     """
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     rolls = model.config.position == "rope"

@@ -1,4 +1,6 @@
-"""Export: a Hugging Face GPT-2 folder that transformers loads with our logits, and bare safetensors."""
+"""Export: a Hugging Face folder that transformers loads with our logits and our greedy text, as the
+transformers architecture each layout is (GPT-2, Llama, Qwen3) or with our own code
+(trust_remote_code), and bare safetensors."""
 
 from __future__ import annotations
 
@@ -11,56 +13,160 @@ from safetensors.torch import load_model
 
 from conftest import train_tiny_run
 from fragment_llm.cli import main
-from fragment_llm.export import export_hf, export_safetensors
+from fragment_llm.export import export_hf, export_safetensors, hf_architecture
+from fragment_llm.generate import Sampling, generate_tokens
+from fragment_llm.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
 from fragment_llm.model import GPT, GPTConfig
 from fragment_llm.runs import load_run
+from fragment_llm.tokenizer import end_of_text_id
+
+LLAMA = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}
+MODERN = {
+    "position": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "tie_embeddings": False,
+    "zero_init": False, "logit_softcap": 15.0, "value_embeddings": True, "residual_scalars": True,
+    "embed_norm": True,
+}
+# Each layout (GPTConfig's keys beyond the shape) and the class transformers loads it as.
+LAYOUTS = {
+    "classic": ({}, "GPT2LMHeadModel"),
+    "classic with biases": ({"bias": True}, "GPT2LMHeadModel"),
+    "gpt2 relu2 untied": ({"activation": "relu2", "tie_embeddings": False}, "GPT2LMHeadModel"),
+    "llama": (LLAMA, "LlamaForCausalLM"),
+    "llama untied with biases": ({**LLAMA, "tie_embeddings": False, "bias": True}, "LlamaForCausalLM"),
+    "qwen3": ({**LLAMA, "qk_norm": True}, "Qwen3ForCausalLM"),
+    "qwen3 untied": ({**LLAMA, "qk_norm": True, "tie_embeddings": False}, "Qwen3ForCausalLM"),
+    "modern": (MODERN, "FragmentForCausalLM"),
+    "learned positions, tied, biases, remote": (
+        {"norm": "rmsnorm", "activation": "swiglu", "embed_norm": True, "bias": True}, "FragmentForCausalLM"
+    ),
+    "qk-norm with layernorm, remote": ({**LLAMA, "norm": "layernorm", "qk_norm": True}, "FragmentForCausalLM"),
+}
+REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, corpus):
-    # vocab 500: the embedding has 12 padding rows, which the export leaves out.
-    return train_tiny_run(tmp_path_factory.mktemp("trained"), corpus, **{"model.vocab_size": 500})
+    # vocab 500: the embedding has 12 padding rows, which the export leaves out; the modern layout,
+    # which only our own code computes.
+    return train_tiny_run(tmp_path_factory.mktemp("trained"), corpus, **{"model.vocab_size": 500, "arch": "modern"})
 
 
-def hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+def load_hf(folder, remote: bool) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, trust_remote_code=remote
+    ).eval()
+
+
+def hf_logits(folder, ids: torch.Tensor, remote: bool = False) -> torch.Tensor:
     with torch.no_grad():
-        return model(ids).logits
+        return load_hf(folder, remote)(ids).logits
 
 
-def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(run_dir, tmp_path):
+def tiny_model(vocab_size: int, **layout) -> GPT:
+    """A 2-layer model of `layout` whose every weight is random: no zero-initialised projection or head,
+    and norms, scalars and value embeddings away from their initial values."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=64, **layout)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    return model
+
+
+def hf_greedy(model, prompt: list[int], new_tokens: int, end_of_text: int) -> list[int]:
+    """transformers' greedy continuation, up to (not including) the end of a document, as ours stops."""
+    with torch.no_grad():
+        output = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False)
+    tokens = output[0, len(prompt) :].tolist()
+    return tokens[: tokens.index(end_of_text)] if end_of_text in tokens else tokens
+
+
+def our_greedy(model: GPT, prompt: list[int], new_tokens: int, end_of_text: int, use_cache: bool = True) -> list[int]:
+    return list(generate_tokens(model, prompt, new_tokens, Sampling(temperature=0), torch.Generator(), use_cache,
+                                stop_token=end_of_text))
+
+
+def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(run_dir, tmp_path, capsys):
     out = tmp_path / "hf"
     assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+    printed = capsys.readouterr().out
+    assert "as our own code (FragmentForCausalLM, load with trust_remote_code=True)" in printed
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", *REMOTE_FILES} <= {
         path.name for path in out.iterdir()
     }
     trained = load_run(run_dir)
     text = "The import statement is executed in two steps."
     ids = trained.tokenizer.encode(text, add_special_tokens=False).ids
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    # AutoTokenizer reads config.json too, so it needs trust_remote_code as well.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True, trust_remote_code=True)
     assert tokenizer(text)["input_ids"] == ids
     assert tokenizer.decode(ids) == text
     with torch.no_grad():
         ours, _ = trained.model(torch.tensor([ids]))
-    theirs = hf_logits(out, torch.tensor([ids]))
+    theirs = hf_logits(out, torch.tensor([ids]), remote=True)
     vocab = trained.config.vocab_size
     assert theirs.shape == (1, len(ids), vocab)
     torch.testing.assert_close(theirs, ours[..., :vocab], atol=1e-4, rtol=1e-4)
 
 
-def test_a_model_with_biases_exports_them(run_dir, tmp_path):
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_each_layout_exports_as_its_architecture_with_our_logits_and_greedy_text(name, run_dir, tmp_path):
+    layout, architecture = LAYOUTS[name]
     trained = load_run(run_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**{**vars(trained.config), "bias": True, "n_layer": 2})).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.normal_(0, 0.1)
-    export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path)
-    ids = torch.randint(0, trained.config.vocab_size, (2, 40))
+    vocab, end_of_text = trained.config.vocab_size, end_of_text_id(trained.tokenizer)
+    model = tiny_model(vocab, **layout)
+    remote = architecture == "FragmentForCausalLM"
+    written = export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path)
+    assert f"({architecture}" in written
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [architecture]
+    assert REMOTE_FILES <= {path.name for path in tmp_path.iterdir()} or not remote
+
+    hf = load_hf(tmp_path, remote)  # only the remote-code folder is loaded with trust_remote_code
+    assert type(hf).__name__ == architecture
+    ids = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, _ = model(ids)
-    torch.testing.assert_close(hf_logits(tmp_path, ids), ours[..., : trained.config.vocab_size], atol=1e-4, rtol=1e-4)
+        theirs = hf(ids).logits
+    assert theirs.shape == (2, 32, vocab)
+    torch.testing.assert_close(theirs, ours[..., :vocab], atol=1e-4, rtol=1e-4)
+
+    # 12 + 20 tokens: within the context, where every architecture continues as we do.
+    prompt = torch.randint(0, vocab, (12,), generator=torch.Generator().manual_seed(2)).tolist()
+    expected = our_greedy(model, prompt, 20, end_of_text)
+    assert len(set(expected)) > 2  # a continuation worth comparing
+    assert hf_greedy(hf, prompt, 20, end_of_text) == expected
+
+
+def test_the_remote_export_refuses_a_long_input_and_generates_past_the_context_in_a_sliding_window(run_dir, tmp_path):
+    trained = load_run(run_dir)
+    vocab, end_of_text = trained.config.vocab_size, end_of_text_id(trained.tokenizer)
+    model = tiny_model(vocab, **MODERN)
+    export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path)
+    hf = load_hf(tmp_path, remote=True)
+    with pytest.raises(ValueError, match="longer than block_size 32"):
+        hf(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="pad on the right"):
+        hf(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]]))
+    # 20 + 30 tokens, past the 32 of the context: each step sees the last 32 tokens, as our uncached
+    # path does with rotary positions.
+    prompt = torch.randint(0, vocab, (20,), generator=torch.Generator().manual_seed(3)).tolist()
+    assert hf_greedy(hf, prompt, 30, end_of_text) == our_greedy(model, prompt, 30, end_of_text, use_cache=False)
+
+
+def test_only_layouts_a_transformers_architecture_computes_exactly_are_written_as_it():
+    def architecture(**layout):
+        return hf_architecture(GPTConfig(vocab_size=500, block_size=32, n_layer=2, n_head=2, n_embd=64, **layout))
+
+    assert architecture(zero_init=True, dropout=0.1) == "gpt2"  # neither changes what the model computes
+    assert architecture(**LLAMA, zero_init=True) == "llama"
+    assert architecture(**LLAMA, qk_norm=True, bias=True) == "remote"  # Qwen3's MLP has no biases
+    for extra in ({"logit_softcap": 30.0}, {"value_embeddings": True}, {"residual_scalars": True}, {"embed_norm": True}):
+        assert architecture(**extra) == "remote", extra
+        assert architecture(**{**LLAMA, **extra}) == "remote", extra
+    for part in ({"activation": "swiglu"}, {"norm": "rmsnorm"}, {"position": "rope"}, {"qk_norm": True}):
+        assert architecture(**part) == "remote", part  # GPT-2's layout with a part of Llama's
+    for part in ({"activation": "relu2"}, {"norm": "layernorm"}, {"position": "learned"}):
+        assert architecture(**{**LLAMA, **part}) == "remote", part  # Llama's layout with a part of GPT-2's
 
 
 def test_the_safetensors_export_rebuilds_the_same_model(run_dir, tmp_path):
@@ -70,5 +176,5 @@ def test_the_safetensors_export_rebuilds_the_same_model(run_dir, tmp_path):
     load_model(model, str(tmp_path / "model.safetensors"))
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    assert model.lm_head.weight is model.wte.weight
+    assert (model.lm_head.weight is model.wte.weight) == trained.config.tie_embeddings
     assert (tmp_path / "tokenizer.json").read_text() == (run_dir / "tokenizer.json").read_text()

@@ -291,7 +291,7 @@ def test_export_replaces_files_only_with_force_and_keeps_the_users_own(run_dir, 
     assert (out / "notes.txt").read_text() == "mine"
     from safetensors.torch import load_file
 
-    assert "transformer.wte.weight" in load_file(out / WEIGHTS_FILE)
+    assert any(name.endswith("wte.weight") for name in load_file(out / WEIGHTS_FILE))  # a new export, not the old bytes
 
 
 def test_an_interrupted_export_leaves_the_old_files_whole(run_dir, tmp_path, monkeypatch):

@@ -1,0 +1,189 @@
+"""`fragment-llm eval --stride`: sliding-window evaluation scores every token exactly once and agrees with a
+token-by-token brute-force reference; the CLI prints it beside the non-overlapping figures.
+
+Not tested: that the sliding windows' loss is lower. On conftest's tiny models it is not reliably so (they
+use only the last few tokens of context, and the per-position noise is larger than the gain)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import train_tiny_run
+from fragment_llm.cli import main
+from fragment_llm.config import DataConfig, DataSource
+from fragment_llm.data import collect_documents, split_documents
+from fragment_llm.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
+from fragment_llm.runs import load_run
+
+BLOCK = 128  # conftest's tiny model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus):
+    root = tmp_path_factory.mktemp("trained")
+    return train_tiny_run(root, corpus, **{"train.max_iters": 60})
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir):
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def text_tokens(trained, corpus):
+    """A piece of the corpus, 454 targets: three and a half context lengths."""
+    ids = trained.tokenizer.encode(corpus.read_text()[:5000], add_special_tokens=False).ids
+    return np.array(ids[: 3 * BLOCK + 70 + 1], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def val_documents(trained):
+    data = trained.settings["data"]
+    settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
+    return split_documents(collect_documents(settings), settings.val_fraction)[1]
+
+
+def token_loss(model, tokens: np.ndarray, start: int, target: int) -> float:
+    """The loss of predicting tokens[target + 1] from tokens[start : target + 1], one forward pass alone."""
+    context = torch.from_numpy(tokens[start : target + 1])[None]
+    with torch.no_grad():
+        logits, _ = model(context)
+    return F.cross_entropy(logits[0, -1:].float(), torch.tensor([int(tokens[target + 1])])).item()
+
+
+def full_context_reference(model, tokens: np.ndarray) -> list[float]:
+    """Every token scored with all the context it has, up to block_size tokens."""
+    block = model.config.block_size
+    return [token_loss(model, tokens, max(0, target + 1 - block), target) for target in range(len(tokens) - 1)]
+
+
+def sliding_reference(model, tokens: np.ndarray, stride: int) -> list[float]:
+    """The sliding windows as a plain loop: windows start every `stride` tokens (the last one moved back
+    to end at the text's end), and each scores, token by token, the targets not scored before it."""
+    targets = len(tokens) - 1
+    window = min(model.config.block_size, targets)
+    losses, done, start = [], 0, 0
+    while done < targets:
+        start = min(start, targets - window)
+        losses += [token_loss(model, tokens, start, target) for target in range(done, start + window)]
+        done, start = start + window, start + stride
+    return losses
+
+
+def flat_losses(model, tokens: np.ndarray, stride: int | None) -> torch.Tensor:
+    return torch.cat(list(scored_losses(model, tokens, stride)))
+
+
+def test_the_text_is_a_few_windows_long_and_no_stride_divides_it(text_tokens):
+    targets = len(text_tokens) - 1
+    assert targets == 3 * BLOCK + 70
+    for stride in (BLOCK, 50, 7):
+        assert (targets - BLOCK) % stride != 0  # the last window is moved back to end at the text's end
+
+
+@pytest.mark.parametrize("stride", [BLOCK, BLOCK - 1, BLOCK // 2, 50, 7, 1])
+def test_every_token_is_scored_exactly_once_as_the_reference_scores_it(trained, text_tokens, stride):
+    losses = flat_losses(trained.model, text_tokens, stride)
+    assert losses.shape == (len(text_tokens) - 1,)
+    assert losses.tolist() == pytest.approx(sliding_reference(trained.model, text_tokens, stride), abs=1e-5)
+
+
+def test_window_ends_cover_the_text_once_for_every_stride():
+    for targets in (1, 5, 128, 129, 300, 1000):
+        for window in {min(block, targets) for block in (1, 16, 128)}:
+            for stride in range(1, window + 1):
+                ends = window_ends(targets, window, stride)
+                scored = np.diff(ends, prepend=0)
+                assert ends[-1] == targets and scored.sum() == targets and (scored > 0).all()
+                assert scored[0] == window and (scored[1:] <= stride).all()
+
+
+def test_stride_one_is_every_token_with_its_full_context(trained, text_tokens):
+    reference = full_context_reference(trained.model, text_tokens)
+    assert flat_losses(trained.model, text_tokens, 1).tolist() == pytest.approx(reference, abs=1e-5)
+    result = evaluate_tokens(trained.model, text_tokens, 1000, stride=1)
+    assert result.loss == pytest.approx(sum(reference) / len(reference), abs=1e-5)
+    assert result.stride == 1 and result.tokens == len(text_tokens)
+
+
+def test_stride_block_size_is_the_non_overlapping_evaluation(trained, text_tokens):
+    flat = flat_losses(trained.model, text_tokens, None)
+    assert flat.shape == (len(text_tokens) - 1,)
+    assert torch.equal(flat, flat_losses(trained.model, text_tokens, BLOCK))
+    whole, sliding = (evaluate_tokens(trained.model, text_tokens, 1000, stride) for stride in (None, BLOCK))
+    assert (whole.loss, whole.bits_per_byte) == (sliding.loss, sliding.bits_per_byte)
+    assert (whole.stride, sliding.stride) == (None, BLOCK)
+    # Smaller strides give the same tokens more context, so other losses.
+    assert evaluate_tokens(trained.model, text_tokens, 1000, BLOCK // 2).loss != whole.loss
+
+
+def test_non_overlapping_windows_are_the_models_own_loss_on_consecutive_blocks(trained, text_tokens):
+    tokens = text_tokens[: 3 * BLOCK + 1]  # exactly three windows: what evaluation measured before strides
+    with torch.no_grad():
+        _, loss = trained.model(torch.from_numpy(tokens[:-1]).view(3, BLOCK), torch.from_numpy(tokens[1:]).view(3, BLOCK))
+    assert evaluate_tokens(trained.model, tokens, 1000).loss == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_a_text_shorter_than_the_context_is_one_window_whatever_the_stride(trained, text_tokens):
+    tokens = text_tokens[:40]
+    reference = full_context_reference(trained.model, tokens)
+    for stride in (None, 1, 10, BLOCK):
+        assert flat_losses(trained.model, tokens, stride).tolist() == pytest.approx(reference, abs=1e-5)
+
+
+@pytest.mark.parametrize("stride", [0, -1, BLOCK + 1])
+def test_a_stride_outside_the_context_is_refused(trained, text_tokens, stride):
+    with pytest.raises(ValueError, match=rf"stride {stride} is out of range; pass a stride in \[1, {BLOCK}\]"):
+        evaluate_tokens(trained.model, text_tokens, 1000, stride)
+
+
+def figures(out: str) -> dict[str, list[str]]:
+    """`Label: first | second` lines -> {label: [first, second]}."""
+    rows = {}
+    for line in out.splitlines():
+        label, colon, rest = line.partition(":")
+        if colon and "|" in rest:
+            rows[label] = [part.strip() for part in rest.split("|")]
+    return rows
+
+
+def test_eval_with_a_stride_prints_both_figures_side_by_side(run_dir, trained, val_documents, capsys):
+    assert main(["eval", str(run_dir), "--stride", "32"]) == 0
+    out = capsys.readouterr().out
+    flat = evaluate_documents(trained.model, trained.tokenizer, val_documents)
+    sliding = evaluate_documents(trained.model, trained.tokenizer, val_documents, stride=32)
+    rows = figures(out)
+    assert rows["Windows"] == ["non-overlapping", "sliding, stride 32"]
+    assert rows["Loss"] == [f"{flat.loss:.4f}", f"{sliding.loss:.4f} nats per token"]
+    assert rows["Perplexity"] == [f"{flat.perplexity:.2f}", f"{sliding.perplexity:.2f}"]
+    assert rows["Bits per byte"] == [f"{flat.bits_per_byte:.4f}", f"{sliding.bits_per_byte:.4f}"]
+    assert f"{flat.tokens:,} tokens" in out
+
+    assert main(["eval", str(run_dir)]) == 0  # without a stride: one figure each, as before
+    out = capsys.readouterr().out
+    assert f"Loss: {flat.loss:.4f} nats per token\n" in out and "|" not in out
+
+
+@pytest.mark.parametrize(
+    "stride,code,needle",
+    [
+        ("0", 2, "argument --stride: 0 is out of range; pass a value at least 1"),
+        ("x", 2, "argument --stride: x is not an integer"),
+        (str(BLOCK + 1), 1, f"--stride {BLOCK + 1} is longer than the model's context (block_size {BLOCK}); "
+                            f"pass a stride in [1, {BLOCK}]"),
+    ],
+)
+def test_a_bad_stride_is_one_error_line_and_a_non_zero_exit(stride, code, needle, run_dir, capsys):
+    try:
+        returned = main(["eval", str(run_dir), "--stride", stride])
+    except SystemExit as exit:  # argparse's errors exit from inside parse_args
+        returned = exit.code
+    assert returned == code
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert needle in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
