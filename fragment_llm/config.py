@@ -402,7 +402,13 @@ def group_option_keys(group: str, option: str) -> set[str]:
     config = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     if (CONF_DIR / group / f"{option}.yaml").read_text().startswith("# @package _global_"):
         config = config.get(group) or {}
-    return set(config) | set(OmegaConf.load(CONF_DIR / "config.yaml").get(group) or {})
+    return set(config) | set(OmegaConf.load(CONF_DIR / "config.yaml").get(group) or {}) | packaged_keys(group)
+
+
+def packaged_keys(section: str) -> set[str]:
+    """The keys of `section` that other groups set (`# @package model` in conf/arch/: the layout keys)."""
+    return {key for path in CONF_DIR.glob("*/*.yaml") if path.read_text().startswith(f"# @package {section}\n")
+            for key in OmegaConf.load(path)}
 
 
 def chosen_options(group: str, overrides: list) -> list[str]:
