@@ -234,6 +234,7 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
+        self.budget_spent = bool(self.budget) and self.train_seconds >= self.budget  # a resumed run may have none left
         self.update_lr()
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
         if ranks.enabled:
@@ -559,7 +560,7 @@ class Trainer:
         window_steps, epoch_losses, train_loss = 0, [], math.nan
         with self.progress_bar() as advance:
             while not self.finished():
-                if self.step % self.steps_per_epoch == 0:
+                if self.step % self.steps_per_epoch == 0 or self.step == start_step:
                     epoch = self.step // self.steps_per_epoch + 1
                     log.info("Epoch %d%s", epoch, "" if self.budget else f"/{self.epochs}")
                 loss, grad_norm = self.train_step()

@@ -35,8 +35,9 @@ def test_default_config_is_tiny_cpu_pydoc():
         ("model", ["large", "medium", "small", "tiny"]),
         ("hardware", ["cpu", "ddp", "gpu", "gpu_high"]),
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
-        ("scheduler", ["constant", "cosine", "linear"]),
+        ("scheduler", ["constant", "cosine", "linear", "wsd"]),
         ("data", ["pydoc", "stdlib", "text"]),
+        ("arch", ["gpt2", "modern"]),
     ],
 )
 def test_every_group_option_composes_and_validates(group, expected):
@@ -44,7 +45,7 @@ def test_every_group_option_composes_and_validates(group, expected):
     for option in expected:
         extra = ["data.path=corpus.txt"] if (group, option) == ("data", "text") else []
         settings = settings_for([f"{group}={option}", *extra])
-        assert to_plain(settings)[group]
+        assert to_plain(settings)["model" if group == "arch" else group]  # arch sets model's layout keys
 
 
 def test_hardware_profiles():

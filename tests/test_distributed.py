@@ -94,3 +94,15 @@ def test_a_submitit_job_with_two_tasks_is_one_two_rank_run(tmp_path, corpus):
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["tokens"] == 6 * 2 * 2 * 128
     log = (run_dir / "train.log").read_text()
     assert "x 2 ranks" in log and log.count("Epoch 1/1") == 1
+
+
+def test_ranks_stop_together_when_rank_0_has_spent_the_time_budget(tmp_path, corpus):
+    # Rank 0's clock decides: both ranks stop on the step whose exchange carried it, so the run ends
+    # (and the final checkpoint is written) with no rank waiting for another.
+    keys = {**DDP, "train.time_budget": "3s", "train.batch_size": 2, "train.eval_interval": 1000}
+    run_dir, result = train_cli(tmp_path, corpus, "budget", **keys)
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["steps"] > 1
+    assert summary["train_seconds"] >= 3 and summary["time_budget_s"] == 3
+    assert load_checkpoint(run_dir / "models" / "final_model.pt")["step"] == summary["steps"]
+    assert "for 3s (train.time_budget)" in (run_dir / "train.log").read_text()

@@ -176,3 +176,27 @@ def test_cautious_weight_decay_decays_only_weights_the_update_moves_towards_zero
     assert isinstance(built, CautiousWeightDecay)
     assert {group["weight_decay"] for group in built.param_groups} == {0.0}
     assert {group["cautious_weight_decay"] for group in built.param_groups} == {0.0, settings.weight_decay}
+
+
+def test_our_muon_steps_as_torchs_but_orthogonalises_in_fp32_on_a_cpu():
+    from fragment_llm.optim import Muon, orthogonalise
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(96, 32) * 0.02), torch.nn.Parameter(torch.randn(32, 64) * 0.02)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    mine = Muon(ours, lr=2e-3, weight_decay=0.1, momentum=0.95, nesterov=True)
+    reference = torch.optim.Muon(theirs, lr=2e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                                 adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for mine_p, their_p in zip(ours, theirs):
+            mine_p.grad = torch.randn_like(mine_p)
+            their_p.grad = mine_p.grad.clone()
+        mine.step()
+        reference.step()
+    for mine_p, their_p in zip(ours, theirs):
+        # torch's bf16 iteration differs from fp32 by its rounding: well under a step's size (lr x 0.2 sqrt(96)).
+        assert (mine_p - their_p).abs().max() < 2e-4
+    mine.load_state_dict(reference.state_dict())  # the same state: checkpoints of either load
+    matrix = torch.randn(64, 32)
+    singular = torch.linalg.svdvals(orthogonalise(matrix))
+    assert orthogonalise(matrix).dtype == torch.float32 and 0.5 < singular.min() and singular.max() < 1.5

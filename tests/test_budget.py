@@ -1,0 +1,146 @@
+"""Training to a time budget, the best model and early stopping, on tiny runs. The clock is replaced by
+one that advances a fixed time per optimizer step, so that what the trainer decides is exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli, settings_for, tiny_overrides, RUN
+from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
+from fragment_llm.config import ConfigError
+from fragment_llm.runs import BEST_MODEL, load_run, read_summary
+from fragment_llm.trainer import Trainer
+
+SECONDS_PER_STEP = 0.5
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """Training time = steps x 0.5 s (counting the steps a resumed run did before)."""
+    def loop_seconds(self):  # called once in each optimizer step
+        self.ticks += 1
+        return self.seconds_before + self.ticks * SECONDS_PER_STEP
+
+    original_fit = Trainer.fit
+
+    def fit(self):
+        self.ticks = 0
+        return original_fit(self)
+
+    monkeypatch.setattr(Trainer, "loop_seconds", loop_seconds)
+    monkeypatch.setattr(Trainer, "fit", fit)
+
+
+def trainer_for(tmp_path, corpus, name="run", **keys) -> Trainer:
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
+
+
+def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, step_clock):
+    # 10 s at 0.5 s a step: 20 steps, whatever epochs and max_iters say; the cosine ends at its minimum.
+    trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "train.max_iters": 3, "train.epochs": 1})
+    lrs = []
+    original = trainer.update_lr
+
+    def record():
+        original()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer.update_lr = record
+    trainer.fit()
+    summary = read_summary(tmp_path / "run")
+    assert summary["steps"] == 20 and summary["train_seconds"] == 10.0 and summary["time_budget_s"] == 10.0
+    assert summary["status"] == "completed" and summary["startup_seconds"] >= 0 and summary["final_seconds"] >= 0
+    peak = trainer.settings.optimizer.lr
+    assert max(lrs) == pytest.approx(peak, rel=0.05)
+    assert lrs[-1] == pytest.approx(peak * trainer.settings.scheduler.min_lr_fraction)
+
+
+def test_a_resumed_run_spends_what_is_left_of_its_budget(tmp_path, corpus, step_clock):
+    keys = {"train.time_budget": "10s", "train.save_interval": 4, "train.eval_interval": 100}
+    first = trainer_for(tmp_path, corpus, "first", **keys)
+    first.stop_signal = None
+    original_step = first.train_step
+
+    def stop_after_eight():
+        result = original_step()
+        if first.step == 8:
+            first.stop_agreed, first.stop_signal = True, 15
+        return result
+
+    first.train_step = stop_after_eight
+    with pytest.raises(BaseException, match="stopped at step 8"):
+        first.fit()
+    path, checkpoint = find_resume_checkpoint(tmp_path / "first")
+    assert checkpoint["step"] == 8 and checkpoint["train_seconds"] == 4.0
+    resumed = trainer_for(tmp_path, corpus, "resumed", **keys)
+    resumed = Trainer(resumed.settings, tmp_path / "resumed", checkpoint)
+    resumed.fit()
+    assert read_summary(tmp_path / "resumed")["steps"] == 20  # 12 more steps: 6 s of the 10
+
+
+def test_wsd_holds_the_peak_then_decays_over_its_last_share(tmp_path, corpus, step_clock):
+    trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "scheduler": "wsd",
+                                               "scheduler.decay_fraction": 0.5})
+    lrs = []
+    original = trainer.update_lr
+
+    def record():
+        original()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer.update_lr = record
+    trainer.fit()
+    peak = trainer.settings.optimizer.lr
+    # lrs[0] is set before step 1, lrs[k] after step k: steps 1-10 at the peak, then a linear decay.
+    assert lrs[:11] == [pytest.approx(peak)] * 11
+    assert lrs[15] == pytest.approx(peak * 0.5) and lrs[19] == pytest.approx(peak * 0.1)
+
+
+@pytest.mark.parametrize("value", ["ten minutes", "0s", "-5m", "1e400s", "nan"])
+def test_a_bad_time_budget_is_one_line(value):
+    with pytest.raises(ConfigError, match=f"train.time_budget={value} is not a duration; use e.g."):
+        settings_for([f"train.time_budget={value}"])
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("1.5h", 5400), ("45", 45), ("2 h", 7200)])
+def test_durations(text, seconds):
+    assert settings_for([f"train.time_budget='{text}'"]).train.budget_seconds == seconds
+
+
+def fixed_losses(monkeypatch, losses):
+    """Validation losses, in order, instead of measured ones."""
+    import torch
+
+    from fragment_llm import trainer as trainer_module
+
+    values = iter(losses)
+    monkeypatch.setattr(trainer_module, "loss_sum", lambda *args: (torch.tensor(next(values)), 1))
+
+
+def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(tmp_path, corpus, monkeypatch):
+    # Evaluations at steps 0, 5, 10, ...: the best is at step 10; two more without a gain stop the run.
+    fixed_losses(monkeypatch, [6.0, 5.0, 4.0, 4.5, 4.2, 3.0])
+    trainer = trainer_for(tmp_path, corpus, **{"train.eval_interval": 5, "train.max_iters": 100,
+                                               "train.early_stop_patience": 2})
+    trainer.fit()
+    summary = read_summary(tmp_path / "run")
+    assert summary["steps"] == 20 and summary["early_stopped"] is True
+    assert summary["best_step"] == 10 and summary["best_val_loss"] == 4.0
+    best = load_checkpoint(tmp_path / "run" / BEST_MODEL)
+    assert best["step"] == 10 and best["val_loss"] == 4.0
+    final = load_checkpoint(tmp_path / "run" / "models" / "final_model.pt")
+    assert final["step"] == 20
+    assert any((best["model_state_dict"][name] != final["model_state_dict"][name]).any() for name in best["model_state_dict"])
+
+
+def test_the_tools_take_checkpoint_best(tmp_path, corpus):
+    keys = {"train.max_iters": 20, "train.eval_interval": 5}
+    run = run_cli([RUN, *tiny_overrides(tmp_path, corpus, **keys), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    step = read_summary(tmp_path / "run")["best_step"]
+    assert load_run(tmp_path / "run", "best").checkpoint_path == tmp_path / "run" / BEST_MODEL
+    result = run_cli(["-m", "fragment_llm", "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
+    assert result.returncode == 0 and "best_model.pt" in result.stdout
+    assert load_checkpoint(tmp_path / "run" / BEST_MODEL)["step"] == step
