@@ -88,6 +88,7 @@ class Rotary(nn.Module):
         cos, sin = self.angles(0, block_size)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.beyond: tuple | None = None
 
     def angles(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         inverse = ROPE_BASE ** -(torch.arange(0, self.head_size, 2, dtype=torch.float64) / self.head_size)
@@ -100,8 +101,10 @@ class Rotary(nn.Module):
         length = x.size(2)
         if start + length <= self.cos.size(0):
             cos, sin = self.cos[start : start + length], self.sin[start : start + length]
-        else:
-            cos, sin = (t.to(x.device) for t in self.angles(start, length))
+        else:  # past the table: computed once per position, then reused by every layer's queries and keys
+            if self.beyond is None or self.beyond[0] != (start, length):
+                self.beyond = ((start, length), *(t.to(x.device) for t in self.angles(start, length)))
+            cos, sin = self.beyond[1:]
         half = self.head_size // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
