@@ -269,8 +269,11 @@ class Trainer:
         if saved_optimizer == wanted:
             self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         else:
-            log.warning("Resuming with optimizer %s, cautious_weight_decay=%s (the checkpoint was trained with %s, %s): "
-                        "its state starts afresh", *wanted, *saved_optimizer)
+            def named(optimizer: tuple[str, bool]) -> str:
+                return optimizer[0] + (" with cautious weight decay" if optimizer[1] else "")
+
+            log.warning("Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
+                        named(wanted), named(saved_optimizer))
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
         self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])

@@ -93,9 +93,9 @@ def test_wsd_holds_the_peak_then_decays_over_its_last_share(tmp_path, corpus, st
     trainer.update_lr = record
     trainer.fit()
     peak = trainer.settings.optimizer.lr
-    # lrs[0] is set before step 1, lrs[k] after step k: steps 1-10 at the peak, then a linear decay.
-    assert lrs[:11] == [pytest.approx(peak)] * 11
-    assert lrs[15] == pytest.approx(peak * 0.5) and lrs[19] == pytest.approx(peak * 0.1)
+    # lrs[k] is set after step k + 1: the peak for the first half of the budget, then a linear decay to 0.
+    assert lrs[:10] == [pytest.approx(peak)] * 10 and lrs[10] < peak
+    assert lrs[14] == pytest.approx(peak * 0.5) and lrs[18] == pytest.approx(peak * 0.1)
 
 
 @pytest.mark.parametrize("value", ["ten minutes", "0s", "-5m", "1e400s", "nan"])

@@ -199,12 +199,13 @@ FLOAT_KEYS = [f"{section}.{field.name}" for section, node in config_module.Confi
 @pytest.mark.parametrize("key", FLOAT_KEYS)
 def test_every_float_key_refuses_nan_and_inf(key, value):
     with pytest.raises(ConfigError, match="is not a finite number") as error:
-        settings_for(["optimizer=muon", f"{key}={value}"])  # muon has every optimizer key
+        settings_for(["optimizer=muon", "scheduler=wsd", f"{key}={value}"])  # muon and wsd have every key of theirs
     assert str(error.value).startswith(f"{key}={value}")
 
 
 def test_the_float_keys_are_found():
-    assert {"optimizer.lr", "train.grad_clip", "model.dropout", "data.val_fraction"} <= set(FLOAT_KEYS)
+    assert {"optimizer.lr", "train.grad_clip", "model.dropout", "data.val_fraction", "model.logit_softcap",
+            "scheduler.decay_fraction"} <= set(FLOAT_KEYS)
 
 
 # ---- mistakes Hydra would report in many lines ------------------------------------------------------------
