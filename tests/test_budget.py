@@ -37,9 +37,8 @@ def trainer_for(tmp_path, corpus, name="run", **keys) -> Trainer:
     return Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
 
 
-def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, step_clock):
-    # 10 s at 0.5 s a step: 20 steps, whatever epochs and max_iters say; the cosine ends at its minimum.
-    trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "train.max_iters": 3, "train.epochs": 1})
+def fit_recording_lrs(trainer: Trainer) -> list[float]:
+    """Train, and return the learning rate set after each optimizer step."""
     lrs = []
     original = trainer.update_lr
 
@@ -49,6 +48,13 @@ def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, s
 
     trainer.update_lr = record
     trainer.fit()
+    return lrs
+
+
+def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, step_clock):
+    # 10 s at 0.5 s a step: 20 steps, whatever epochs and max_iters say; the cosine ends at its minimum.
+    trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "train.max_iters": 3, "train.epochs": 1})
+    lrs = fit_recording_lrs(trainer)
     summary = read_summary(tmp_path / "run")
     assert summary["steps"] == 20 and summary["train_seconds"] == 10.0 and summary["time_budget_s"] == 10.0
     assert summary["status"] == "completed" and summary["startup_seconds"] >= 0 and summary["final_seconds"] >= 0
@@ -83,15 +89,7 @@ def test_a_resumed_run_spends_what_is_left_of_its_budget(tmp_path, corpus, step_
 def test_wsd_holds_the_peak_then_decays_over_its_last_share(tmp_path, corpus, step_clock):
     trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "scheduler": "wsd",
                                                "scheduler.decay_fraction": 0.5})
-    lrs = []
-    original = trainer.update_lr
-
-    def record():
-        original()
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
-
-    trainer.update_lr = record
-    trainer.fit()
+    lrs = fit_recording_lrs(trainer)
     peak = trainer.settings.optimizer.lr
     # lrs[k] is set after step k + 1: the peak for the first half of the budget, then a linear decay to 0.
     assert lrs[:10] == [pytest.approx(peak)] * 10 and lrs[10] < peak
