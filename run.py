@@ -29,8 +29,8 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fragment_llm.app import run_training  # noqa: E402
-from fragment_llm.config import ConfigError, check_overrides, command_line_overrides  # noqa: E402
-from fragment_llm.distributed import prepare_torchrun  # noqa: E402
+from fragment_llm.compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
+from fragment_llm.config import ConfigError  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -47,10 +47,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
     try:
-        check_overrides(command_line_overrides())  # one line where Hydra would print a report
+        check_overrides(command_line(sys.argv[1:]).overrides)  # one line where Hydra would print a report
+        sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    register_resolvers()
     main()

@@ -12,24 +12,23 @@ import tempfile
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import distributed
-from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+from .checkpoint import find_resume_checkpoint, load_checkpoint
 from .config import Config, ConfigError, load_settings, resume_settings, to_plain
 from .console import setup_logging
+from .errors import UserError
 from .files import file_problem, write_text
-from .runs import holds_run, read_summary, run_choices, update_summary
+from .outputs import RunOutputs
+from .records import holds_run, read_summary, run_choices
 from .signals import STOP_SIGNALS, handling
 from .trainer import Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
-
-# Failures that end a run as one line; an OSError (a full disk, a missing permission) names its file.
-EXPECTED_ERRORS = (ConfigError, TrainingError, CheckpointError, OSError)
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False,
@@ -60,8 +59,8 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
         return math.inf
     with lock, stop_on_signals():
         start_logging(run_dir, ranks)
-        record = RunRecord(run_dir, ranks)
-        record.update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        outputs = RunOutputs(run_dir, ranks)
+        outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         choices = dict(choices or {})
         try:
             settings = load_settings(cfg)
@@ -72,22 +71,23 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), 
                 checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
                 settings = resume_settings(cfg, checkpoint["config"], list(overrides))
                 log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
-                record.update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
+                outputs.try_update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
                 choices = resumed_choices(checkpoint_path, choices, overrides)
                 if ranks.is_main:
                     record_resumed_config(run_dir, settings, choices)
-            record.update(choices=choices)
-            if settings.hardware.nproc > 1 and not ranks.enabled:
+            outputs.try_update(choices=choices)
+            if settings.hardware.nproc > 1 and not ranks.distributed:
                 return spawn_ranks(settings, run_dir, checkpoint_path)
             distributed.init_process_group(ranks)
             return train(settings, run_dir, checkpoint, ranks)
-        except EXPECTED_ERRORS as error:
-            record.failed(error)
+        except (UserError, OSError) as error:  # an OSError (a full disk, a missing permission) names its file
+            outputs.failed(error)
             return math.inf
-        except Interrupted as stop:
-            record.interrupted(stop)
+        except Interrupted as stop:  # say what was saved, mark the summary, exit with 128 + the signal
+            outputs.interrupted(stop.message)
+            raise SystemExit(stop.exit_code) from None
         except BaseException as error:
-            record.update(status="failed", error=f"{type(error).__name__}: {error}")
+            outputs.try_update(status="failed", error=f"{type(error).__name__}: {error}")
             if in_sweep and isinstance(error, Exception):
                 log.exception("this job failed; the sweep goes on")
                 return math.inf
@@ -117,11 +117,6 @@ def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
         return OmegaConf.select(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, "train.resume")
     except OmegaConfBaseException:
         return None
-
-
-def file_error(error: OSError) -> TrainingError:
-    """An OSError (a full disk, a read-only folder, a missing permission) as one line naming the file."""
-    return TrainingError(f"could not read or write {file_problem(error)} (checkpoints already written are intact)")
 
 
 @contextmanager
@@ -256,37 +251,6 @@ def start_logging(run_dir: Path, ranks: distributed.Ranks) -> None:
         setup_logging(None, level=logging.WARNING)
 
 
-class RunRecord:
-    """summary.json updates, made by rank 0 only; a run directory that cannot be written (disk full)
-    must not hide the error being recorded."""
-
-    def __init__(self, run_dir: Path, ranks: distributed.Ranks):
-        self.run_dir = run_dir
-        self.enabled = ranks.is_main
-
-    def update(self, **fields) -> None:
-        if not self.enabled:
-            return
-        try:
-            update_summary(self.run_dir, **fields)
-        except OSError as error:
-            log.warning("could not update %s: %s", self.run_dir / "summary.json", error.strerror or error)
-
-    def failed(self, error: Exception) -> None:
-        """An expected failure: its one line to standard error and train.log, and the summary marked."""
-        if isinstance(error, OSError):
-            error = file_error(error)
-        log.error(str(error))
-        self.update(status="failed", error=str(error))
-
-    def interrupted(self, stop: Interrupted) -> NoReturn:
-        """SIGINT/SIGTERM/SIGHUP: say what was saved (rank 0), mark the summary, exit with 128 + the signal."""
-        if self.enabled:
-            log.warning(stop.message)
-        self.update(status="interrupted")
-        raise SystemExit(stop.exit_code) from None
-
-
 def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]) -> float:
     """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`."""
     nproc = settings.hardware.nproc
@@ -310,16 +274,17 @@ def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str
     ranks = distributed.from_environment()
     run_dir = Path(run_dir)
     start_logging(run_dir, ranks)
-    record = RunRecord(run_dir, ranks)
+    outputs = RunOutputs(run_dir, ranks)
     try:
         with stop_on_signals():
             checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path), for_resume=True)
             distributed.init_process_group(ranks)
             train(load_settings(plain_settings), run_dir, checkpoint, ranks)
-    except EXPECTED_ERRORS as error:
-        record.failed(error)
+    except (UserError, OSError) as error:
+        outputs.failed(error)
         raise SystemExit(1) from None
     except Interrupted as stop:
-        record.interrupted(stop)
+        outputs.interrupted(stop.message)
+        raise SystemExit(stop.exit_code) from None
     finally:
         distributed.shutdown()

@@ -23,10 +23,11 @@ import torch
 from .config import Config, DataConfig, DataSource
 from .data import collect_documents
 from .generate import Sampling, generate_tokens
-from .hardware import attention_kernel, cpu_bf16_speedup, matmul_flops, peak_matmul_size
+from .hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
 from .model import GPT
+from .optim import build_optimizer
 from .tokenizer import train_tokenizer
-from .trainer import Trainer, build_optimizer
+from .trainer import Trainer
 
 GENERATED_TOKENS = 256
 WARMUP_STEPS = 2
@@ -133,15 +134,15 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
         def trainer_step() -> None:  # an optimizer step of the real loop, with its TensorBoard scalars
             started = time.perf_counter()
             loss, grad_norm = trainer.train_step()
-            trainer.log_step(loss, grad_norm, time.perf_counter() - started, 1)
+            tokens_per_sec = trainer.tokens_per_step / (time.perf_counter() - started)
+            trainer.outputs.log_step(trainer.step, loss, trainer.lr, grad_norm, tokens_per_sec)
 
-        def peak() -> float:
-            return matmul_flops(dtype, device, peak_matmul_size(device), repeats=3)
-
-        times, block = interleaved_rounds(trainer_step, bare_step_function(trainer), peak, rounds, device)
+        times, block = interleaved_rounds(trainer_step, bare_step_function(trainer),
+                                          lambda: peak_matmul_flops(dtype, device), rounds, device)
         tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
         bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
         peak_flops = statistics.median(times["peak"])
+        flops_per_token = trainer.model.flops_per_token()
         config = trainer.model_config
         attention = attention_kernel(settings.train.batch_size, config.n_head, config.block_size,
                                      config.n_embd // config.n_head, dtype, device)
@@ -157,9 +158,9 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
             "tokens_per_sec": tokens_per_sec,
             "bare_tokens_per_sec": bare_tokens_per_sec,
             "overhead_ratio": tokens_per_sec / bare_tokens_per_sec,
-            "flops_per_token": trainer.flops_per_token,
+            "flops_per_token": flops_per_token,
             "peak_flops": peak_flops,
-            "mfu": tokens_per_sec * trainer.flops_per_token / peak_flops,
+            "mfu": tokens_per_sec * flops_per_token / peak_flops,
             "rounds": rounds,
             "steps_per_round": block,
         },

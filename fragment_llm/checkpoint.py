@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError
 from .files import atomic_path
 from .model import CHOICES, GPTConfig
 
@@ -31,7 +32,7 @@ LAST = "last.pt"
 STEP_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or loaded: its message is one line naming the file."""
 
 

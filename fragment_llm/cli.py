@@ -14,22 +14,23 @@ from typing import Any, Callable, NoReturn
 import torch
 from rich.table import Table
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, DataConfig, DataSource
 from .console import console, error_console
+from .errors import UserError
 from .files import file_problem
-from .generate import Sampling, SamplingError, generate_text
-from .runs import (
-    RunError, TrainedModel, describe_run, find_runs, holds_run, load_run, lookup, read_summary, record_damage,
-    reproduce_command, run_config, run_overrides, runs_table, same_value,
+from .generate import Sampling, generate_text
+from .records import (
+    describe_run, find_runs, holds_run, lookup, read_summary, record_damage, reproduce_command, run_config,
+    run_overrides,
 )
+from .tables import is_number, runs_table
+from .trained import TrainedModel, load_run
 
 METRICS = ("status", "steps", "epochs", "tokens", "params", "initial_val_loss", "train_loss", "val_loss",
            "best_val_loss", "val_bpb", "best_val_bpb", "tokens_per_sec", "wall_time_s", "error")
-EXPECTED_ERRORS = (RunError, CheckpointError, ConfigError, SamplingError)
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """A user mistake in what to look at: printed as one `error: ...` line, exit code 2."""
 
 
@@ -82,10 +83,20 @@ def parse_filter(text: str) -> tuple[str, str]:
     return key, value
 
 
+def same_value(actual: Any, wanted: str) -> bool:
+    """Whether a run's value is the one a filter asks for: equal as numbers, or as text ignoring case."""
+    if is_number(actual):
+        try:
+            return float(actual) == float(wanted)
+        except (ValueError, OverflowError):  # not a number; an integer beyond floats
+            return False
+    return str(actual).lower() == wanted.lower()
+
+
 def sort_key(key: str):
     def value_of(run: dict[str, Any]):
         _, value = lookup(run, key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = is_number(value)
         return (value is None, 0 if number else 1, value if number else str(value))
     return value_of
 
@@ -174,7 +185,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> TrainedModel:
-    from .trainer import resolve_device
+    from .hardware import resolve_device
 
     return load_run(Path(args.run), args.checkpoint and Path(args.checkpoint), resolve_device("auto"))
 
@@ -243,12 +254,13 @@ def command_eval(args: argparse.Namespace) -> int:
             source = DataSource(data["source"])
         except (TypeError, KeyError, ValueError):
             return fail(f"{trained.checkpoint_path} does not record its training data; pass --data PATH")
-        settings = DataConfig(source=source, path=data.get("path"), val_fraction=data.get("val_fraction"))
+        data_settings = DataConfig(source=source, path=data.get("path"), val_fraction=data.get("val_fraction"))
         try:
-            documents = split_documents(collect_documents(settings), settings.val_fraction)[1]
+            documents = split_documents(collect_documents(data_settings), data_settings.val_fraction)[1]
         except ConfigError as error:
             return fail(f"{error} (the run's training data); or evaluate other text with --data PATH")
-        described = f"the run's validation split ({settings.source.value}{f': {settings.path}' if settings.path else ''})"
+        described = (f"the run's validation split "
+                     f"({data_settings.source.value}{f': {data_settings.path}' if data_settings.path else ''})")
     if args.stride is None:
         result = evaluate_documents(trained.model, trained.tokenizer, documents)
     else:
@@ -344,7 +356,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
-    from .config import compose_settings
+    from .compose import compose_settings
 
     settings = compose_settings(args.overrides)
     error_console.print(f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed rounds)...",
@@ -464,14 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as error:
         fail(str(error))
         return 2
-    except EXPECTED_ERRORS as error:
+    except UserError as error:
         return fail(str(error))
     except BrokenPipeError:
         return end_on_closed_pipe()
     except OSError as error:
         return fail(file_problem(error))
     except (RuntimeError, MemoryError) as error:
-        from .trainer import is_out_of_memory
+        from .hardware import is_out_of_memory
 
         if not is_out_of_memory(error):
             raise

@@ -1,42 +1,94 @@
-"""Typed settings: the schema every composed config must fit, with range checks.
+"""Typed settings: the schema every composed config must fit, and what each key means and allows.
 
-Hydra composes plain YAML from conf/; `load_settings` merges it onto this schema (types and unknown
-keys) and builds the dataclasses (ranges, in `__post_init__`). Every failure becomes one
-`ConfigError` line naming the key, the value and the fix. The schema is also registered in Hydra's
-ConfigStore as `fragment_llm_schema` for tools that compose against it.
+conf/ holds the values (fragment_llm/compose.py composes them with Hydra). This schema holds each
+key's type and, in its field's metadata, its range and its help: the checks below, README's key
+table and `python run.py --help` all read them from here. A key conf/ always sets has no default here
+(MISSING): settings built from a dict that lacks it are an error, never a run other than the one
+`python run.py` would train. `load_settings` merges a composed config onto the schema (types, unknown
+keys) and builds the dataclasses (ranges); every failure is one `ConfigError` line naming the key,
+the value and the fix.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import math
-import os
 import re
-import secrets
-import sys
-from datetime import datetime
-from pathlib import Path
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, ClassVar, Iterable, NamedTuple, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException,
+)
+
+from .errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad setting: its message is one line that names the key, the value and the fix."""
 
 
-def check_range(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
-    """`value` must be a finite number in [low, high] (or (low, high]): NaN and inf fail every check."""
-    interval = f"{'(' if low_open else '['}{low}, {high}]"
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value} is not a finite number; set {key} to a value in {interval}")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        raise ConfigError(f"{key}={value} is out of range {interval}; set {key} to a value in that range")
+@dataclass(frozen=True)
+class Interval:
+    """The values a number may take: [low, high], or (low, high] with `low_open`."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}]"
+
+    def check(self, key: str, value: float) -> None:
+        """`value` must be a finite number in the interval: NaN and inf fail every check."""
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number; set {key} to a value in {self}")
+        too_low = value <= self.low if self.low_open else value < self.low
+        if too_low or value > self.high:
+            raise ConfigError(f"{key}={value} is out of range {self}; set {key} to a value in that range")
+
+
+def setting(help: str, low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
+            options: tuple[str, ...] = ()) -> Any:
+    """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
+    only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
+    others; any other key has no default, as conf/ sets it."""
+    metadata: dict[str, Any] = {"help": help}
+    if low is not None:
+        metadata["range"] = Interval(low, high, low_open)
+    if options:
+        metadata["options"] = options
+    return field(default=None if options else MISSING, metadata=metadata)
+
+
+class Section:
+    """A section of the settings (`model`, `train`, ...). Building one checks every field against its
+    metadata (a number against its range; a key the section's option `name` uses is set), then, once
+    every field has a value, `validate`. A field left MISSING (the blank schema OmegaConf builds, or
+    `DataConfig(source=...)` built only to read a corpus) is not checked."""
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        for item in fields(self):
+            value, key = values[item.name], f"{self.SECTION}.{item.name}"
+            needed_by = item.metadata.get("options", ())
+            if value is None and needed_by and values["name"] in needed_by:
+                raise ConfigError(f"{key} is not set, and {self.SECTION}={values['name'].value} needs it; "
+                                  f"give {key}=VALUE")
+            if "range" in item.metadata and value not in (None, MISSING):
+                item.metadata["range"].check(key, value)
+        if MISSING not in values.values():
+            self.validate()
+
+    def validate(self) -> None:
+        """The checks a range cannot express: keys that relate to each other, a device's or a duration's form."""
 
 
 class OptimizerName(str, Enum):
@@ -76,34 +128,39 @@ class DataSource(str, Enum):
 
 
 @dataclass
-class ModelConfig:
-    vocab_size: int = 4096
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.0
-    bias: bool = False
-    # The layout (conf/arch/: `modern`, the default, or `gpt2`); these defaults are GPT-2's, as GPTConfig's.
-    position: PositionKind = PositionKind.learned
-    norm: NormKind = NormKind.layernorm
-    qk_norm: bool = False
-    activation: ActivationKind = ActivationKind.gelu
-    tie_embeddings: bool = True
-    zero_init: bool = False
-    logit_softcap: float = 0.0
-    value_embeddings: bool = False
-    residual_scalars: bool = False
-    embed_norm: bool = False
+class ModelConfig(Section):
+    SECTION: ClassVar[str] = "model"
 
-    def __post_init__(self) -> None:
-        check_range("model.logit_softcap", self.logit_softcap, 0.0, 1000.0)
-        check_range("model.vocab_size", self.vocab_size, 256, 100_000)
-        check_range("model.block_size", self.block_size, 16, 4096)
-        check_range("model.n_layer", self.n_layer, 1, 48)
-        check_range("model.n_head", self.n_head, 1, 32)
-        check_range("model.n_embd", self.n_embd, 64, 2048)
-        check_range("model.dropout", self.dropout, 0.0, 0.9)
+    vocab_size: int = setting("target size of the BPE vocabulary; a corpus that yields fewer tokens says so, and "
+                              "the model uses the real vocabulary (embedding rows padded to a multiple of 64)",
+                              256, 100_000)
+    block_size: int = setting("context length in tokens", 16, 4096)
+    n_layer: int = setting("transformer blocks", 1, 48)
+    n_head: int = setting("attention heads; must divide `model.n_embd` (into an even head size with "
+                          "`model.position=rope`)", 1, 32)
+    n_embd: int = setting("width of the token embeddings and the residual stream", 64, 2048)
+    dropout: float = setting("dropout probability", 0.0, 0.9)
+    bias: bool = setting("true: biases in linear layers and LayerNorms (GPT-2's exact layout)")
+    # The layout (the arch group; see README, "Model layout").
+    position: PositionKind = setting("a learned position table (GPT-2's), or rotary position embeddings (queries "
+                                     "and keys turned by their position: nothing to learn, and the key/value "
+                                     "cache rolls on past the context)")
+    norm: NormKind = setting("LayerNorm, or RMSNorm (no mean, no bias)")
+    qk_norm: bool = setting("true: queries and keys normalised per head (with `model.norm`) before attention")
+    activation: ActivationKind = setting("the MLP's activation: GELU (exact), ReLU squared, or SwiGLU (a gated MLP "
+                                         "with 2/3 of the hidden width, so about the same FLOPs)")
+    tie_embeddings: bool = setting("false: a separate output head, zero-initialised (uniform predictions at the "
+                                   "start)")
+    zero_init: bool = setting("true: the residual projections start at zero, so each block starts as the "
+                              "identity (else GPT-2's 0.02/sqrt(2 x layers))")
+    logit_softcap: float = setting("logits = c tanh(logits / c); 0 is off", 0.0, 1000.0)
+    value_embeddings: bool = setting("true: every other layer (ending with the last) adds a second token "
+                                     "embedding, times a learned scale, to attention's values")
+    residual_scalars: bool = setting("true: before each block x = a x + b x0, with a learned a and b per layer "
+                                     "and x0 the embedded input")
+    embed_norm: bool = setting("true: a norm right after the token embedding")
+
+    def validate(self) -> None:
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
@@ -122,39 +179,38 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass
-class TrainConfig:
-    batch_size: int = 4
-    grad_accum_steps: int = 16
-    epochs: int = 5
-    max_iters: int = 10_000
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    eval_iters: int = 20
-    checkpoint_every: int = 5
-    save_interval: int = 100
-    keep_checkpoints: int = 3
-    resume: Optional[str] = None
-    log_interval: int = 1
-    sample_every: int = 0
-    seed: int = 1337
-    time_budget: Optional[str] = None
-    early_stop_patience: int = 0
+class TrainConfig(Section):
+    SECTION: ClassVar[str] = "train"
 
-    def __post_init__(self) -> None:
-        check_range("train.batch_size", self.batch_size, 1, 256)
-        check_range("train.grad_accum_steps", self.grad_accum_steps, 1, 1024)
-        check_range("train.epochs", self.epochs, 1, 100_000)
-        check_range("train.max_iters", self.max_iters, 1, 10**9)
-        check_range("train.grad_clip", self.grad_clip, 0.0, 1e6)
-        check_range("train.eval_interval", self.eval_interval, 1, 10**9)
-        check_range("train.eval_iters", self.eval_iters, 1, 10**6)
-        check_range("train.checkpoint_every", self.checkpoint_every, 1, 100_000)
-        check_range("train.save_interval", self.save_interval, 0, 10**9)
-        check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 10_000)
-        check_range("train.log_interval", self.log_interval, 1, 10**9)
-        check_range("train.sample_every", self.sample_every, 0, 10**9)
-        check_range("train.seed", self.seed, 0, 2**63 - 1)
-        check_range("train.early_stop_patience", self.early_stop_patience, 0, 10**6)
+    batch_size: int = setting("sequences per micro-batch, per process", 1, 256)
+    grad_accum_steps: int = setting("micro-batches per optimizer step (effective batch = batch_size x "
+                                    "grad_accum_steps x ranks)", 1, 1024)
+    epochs: int = setting("passes over the training tokens; training stops at `train.epochs` or "
+                          "`train.max_iters`, whichever comes first", 1, 100_000)
+    max_iters: int = setting("optimizer steps; training stops at `train.epochs` or `train.max_iters`, "
+                             "whichever comes first", 1, 10**9)
+    grad_clip: float = setting("maximum gradient norm; 0 turns clipping off", 0.0, 1e6)
+    eval_interval: int = setting("validate every N optimizer steps (and at every epoch's end)", 1, 10**9)
+    eval_iters: int = setting("validation batches per evaluation", 1, 10**6)
+    checkpoint_every_epochs: int = setting("write `checkpoints/checkpoint_epoch_N.pt` every N epochs", 1, 100_000)
+    save_interval: int = setting("write `checkpoints/step_N.pt` every N optimizer steps; 0 turns step "
+                                 "checkpoints off", 0, 10**9)
+    keep_checkpoints: int = setting("how many step checkpoints to keep (the newest); epoch checkpoints are all "
+                                    "kept, and `checkpoints/last.pt` is always the newest state", 1, 10_000)
+    resume: Optional[str] = setting("a run directory (its newest valid checkpoint) or a checkpoint file to "
+                                    "continue from (see README, \"Stopping and resuming\"); null: a new run")
+    log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
+    sample_every: int = setting("every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
+                                "`train.seed`) continuing the first 8 tokens of the validation text, to the "
+                                "console, train.log and TensorBoard's text tab; 0 turns samples off", 0, 10**9)
+    seed: int = setting("seeds Python, NumPy, torch and the data order; CPU runs are deterministic", 0, 2**63 - 1)
+    time_budget: Optional[str] = setting("`90s`, `10m`, `2h` (or seconds): train this long, the schedule following "
+                                         "the time spent; epochs and max_iters are then ignored (see README, "
+                                         "\"Training to a time budget\"); null: off")
+    early_stop_patience: int = setting("stop after this many evaluations in a row without a better validation "
+                                       "loss; 0 is off", 0, 10**6)
+
+    def validate(self) -> None:
         if self.time_budget is not None:
             self.budget_seconds  # a bad duration fails here, before any work
 
@@ -172,47 +228,50 @@ class TrainConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    name: OptimizerName = OptimizerName.adamw
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    momentum: float = 0.9
-    nesterov: bool = True
-    cautious_weight_decay: bool = False
+class OptimizerConfig(Section):
+    SECTION: ClassVar[str] = "optimizer"
 
-    def __post_init__(self) -> None:
-        check_range("optimizer.lr", self.lr, 0.0, 1e-2, low_open=True)
-        check_range("optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
-        check_range("optimizer.beta1", self.beta1, 0.0, 0.999999)
-        check_range("optimizer.beta2", self.beta2, 0.0, 0.999999)
-        check_range("optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
-        check_range("optimizer.momentum", self.momentum, 0.0, 0.999999)
+    name: OptimizerName = setting("the optimizer (the optimizer group sets it, with its keys)")
+    lr: float = setting("peak learning rate", 0.0, 1e-2, low_open=True)
+    weight_decay: float = setting("applied to weight matrices and embeddings only, never to gains and biases",
+                                  0.0, 10.0)
+    beta1: Optional[float] = setting("AdamW's first-moment decay (with muon: AdamW's, for the embeddings, head and "
+                                     "gains)", 0.0, 0.999999, options=("adamw", "muon"))
+    beta2: Optional[float] = setting("AdamW's second-moment decay", 0.0, 0.999999, options=("adamw", "muon"))
+    eps: Optional[float] = setting("AdamW's epsilon", 0.0, 1.0, low_open=True, options=("adamw", "muon"))
+    momentum: Optional[float] = setting("SGD's and Muon's momentum", 0.0, 0.999999, options=("muon", "sgd"))
+    nesterov: Optional[bool] = setting("true: Nesterov momentum", options=("muon", "sgd"))
+    cautious_weight_decay: bool = setting("true: each weight decays only where the optimizer's own step already "
+                                          "moves it towards zero (cautious weight decay), for every optimizer")
 
 
 @dataclass
-class SchedulerConfig:
-    name: SchedulerName = SchedulerName.cosine
-    warmup_fraction: float = 0.05
-    min_lr_fraction: float = 0.1
-    decay_fraction: float = 0.2
+class SchedulerConfig(Section):
+    SECTION: ClassVar[str] = "scheduler"
 
-    def __post_init__(self) -> None:
-        check_range("scheduler.warmup_fraction", self.warmup_fraction, 0.0, 0.5)
-        check_range("scheduler.decay_fraction", self.decay_fraction, 0.0, 1.0, low_open=True)
-        check_range("scheduler.min_lr_fraction", self.min_lr_fraction, 0.0, 1.0)
+    name: SchedulerName = setting("the schedule (the scheduler group sets it): linear warmup, then cosine or "
+                                  "linear decay, constant, or wsd (warmup, the peak, then a linear decay)")
+    warmup_fraction: float = setting("share of all optimizer steps spent warming up linearly", 0.0, 0.5)
+    min_lr_fraction: float = setting("the final learning rate, as a fraction of `optimizer.lr`", 0.0, 1.0)
+    decay_fraction: Optional[float] = setting("the last share of the run over which wsd decays", 0.0, 1.0,
+                                              low_open=True, options=("wsd",))
 
 
 @dataclass
-class DataConfig:
-    source: DataSource = DataSource.pydoc
-    path: Optional[str] = None
-    val_fraction: float = 0.1
+class DataConfig(Section):
+    SECTION: ClassVar[str] = "data"
 
-    def __post_init__(self) -> None:
-        check_range("data.val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
+    source: DataSource = setting("the corpus (the data group sets it): Python's documentation, the standard "
+                                 "library's .py sources, or your own text (`data.path`)")
+    path: Optional[str] = setting(
+        "for `data=text`: a file, a folder (every .txt file below it) or a glob; must be UTF-8 text. A path that "
+        "exists is taken as it is, even with `[`, `*` or `?` in its name; each file is read once, however many "
+        "links lead to it; `**` does not follow links to folders; names starting with a dot are skipped in "
+        "folders and globs; an unreadable file (permissions, a broken link, a pipe) is an error naming it")
+    val_fraction: float = setting("the last share of the corpus, by bytes, held out for validation (whole "
+                                  "documents; a single file is cut at a line break)", 0.0, 0.5, low_open=True)
+
+    def validate(self) -> None:
         if self.source is DataSource.text and not self.path:
             raise ConfigError(
                 "data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob"
@@ -220,43 +279,50 @@ class DataConfig:
 
 
 @dataclass
-class TokenizerConfig:
-    retrain: bool = False
-    min_frequency: int = 2
+class TokenizerConfig(Section):
+    SECTION: ClassVar[str] = "tokenizer"
 
-    def __post_init__(self) -> None:
-        check_range("tokenizer.min_frequency", self.min_frequency, 1, 10**6)
+    retrain: bool = setting("true: train a new tokenizer even when one is cached for this corpus and vocabulary")
+    min_frequency: int = setting("a BPE merge needs its pair seen at least this often", 1, 10**6)
 
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
-class HardwareConfig:
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    num_threads: int = 0
-    nproc: int = 1
+class HardwareConfig(Section):
+    SECTION: ClassVar[str] = "hardware"
 
-    def __post_init__(self) -> None:
+    device: str = setting("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    amp: bool = setting("mixed precision: on CUDA bf16 where supported, else fp16 with a GradScaler; on CPU bf16 "
+                        "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
+                        "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS")
+    compile: bool = setting("true: `torch.compile` the model")
+    num_threads: int = setting("CPU threads for torch; 0: one per physical core, shared among the ranks on the "
+                               "machine", 0, 1024)
+    nproc: int = setting("ranks to spawn for data-parallel training (unused under torchrun or a multi-task "
+                         "submitit job, which start their own)", 1, 1024)
+
+    def validate(self) -> None:
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(
                 f"hardware.device={self.device} is not a device; use auto, cpu, cuda, cuda:N or mps"
             )
-        check_range("hardware.num_threads", self.num_threads, 0, 1024)
-        check_range("hardware.nproc", self.nproc, 1, 1024)
 
 
 @dataclass
-class LoggingConfig:
-    tensorboard: bool = True
+class LoggingConfig(Section):
+    SECTION: ClassVar[str] = "logging"
+
+    tensorboard: bool = setting("false: no TensorBoard event files (`<run>/tensorboard`)")
 
 
 @dataclass
-class PathsConfig:
-    outputs: str = "outputs"
-    cache: str = "outputs/.cache"
+class PathsConfig(Section):
+    SECTION: ClassVar[str] = "paths"
+
+    outputs: str = setting("where run directories go")
+    cache: str = setting("where tokenizers and token files are cached, keyed by a hash of corpus and tokenizer")
 
 
 @dataclass
@@ -272,11 +338,36 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-ConfigStore.instance().store(name="fragment_llm_schema", node=Config)
+SECTIONS = tuple(Config.__dataclass_fields__)
+
+
+class KeyDoc(NamedTuple):
+    """One key as README's key table and `python run.py --help` describe it."""
+
+    key: str
+    allowed: str  # the range of a number, the choices of an enum, else ""
+    help: str
+    options: tuple[str, ...]  # the options of the key's group that use it; () for every option
+
+
+def describe_keys() -> list[KeyDoc]:
+    """Every key of the schema, in order, with what its metadata says."""
+    docs = []
+    for section in fields(Config):
+        types = typing.get_type_hints(section.default_factory)
+        for item in fields(section.default_factory):
+            kind = types[item.name]
+            kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind)  # Optional[X]: X
+            allowed = (", ".join(choice.value for choice in kind) if isinstance(kind, type) and issubclass(kind, Enum)
+                       else str(item.metadata.get("range", "")))
+            docs.append(KeyDoc(f"{section.name}.{item.name}", allowed, item.metadata["help"],
+                               item.metadata.get("options", ())))
+    return docs
 
 
 def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
-    """Validate a composed config against the schema and return the typed settings."""
+    """Validate a composed config against the schema and return the typed settings. Every key needs a
+    value: a dict that lacks one (`python run.py` composes them all) is an error naming it."""
     try:
         if not isinstance(cfg, dict):  # resolving `${...}` here, so that one naming nothing is a ConfigError
             cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
@@ -287,6 +378,9 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
         raise unresolved(error) from None
     except ConfigKeyError as error:
         raise unknown_key(error.full_key) from None
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key} is not set; give {error.full_key}=VALUE (`python run.py --cfg job` "
+                          "shows the value conf/ gives it)") from None
     except OmegaConfBaseException as error:
         key = error.full_key or error.key
         message = str(error).splitlines()[0]
@@ -295,6 +389,8 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
 
 # A resumed run keeps the checkpoint's architecture and data: these sections cannot change.
 RESUME_LOCKED = ("model", "data", "tokenizer")
+# Keys renamed since a checkpoint may have been written: old name -> new name.
+RENAMED_KEYS = {"train.checkpoint_every": "train.checkpoint_every_epochs"}
 
 
 def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
@@ -304,9 +400,9 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
     the model, the data or the tokenizer is an error; any other (max_iters, epochs, intervals, the
     device, the learning rate) applies.
     """
-    current = OmegaConf.create(to_plain(load_settings(cfg)))
-    merged = OmegaConf.create(saved)
-    merged.paths = current.paths  # where outputs and caches live is this machine's business
+    current = to_plain(load_settings(cfg))
+    merged = OmegaConf.create(upgrade_saved_settings(saved, current))
+    composed = OmegaConf.create(current)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         section = key.split(".")[0]
@@ -317,7 +413,7 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
                 f"{override} does not combine with train.resume: a resumed run keeps the checkpoint's model, data "
                 "and tokenizer; give only the keys to change (e.g. train.max_iters=2000) or start a new run"
             )
-        value = OmegaConf.select(current, key)
+        value = OmegaConf.select(composed, key)
         if section in RESUME_LOCKED:
             for leaf, wanted in _leaves(key, value):
                 saved_value = OmegaConf.select(merged, leaf)
@@ -331,6 +427,28 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
     return load_settings(OmegaConf.to_container(merged))
 
 
+def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings in today's keys. An older checkpoint may use a renamed key's old name,
+    and lack keys added since: a model key takes GPTConfig's default, the layout every model had before
+    the key existed; a key of a section a resumed run may change takes this command's value. Where
+    outputs and caches live is this machine's business: `paths` is always this command's."""
+    from .model import GPTConfig
+
+    upgraded = copy.deepcopy(saved)
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        if old_name in upgraded.get(old_section, {}):
+            upgraded.setdefault(new_section, {})[new_name] = upgraded[old_section].pop(old_name)
+    model_defaults = {item.name: item.default for item in dataclasses.fields(GPTConfig)
+                      if item.default is not dataclasses.MISSING}
+    upgraded["model"] = {**model_defaults, **upgraded.get("model", {})}
+    for section in SECTIONS:
+        if section not in RESUME_LOCKED:
+            upgraded[section] = {**current[section], **upgraded.get(section, {})}
+    upgraded["paths"] = current["paths"]
+    return upgraded
+
+
 def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
     """`model`, {n_layer: 2, ...} -> [(model.n_layer, 2), ...]; a plain value is its own leaf."""
     if isinstance(value, DictConfig):
@@ -338,48 +456,9 @@ def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
     return [(key, value)]
 
 
-SECTIONS = tuple(Config.__dataclass_fields__)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_settings(overrides: list[str]) -> Config:
-    """The settings `python run.py OVERRIDES` would train with, composed from conf/ without a run
-    (for tools such as `fragment-llm bench`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
-    return load_settings(cfg)
-
-
 def to_plain(settings: Config) -> dict[str, Any]:
     """The settings as plain containers (enums as strings), for checkpoints and summaries."""
     return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)
-
-
-def swept_keys(overrides: list[str]) -> str:
-    """A readable name for a sweep: the last part of each swept key (`optimizer.lr=1e-3,3e-4 model=tiny,small`
-    gives `lr-model`), or the chosen search (`hparams_search=optuna` gives `optuna`), else `sweep`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    names = [override.get_key_element().split(".")[-1].split("/")[-1] for override in parsed
-             if override.is_sweep_override()]
-    names += [str(override.value()) for override in parsed if override.get_key_element() == "hparams_search"]
-    return "-".join(names) or "sweep"
-
-
-def valid_keys() -> dict[str, set[str]]:
-    """Every `section.key` of the schema, and every config group with its options (from conf/)."""
-    keys = {f"{section}.{name}" for section, node in Config.__dataclass_fields__.items()
-            for name in node.default_factory.__dataclass_fields__}
-    groups = {folder.name: {path.stem for path in folder.glob("*.yaml")} for folder in CONF_DIR.iterdir()
-              if folder.is_dir() and folder.name != "hydra"}
-    return {"keys": keys, "groups": set(groups), **{f"group:{name}": options for name, options in groups.items()}}
 
 
 def unresolved(error: OmegaConfBaseException) -> ConfigError:
@@ -388,131 +467,13 @@ def unresolved(error: OmegaConfBaseException) -> ConfigError:
                        "key (`python run.py --cfg job` lists them)")
 
 
-def unknown_key(key: str) -> ConfigError:
-    """One line for a key the schema does not have, naming the closest valid one."""
-    known = valid_keys()
-    same_name = sorted(valid for valid in known["keys"] if valid.split(".")[-1] == key.split(".")[-1])
-    close = same_name or difflib.get_close_matches(key, sorted(known["keys"] | known["groups"]), n=1, cutoff=0.75)
+def unknown_key(key: str, other_names: Iterable[str] = ()) -> ConfigError:
+    """One line for a key the schema does not have, naming its new name if it was renamed, else the
+    closest valid key (or one of `other_names`, e.g. the config groups)."""
+    if key in RENAMED_KEYS:
+        return ConfigError(f"{key} is called {RENAMED_KEYS[key]} now; write {RENAMED_KEYS[key]}=...")
+    known = [doc.key for doc in describe_keys()]
+    same_name = sorted(valid for valid in known if valid.split(".")[-1] == key.split(".")[-1])
+    close = same_name or difflib.get_close_matches(key, sorted({*known, *other_names}), n=1, cutoff=0.75)
     hint = f"did you mean {close[0]}? " if close else ""
-    return ConfigError(f"{key} is not a config key; {hint}`python run.py --cfg job` lists the keys")
-
-
-def group_option_keys(group: str, option: str) -> set[str]:
-    """The keys of `group` that conf/<group>/<option>.yaml (or conf/config.yaml) sets."""
-    config = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
-    if (CONF_DIR / group / f"{option}.yaml").read_text().startswith("# @package _global_"):
-        config = config.get(group) or {}
-    return set(config) | set(OmegaConf.load(CONF_DIR / "config.yaml").get(group) or {}) | packaged_keys(group)
-
-
-def packaged_keys(section: str) -> set[str]:
-    """The keys of `section` that other groups set (`# @package model` in conf/arch/: the layout keys)."""
-    return {key for path in CONF_DIR.glob("*/*.yaml") if path.read_text().startswith(f"# @package {section}\n")
-            for key in OmegaConf.load(path)}
-
-
-def chosen_options(group: str, overrides: list) -> list[str]:
-    """The options of `group` that parsed command-line `overrides` pick: its own `group=...` (every value
-    of a sweep), else the recipe's (`experiment=...` with `override /group: ...`), else conf/config.yaml's
-    default."""
-    def default_in(path: Path, prefix: str = "") -> Optional[str]:
-        for entry in OmegaConf.load(path).get("defaults") or []:
-            if isinstance(entry, DictConfig) and f"{prefix}{group}" in entry:
-                return entry[f"{prefix}{group}"]
-        return None
-
-    for override in overrides:
-        if override.get_key_element().lstrip("+") == group and not override.is_delete():
-            values = override.sweep_string_iterator() if override.is_choice_sweep() else [override.value()]
-            return [str(value) for value in values if (CONF_DIR / group / f"{value}.yaml").is_file()]
-    for override in overrides:
-        recipe = CONF_DIR / "experiment" / f"{override.value()}.yaml"
-        if override.get_key_element() == "experiment" and not override.is_sweep_override() and recipe.is_file():
-            chosen = default_in(recipe, "override /")
-            if chosen:
-                return [chosen]
-    chosen = default_in(CONF_DIR / "config.yaml")
-    return [chosen] if chosen else []
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Refuse, in one ConfigError line, the command-line overrides Hydra itself would refuse with a
-    multi-line report: bad syntax, an unknown key or group option, `+` on a key that exists."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    known = valid_keys()
-    parsed = []
-    for text in overrides:
-        try:
-            parsed.extend(parser.parse_overrides([text]))
-        except OverrideParseException as error:
-            raise ConfigError(
-                f"{text} is not a valid override ({str(error).splitlines()[0]}); write key=value, and quote a value "
-                "holding brackets, commas or spaces: 'key=\"a [b].txt\"'"
-            ) from None
-    for text, override in zip(overrides, parsed):
-        key = override.get_key_element().lstrip("+~")
-        if override.is_hydra_override() or override.is_delete():
-            continue
-        if key in known["groups"]:
-            options = list(override.sweep_string_iterator()) if override.is_choice_sweep() else [override.value()]
-            for option in options:
-                if option is not None and str(option) not in known[f"group:{key}"]:
-                    raise ConfigError(f"{key}={option} is not an option of {key}; choose one of "
-                                      f"{', '.join(sorted(known[f'group:{key}']))}")
-        elif key in known["keys"]:
-            if override.is_add():
-                raise ConfigError(f"{text}: {key} exists already; drop the + ({key}=...)")
-            section, name = key.split(".")
-            for option in chosen_options(section, parsed) if section in known["groups"] else ():
-                if name not in group_option_keys(section, option):
-                    users = sorted(o for o in known[f"group:{section}"] if name in group_option_keys(section, o))
-                    raise ConfigError(f"{key} is not a setting of {section}={option}, only of "
-                                      f"{', '.join(f'{section}={user}' for user in users)}: choose one, or drop {key}")
-        elif not (override.is_add() or override.is_force_add() or key in SECTIONS):
-            raise unknown_key(key)  # a `+key` the schema lacks is refused by load_settings, in the run's log
-
-
-def command_line_overrides() -> list[str]:
-    """The overrides on this process's `python run.py ...` command line, as Hydra parses them."""
-    from hydra._internal.utils import get_args_parser
-
-    return get_args_parser().parse_known_args(sys.argv[1:])[0].overrides
-
-
-RUN_STAMP = "FRAGMENT_LLM_RUN_STAMP"  # "<date>|<time>|<id>", set by distributed.prepare_torchrun
-_run_stamp: list[str] = []
-
-
-def new_run_stamp() -> str:
-    """`<date>|<time>|<id>` for a run starting now; the id (a short random suffix) keeps runs started in
-    the same second apart."""
-    now = datetime.now()
-    return f"{now:%Y-%m-%d}|{now:%H-%M-%S}|{secrets.token_hex(2)}"
-
-
-def run_stamp(part: str) -> str:
-    """The `date`, `time` or `id` of this run's start, fixed at the first call. Under torchrun every
-    rank takes rank 0's from RUN_STAMP, so all ranks name one directory."""
-    if not _run_stamp:
-        _run_stamp.extend(os.environ.get(RUN_STAMP, new_run_stamp()).split("|"))
-    return _run_stamp[("date", "time", "id").index(part)]
-
-
-def register_resolvers() -> None:
-    """`${run_stamp:date|time|id}` names run directories: the id keeps runs started in the same second
-    apart; `${swept_keys:}` names a sweep directory after what it sweeps.
-
-    Both are cached: Hydra resolves the sweep directory first, in the process that launched the sweep,
-    and copies the cache into every job's config, so all jobs land in one directory. That is also why
-    `swept_keys` reads the command line rather than `hydra.overrides.task`: in a job's config those
-    hold the job's own values, not the sweep's `a,b` (and a cached resolver cannot read the config)."""
-    if not OmegaConf.has_resolver("run_stamp"):
-        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
-    if not OmegaConf.has_resolver("swept_keys"):
-        OmegaConf.register_new_resolver("swept_keys", lambda: swept_keys(command_line_overrides()), use_cache=True)
-
-
-register_resolvers()
+    return ConfigError(f"{key} is not a config key; {hint}`python run.py --help` lists the keys")

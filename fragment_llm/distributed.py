@@ -1,6 +1,6 @@
 """Data parallelism on torch.distributed, in one place: which rank this process is, the process group,
-the few collectives the trainer needs, and starting ranks (torchrun's agreement on one run directory,
-or spawning them from inside a Hydra job).
+the few collectives the trainer needs, and spawning ranks from inside a Hydra job (torchrun's ranks
+agree on one run directory in compose.prepare_torchrun, before Hydra starts).
 
 With one process every function here is a no-op, so the training loop reads the same either way.
 """
@@ -11,14 +11,12 @@ import hashlib
 import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from .config import RUN_STAMP, new_run_stamp
 from .signals import handling
 
 
@@ -34,7 +32,8 @@ class Ranks:
         return self.rank == 0
 
     @property
-    def enabled(self) -> bool:
+    def distributed(self) -> bool:
+        """More than one rank: data-parallel training."""
         return self.world_size > 1
 
 
@@ -70,7 +69,7 @@ def backend() -> str:
 
 
 def init_process_group(ranks: Ranks) -> None:
-    if ranks.enabled and not dist.is_initialized():
+    if ranks.distributed and not dist.is_initialized():
         dist.init_process_group(backend(), rank=ranks.rank, world_size=ranks.world_size)
 
 
@@ -97,24 +96,6 @@ def all_gather(value: Any) -> list[Any]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def prepare_torchrun(argv: list[str]) -> list[str]:
-    """Under torchrun, before Hydra starts: refuse `-m`, agree with the other ranks on one run
-    directory (rank 0's start time and id, in RUN_STAMP), and keep ranks above 0 from writing Hydra's
-    files. Returns the arguments Hydra should see; without torchrun, `argv` unchanged."""
-    ranks = from_environment()
-    if not ranks.enabled:
-        return argv
-    if "-m" in argv or "--multirun" in argv:
-        print("error: -m (multirun) does not combine with torchrun, which would run the sweep once per rank; "
-              "use `python run.py -m hardware=ddp hardware.nproc=N ...` instead", file=sys.stderr)
-        sys.exit(2)
-    init_process_group(ranks)
-    stamp = [new_run_stamp()]
-    dist.broadcast_object_list(stamp, src=0)
-    os.environ[RUN_STAMP] = stamp[0]
-    return argv if ranks.is_main else [*argv, "hydra.output_subdir=null"]
 
 
 def free_port() -> int:

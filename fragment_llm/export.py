@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from . import hf_remote
 from .files import atomic_path, write_json
 from .model import GPT, NORM_EPS, ROPE_BASE, GPTConfig
-from .runs import TOKENIZER_FILE
+from .records import TOKENIZER_FILE
 from .tokenizer import END_OF_TEXT
 
 WEIGHTS_FILE = "model.safetensors"

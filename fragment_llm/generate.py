@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 from tokenizers import Tokenizer
 
+from .errors import UserError
 from .model import GPT, KVCache
 from .tokenizer import end_of_text_id
 
@@ -21,7 +22,7 @@ class Sampling:
     top_p: float = 1.0
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError, ValueError):
     """Logits no token can be drawn from: the model's weights are damaged or diverged."""
 
 

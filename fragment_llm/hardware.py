@@ -1,17 +1,26 @@
-"""What this machine can do, measured rather than assumed: its physical cores, its matmul peak for a
-dtype, whether its CPU runs bf16 matmuls fast, and which kernel SDPA attention picks. The trainer acts
-on these (threads, AMP on CPU, MFU in TensorBoard); `fragment-llm bench` reports them."""
+"""What this machine can do, measured rather than assumed (its physical cores, its matmul peak for a
+dtype, whether its CPU runs bf16 matmuls fast, which kernel SDPA attention picks), and setting a
+training process up for it: the device, threads, TF32, the allocator and the precision. `fragment-llm
+bench` reports the measurements."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import ContextManager, Optional
 
 import torch
+
+from .config import ConfigError, HardwareConfig
+from .distributed import Ranks
+
+log = logging.getLogger(__name__)
 
 
 def _random(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -66,9 +75,10 @@ def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, rep
     return 2 * size**3 / best
 
 
-def peak_matmul_size(device: torch.device) -> int:
-    """Big enough to reach the device's peak, small enough to measure in well under a second."""
-    return 4096 if device.type == "cuda" else 1024
+def peak_matmul_flops(dtype: torch.dtype, device: torch.device) -> float:
+    """The device's matmul peak for `dtype`: square matmuls big enough to reach it (4096 on CUDA, 1024
+    elsewhere), small enough to measure in well under a second."""
+    return matmul_flops(dtype, device, 4096 if device.type == "cuda" else 1024, repeats=3)
 
 
 def cpu_bf16_speedup() -> float:
@@ -97,3 +107,78 @@ def attention_kernel(batch: int, heads: int, length: int, head_dim: int, dtype: 
     choice = SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name
     kernel = ATTENTION_KERNELS.get(choice, choice.lower())
     return f"{kernel} (CPU)" if device.type == "cpu" and choice != "MATH" else kernel
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, NumPy's MemoryError, or the RuntimeError of torch's
+    CPU allocator."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hardware.device={name} but this machine has no CUDA device; use hardware.device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"hardware.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"hardware.device={name} but MPS is not available here; use hardware.device=cpu or auto")
+    return device
+
+
+def prepare_device(hardware: HardwareConfig, ranks: Ranks) -> torch.device:
+    """The device this rank trains on (with several ranks, its own GPU), and this process set up for it:
+    torch's threads, TF32 matmuls on CUDA, and malloc keeping freed memory on a CPU."""
+    device = resolve_device(hardware.device)
+    if ranks.distributed and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    # One thread per physical core, shared among the ranks on this machine (0: that default).
+    torch.set_num_threads(hardware.num_threads or max(1, physical_cores() // ranks.local_world_size))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+class Precision:
+    """Autocast and gradient scaling for the device: CUDA bf16 where supported, else fp16 with a
+    GradScaler; CPU bf16 autocast where the CPU runs bf16 matmuls at least as fast as fp32; fp32 when
+    `hardware.amp=false`, on MPS, and on CPUs without native bf16 (AVX2-only: hundreds of times slower)."""
+
+    def __init__(self, hardware: HardwareConfig, device: torch.device):
+        self.dtype: Optional[torch.dtype] = None
+        if hardware.amp and device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif hardware.amp and device.type == "cpu":
+            speedup = cpu_bf16_speedup()
+            if speedup >= 1:
+                self.dtype = torch.bfloat16
+            else:
+                log.warning("hardware.amp=true, but this CPU runs bf16 matmuls %.0fx slower than fp32 (no native "
+                            "bf16); training in fp32 (set hardware.amp=false to skip this check)", 1 / speedup)
+        elif hardware.amp:
+            log.warning("hardware.amp=true is not supported on %s; training in fp32", device.type)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        self.name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[
+            self.dtype
+        ]
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)

@@ -1,7 +1,7 @@
 """Hydra callbacks, named in conf/config.yaml (`hydra.callbacks`) and loaded only by Hydra.
 
-With config.py the only module of the package that imports Hydra: a callback must subclass Hydra's
-`Callback` (Hydra calls every hook on it). The work itself lives in runs.py and app.py.
+With run.py and compose.py, the only modules that import Hydra: a callback must subclass Hydra's
+`Callback` (Hydra calls every hook on it). The work itself lives in tables.py and app.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .runs import SUMMARY_FILE, write_sweep_report
+from .records import SUMMARY_FILE
+from .tables import write_sweep_report
 
 
 class SweepReport(Callback):

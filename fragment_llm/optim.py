@@ -112,38 +112,40 @@ class CautiousWeightDecay(torch.optim.Optimizer):
         self.param_groups = self.inner.param_groups
 
 
-def build_optimizer(model: torch.nn.Module, settings: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, optimizer_settings: OptimizerConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
     """Weight decay on matrices (dim >= 2: weights and embeddings) only, never on gains, biases and
     scalars; fused AdamW on CUDA and CPU (on CPU about 5x faster than foreach), foreach elsewhere."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    muon_names = {name for name, p in named if settings.name is OptimizerName.muon and name.startswith("blocks.") and p.dim() == 2}
+    uses_muon = optimizer_settings.name is OptimizerName.muon
+    muon_names = {name for name, p in named if uses_muon and name.startswith("blocks.") and p.dim() == 2}
     parameters = [p for name, p in named if name not in muon_names]
     groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": optimizer_settings.weight_decay},
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if settings.name in (OptimizerName.adamw, OptimizerName.muon):
+    if optimizer_settings.name in (OptimizerName.adamw, OptimizerName.muon):
         fused = device.type in ("cuda", "cpu")
         optimizer = torch.optim.AdamW(
-            groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps,
-            fused=fused or None, foreach=None if fused else True,
+            groups, lr=optimizer_settings.lr, betas=(optimizer_settings.beta1, optimizer_settings.beta2),
+            eps=optimizer_settings.eps, fused=fused or None, foreach=None if fused else True,
         )
-        if settings.name is OptimizerName.muon:
-            muon = Muon([p for name, p in named if name in muon_names], lr=settings.lr,
-                        weight_decay=settings.weight_decay, momentum=settings.momentum, nesterov=settings.nesterov)
+        if uses_muon:
+            muon = Muon([p for name, p in named if name in muon_names], lr=optimizer_settings.lr,
+                        weight_decay=optimizer_settings.weight_decay, momentum=optimizer_settings.momentum,
+                        nesterov=optimizer_settings.nesterov)
             optimizer = MuonWithAdamW(muon, optimizer)
-    elif settings.name is OptimizerName.sgd:
-        optimizer = torch.optim.SGD(
-            groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0
-        )
+    elif optimizer_settings.name is OptimizerName.sgd:
+        optimizer = torch.optim.SGD(groups, lr=optimizer_settings.lr, momentum=optimizer_settings.momentum,
+                                    nesterov=optimizer_settings.nesterov and optimizer_settings.momentum > 0)
     else:
-        optimizer = torch.optim.Adafactor(groups, lr=settings.lr)
+        optimizer = torch.optim.Adafactor(groups, lr=optimizer_settings.lr)
     for group in optimizer.param_groups:
-        group["initial_lr"] = settings.lr
-    return CautiousWeightDecay(optimizer) if settings.cautious_weight_decay else optimizer
+        group["initial_lr"] = optimizer_settings.lr
+    return CautiousWeightDecay(optimizer) if optimizer_settings.cautious_weight_decay else optimizer
 
 
-def lr_factor(settings: SchedulerConfig, progress: float, tick: float) -> float:
+def lr_factor(schedule: SchedulerConfig, progress: float, tick: float) -> float:
     """The learning rate, as a fraction of the peak, at `progress` (0 at the start, 1 at the end). `tick` is
     the progress one step makes, so that the first warmup step trains (at tick / (warmup + tick)) and,
     counted in steps, warmup and decay match torch's LinearLR and CosineAnnealingLR step for step.
@@ -151,18 +153,18 @@ def lr_factor(settings: SchedulerConfig, progress: float, tick: float) -> float:
     cosine and linear: warmup, then decay over the rest to min_lr_fraction; wsd (warmup-stable-decay):
     warmup, the peak, then a linear decay over the last decay_fraction; constant: warmup, then the peak.
     """
-    warmup, low = settings.warmup_fraction, settings.min_lr_fraction
+    warmup, low = schedule.warmup_fraction, schedule.min_lr_fraction
     if progress < warmup:
         return (progress + tick) / (warmup + tick)
-    if settings.name is SchedulerName.wsd:
+    if schedule.name is SchedulerName.wsd:
         remaining = 1.0 - progress
-        if remaining >= settings.decay_fraction:
+        if remaining >= schedule.decay_fraction:
             return 1.0
-        return low + (1.0 - low) * max(0.0, remaining) / settings.decay_fraction
+        return low + (1.0 - low) * max(0.0, remaining) / schedule.decay_fraction
     done = min(1.0, (progress - warmup) / max(1.0 - warmup, 1e-12))
-    if settings.name is SchedulerName.cosine:
+    if schedule.name is SchedulerName.cosine:
         return low + (1.0 - low) * (1.0 + math.cos(math.pi * done)) / 2.0
-    if settings.name is SchedulerName.linear:
+    if schedule.name is SchedulerName.linear:
         return 1.0 - (1.0 - low) * done
     return 1.0
 

@@ -10,27 +10,25 @@ import signal
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
 from .checkpoint import CheckpointError, capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
-from .config import Config, ConfigError, HardwareConfig, to_plain
-from .console import console
+from .config import Config, ConfigError, to_plain
 from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum, barrier
+from .errors import UserError
 from .evaluate import bits_per_byte, loss_sum
 from .generate import Sampling, generate_text
-from .hardware import cpu_bf16_speedup, keep_freed_memory, matmul_flops, peak_matmul_size, physical_cores
-from .files import write_text
+from .hardware import Precision, is_out_of_memory, prepare_device
 from .model import GPT, GPTConfig
 from .optim import build_optimizer, lr_factor, set_lr
-from .runs import BEST_MODEL, FINAL_MODEL, TOKENIZER_FILE, flatten, update_summary
+from .outputs import RunOutputs, format_seconds
+from .records import BEST_MODEL, FINAL_MODEL
 from .signals import handling
 from .tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
 
@@ -41,58 +39,17 @@ SAMPLE_TOKENS = 48
 SAMPLE_SAMPLING = Sampling(temperature=0.8, top_k=50)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (divergence, out of memory): one line saying what to change."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"hardware.device={name} but this machine has no CUDA device; use hardware.device=cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(
-            f"hardware.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"hardware.device={name} but MPS is not available here; use hardware.device=cpu or auto")
-    return device
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP stopped the run; `message` says what was saved and how to resume."""
 
-
-class Precision:
-    """Autocast and gradient scaling for the device: CUDA bf16 where supported, else fp16 with a
-    GradScaler; CPU bf16 autocast where the CPU runs bf16 matmuls at least as fast as fp32; fp32 when
-    `hardware.amp=false`, on MPS, and on CPUs without native bf16 (AVX2-only: hundreds of times slower)."""
-
-    def __init__(self, hardware: HardwareConfig, device: torch.device):
-        self.dtype: Optional[torch.dtype] = None
-        if hardware.amp and device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif hardware.amp and device.type == "cpu":
-            speedup = cpu_bf16_speedup()
-            if speedup >= 1:
-                self.dtype = torch.bfloat16
-            else:
-                log.warning("hardware.amp=true, but this CPU runs bf16 matmuls %.0fx slower than fp32 (no native "
-                            "bf16); training in fp32 (set hardware.amp=false to skip this check)", 1 / speedup)
-        elif hardware.amp:
-            log.warning("hardware.amp=true is not supported on %s; training in fp32", device.type)
-        self.device_type = device.type
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
-        self.name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[
-            self.dtype
-        ]
-
-    def autocast(self) -> ContextManager:
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.message = message
 
 
 def seed_everything(seed: int) -> None:
@@ -102,13 +59,14 @@ def seed_everything(seed: int) -> None:
 
 
 def oom_advice(settings: Config) -> str:
-    train, model = settings.train, settings.model
-    half = max(1, train.batch_size // 2)
+    train_settings, model_settings = settings.train, settings.model
+    half = max(1, train_settings.batch_size // 2)
     return (
-        f"out of memory at train.batch_size={train.batch_size}, model.block_size={model.block_size}; try "
-        f"train.batch_size={half} train.grad_accum_steps={train.grad_accum_steps * train.batch_size // half} "
-        f"(same effective batch), or model.block_size={max(16, model.block_size // 2)}, "
-        f"or a smaller model (model.n_layer={max(1, model.n_layer // 2)} or model=tiny)"
+        f"out of memory at train.batch_size={train_settings.batch_size}, model.block_size={model_settings.block_size}; "
+        f"try train.batch_size={half} "
+        f"train.grad_accum_steps={train_settings.grad_accum_steps * train_settings.batch_size // half} "
+        f"(same effective batch), or model.block_size={max(16, model_settings.block_size // 2)}, "
+        f"or a smaller model (model.n_layer={max(1, model_settings.n_layer // 2)} or model=tiny)"
     )
 
 
@@ -143,26 +101,15 @@ def check_resumable(checkpoint: dict, data: PreparedData) -> None:
         )
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """A failed allocation: CUDA's OutOfMemoryError, NumPy's MemoryError, or the RuntimeError of torch's
-    CPU allocator."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
-    )
+class Due(NamedTuple):
+    """What follows an optimizer step (see Trainer.due)."""
 
-
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP stopped the run; `message` says what was saved and how to resume."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-        self.message = message
-
-
-HPARAM_METRICS = (
-    "hparams/best_val_loss", "hparams/best_val_bpb", "hparams/val_loss", "hparams/train_loss", "hparams/tokens_per_sec",
-)
+    log: bool  # TensorBoard scalars
+    evaluation: bool
+    epoch_end: bool  # the epoch's (or the run's) train and validation loss to the log
+    sample: bool
+    epoch_checkpoint: Optional[Path]
+    step_checkpoint: bool
 
 
 class Trainer:
@@ -173,7 +120,7 @@ class Trainer:
 
     With several ranks (torch.distributed), the same loop runs in each: the model is wrapped in
     DistributedDataParallel, gradients are averaged once per optimizer step, each rank reads its own
-    slice of every micro-batch, and only rank 0 writes logs, TensorBoard, summaries and checkpoints.
+    slice of every micro-batch, and only rank 0 writes (its RunOutputs and its checkpoints).
     """
 
     def __init__(self, settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()):
@@ -182,19 +129,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.started = time.perf_counter()
-        self.device = resolve_device(settings.hardware.device)
-        if ranks.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", ranks.local_rank)
-            torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        # One thread per physical core, shared among the ranks on this machine (0: that default).
-        torch.set_num_threads(settings.hardware.num_threads or max(1, physical_cores() // ranks.local_world_size))
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.outputs = RunOutputs(self.run_dir, ranks)
+        self.device = prepare_device(settings.hardware, ranks)
 
-        train, model_settings = settings.train, settings.model
+        train_settings, model_settings = settings.train, settings.model
         self.data: PreparedData = prepare_data(
             settings.data, model_settings.vocab_size, model_settings.block_size,
             settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
@@ -202,31 +140,32 @@ class Trainer:
         )
         if checkpoint is not None:
             check_resumable(checkpoint, self.data)
-        if ranks.is_main:
-            write_text(self.run_dir / TOKENIZER_FILE, self.data.tokenizer.to_str(pretty=True))
+        self.outputs.save_tokenizer(self.data.tokenizer)
 
-        seed_everything(train.seed)  # the same initial weights on every rank
+        seed_everything(train_settings.seed)  # the same initial weights on every rank
         self.model_config = GPTConfig(**{**to_plain(settings)["model"], "vocab_size": self.data.vocab_size})
         self.model = GPT(self.model_config).to(self.device)
-        seed_everything(train.seed + ranks.rank)  # each rank its own dropout
+        seed_everything(train_settings.seed + ranks.rank)  # each rank its own dropout
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
-        self.batches = TrainBatches(self.data.train, model_settings.block_size, train.batch_size, train.seed, self.device,
-                                    ranks.rank, ranks.world_size)
-        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model_settings.block_size * ranks.world_size
+        self.batches = TrainBatches(self.data.train, model_settings.block_size, train_settings.batch_size,
+                                    train_settings.seed, self.device, ranks.rank, ranks.world_size)
+        self.tokens_per_step = (train_settings.batch_size * train_settings.grad_accum_steps * model_settings.block_size
+                                * ranks.world_size)
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         # A time budget alone decides a run's length; otherwise epochs or max_iters, whichever ends first.
-        self.budget = train.budget_seconds
-        self.total_steps = None if self.budget else min(train.max_iters, train.epochs * self.steps_per_epoch)
+        self.budget = train_settings.budget_seconds
+        steps = min(train_settings.max_iters, train_settings.epochs * self.steps_per_epoch)
+        self.total_steps = None if self.budget else steps
         self.epochs = None if self.budget else math.ceil(self.total_steps / self.steps_per_epoch)
-        self.train_seconds = 0.0  # training time before this process (a resumed run's), then the loop's so far
-        self.budget_spent = self.early_stopped = False
-        self.evaluations_without_gain = 0
-        self.best_step: Optional[int] = None
+        self.length = self.budget or self.total_steps  # in seconds of the budget, or in steps
         self.step = 0
+        self.train_seconds = 0.0  # training time before this process (a resumed run's), then the loop's so far
         self.best_val_loss = self.best_val_bpb = math.inf
+        self.best_step: Optional[int] = None
         self.last_val_loss = self.last_val_bpb = math.nan
-        self.last_eval_step = -1
+        self.evaluations_without_gain = 0
+        self.early_stopped = False
         self.saved_step = -1
         self.stop_signal: Optional[int] = None  # set by a signal, at any moment
         self.stop_agreed = False  # set at a step's end when any rank had a signal: every rank stops there
@@ -234,26 +173,17 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
-        self.budget_spent = bool(self.budget) and self.train_seconds >= self.budget  # a resumed run may have none left
+        # The loop's clock (train_step reads it): fit restarts it; a step taken without fit (the bench) counts from here.
+        self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
-        if ranks.enabled:
+        if ranks.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         trained = self.ddp or self.model
         self.forward = torch.compile(trained) if settings.hardware.compile else trained
-
-        self.writer = None
-        self.flops_per_token = self.model.flops_per_token()
-        if settings.logging.tensorboard and ranks.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # MFU in TensorBoard is against this device's measured matmul peak for the dtype in use.
-            dtype = self.precision.dtype or torch.float32
-            self.peak_flops = matmul_flops(dtype, self.device, peak_matmul_size(self.device), repeats=3)
-
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-            self.write_hparams_start()
+        if settings.logging.tensorboard:
+            self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
@@ -290,6 +220,128 @@ class Trainer:
             log.warning("the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
                         self.ranks.rank, len(rng_states))
 
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self) -> float:
+        """Train to the run's end (its steps, or its time budget) or an early stop, then save the final
+        model; returns the best validation loss. What follows each optimizer step is `due`'s to say."""
+        self.start()
+        start_step, self.seconds_before = self.step, self.train_seconds
+        self.loop_started = window_started = time.perf_counter()
+        window_steps, epoch_losses, train_loss = 0, [], math.nan
+        with self.outputs.progress_bar(self.length, self.position(), self.tokens_per_step, bool(self.budget)) as advance:
+            while not self.finished():
+                if self.step % self.steps_per_epoch == 0 or self.step == start_step:
+                    self.outputs.epoch_started(self.step // self.steps_per_epoch + 1, self.epochs)
+                loss, grad_norm = self.train_step()
+                epoch_losses.append(loss)
+                window_steps += 1
+                due = self.due()
+                if due.log:
+                    tokens_per_sec = window_steps * self.tokens_per_step / (time.perf_counter() - window_started)
+                    self.outputs.log_step(self.step, loss, self.lr, grad_norm, tokens_per_sec)
+                    window_started, window_steps = time.perf_counter(), 0
+                advance(self.position(), loss, self.lr)
+                if due.evaluation:
+                    self.evaluate()
+                if due.epoch_end:
+                    train_loss, epoch_losses = sum(epoch_losses) / len(epoch_losses), []
+                    self.outputs.epoch_ended(train_loss, self.last_val_loss, self.last_val_bpb)
+                if due.sample:
+                    self.sample()
+                if due.epoch_checkpoint:
+                    self.save_checkpoint(due.epoch_checkpoint)
+                    self.outputs.checkpoint_saved(due.epoch_checkpoint)
+                if due.step_checkpoint:
+                    self.outputs.checkpoint_saved(self.save_step_checkpoint())
+                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
+                    self.stop_here()
+                if self.early_stop_due():
+                    self.early_stopped = True
+                    self.outputs.early_stopped(self.evaluations_without_gain)
+                    break
+        self.finish(start_step, train_loss)
+        return self.best_val_loss
+
+    def due(self) -> Due:
+        """What follows the optimizer step just taken, as the settings schedule it. The run's last step
+        also logs, evaluates and ends its epoch; the final model, saved after it, is its checkpoint."""
+        train_settings, step = self.settings.train, self.step
+        last, epoch_end = self.finished(), step % self.steps_per_epoch == 0
+        epoch = step // self.steps_per_epoch
+        return Due(
+            log=step % train_settings.log_interval == 0 or last,
+            evaluation=step % train_settings.eval_interval == 0 or epoch_end or last,
+            epoch_end=epoch_end or last,
+            sample=bool(train_settings.sample_every) and step % train_settings.sample_every == 0 and self.ranks.is_main,
+            epoch_checkpoint=(self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+                              if epoch_end and epoch % train_settings.checkpoint_every_epochs == 0 else None),
+            step_checkpoint=bool(train_settings.save_interval) and step % train_settings.save_interval == 0 and not last,
+        )
+
+    def position(self) -> float:
+        """How far the run is, in the unit of its length: seconds of its time budget spent, or steps done."""
+        return self.train_seconds if self.budget else self.step
+
+    def progress(self) -> float:
+        """How much of the run is done, from 0 to 1."""
+        return min(1.0, self.position() / self.length)
+
+    def finished(self) -> bool:
+        return self.position() >= self.length
+
+    def early_stop_due(self) -> bool:
+        patience = self.settings.train.early_stop_patience
+        return bool(patience) and self.evaluations_without_gain >= patience and not self.finished()
+
+    def start(self) -> None:
+        """Say what is trained, mark the summary running, and evaluate the model a new run starts from."""
+        length = (f"for {format_seconds(self.budget)} (train.time_budget)" if self.budget else
+                  f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)")
+        self.outputs.run_started(
+            self.model_config, self.model.num_parameters(), self.precision.name, self.device, self.settings.train,
+            self.tokens_per_step, length, summary={
+                **self.summary(), "vocab_size": self.data.vocab_size, "train_tokens": len(self.data.train),
+                "val_tokens": len(self.data.val), "data_seconds": round(self.data.seconds, 3),
+                "time_budget_s": self.budget,
+            },
+        )
+        if self.step == 0:
+            initial_val_loss = self.evaluate()
+            self.outputs.update(**self.summary(), initial_val_loss=initial_val_loss)
+        else:
+            self.outputs.resumed(self.step, self.total_steps)
+        self.model.train()
+
+    def finish(self, start_step: int, train_loss: float) -> None:
+        """Save the final model, then mark the summary completed with the run's figures."""
+        loop_seconds = time.perf_counter() - self.loop_started
+        ending_started = time.perf_counter()
+        final = self.run_dir / FINAL_MODEL
+        self.save_checkpoint(final)
+        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
+        metrics = {"best_val_loss": self.best_val_loss, "best_val_bpb": self.best_val_bpb,
+                   "val_loss": self.last_val_loss, "train_loss": train_loss, "tokens_per_sec": tokens_per_sec}
+        self.outputs.run_finished(loop_seconds, final, metrics, summary={
+            **self.summary(), "train_loss": train_loss, "tokens_per_sec": round(tokens_per_sec, 1),
+            "startup_seconds": round(self.loop_started - self.started, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "final_seconds": round(time.perf_counter() - ending_started, 2), "early_stopped": self.early_stopped,
+        })
+
+    def summary(self) -> dict[str, Any]:
+        """Where the run is, for summary.json (losses not measured yet are null)."""
+        return {
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "tokens": self.step * self.tokens_per_step,
+            "val_loss": None if math.isnan(self.last_val_loss) else self.last_val_loss,
+            "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            "val_bpb": None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
+            "best_val_bpb": None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
+            "best_step": self.best_step,
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+        }
+
     # ---- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
         """Forward/backward over `grad_accum_steps` micro-batches, clip, step; returns (loss, grad norm).
@@ -310,7 +362,8 @@ class Trainer:
                 loss = loss / accum
                 step_loss += loss.detach()
                 scaler.scale(loss).backward()
-        # One read per step: the loss averaged over ranks, and whether any rank was asked to stop.
+        # One read per step: the loss averaged over ranks, whether any rank was asked to stop, and with a
+        # time budget rank 0's clock, which decides for every rank alike.
         stop_requested = torch.tensor(float(self.stop_signal is not None), device=self.device)
         elapsed = torch.tensor(self.loop_seconds() if self.budget and self.ranks.is_main else 0.0, device=self.device)
         totals = all_reduce_sum(torch.stack([step_loss, stop_requested, elapsed.to(step_loss.dtype)])).tolist()
@@ -331,17 +384,13 @@ class Trainer:
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.budget:  # rank 0's clock decides, for every rank alike
-            self.train_seconds = totals[2]
-            self.budget_spent = self.train_seconds >= self.budget
+        self.train_seconds = totals[2] if self.budget else self.loop_seconds()
         self.update_lr()
         return loss_value, grad_norm.item()
 
-    def progress(self) -> float:
-        """How much of the run is done (0 to 1): the share of the time budget spent, or of the steps."""
-        if self.budget:
-            return min(1.0, self.train_seconds / self.budget)
-        return self.step / self.total_steps
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
     def update_lr(self) -> None:
         """The learning rate for the next step, from the schedule at the run's progress."""
@@ -352,11 +401,12 @@ class Trainer:
         return self.seconds_before + time.perf_counter() - self.loop_started
 
     def evaluate(self) -> float:
-        """Validation loss on the fixed validation windows; logs it and its bits per byte. Uses no random
-        numbers, so it never shifts a run."""
+        """Validation loss on the fixed validation windows; reports it and its bits per byte, and saves
+        the best model when it improves. Uses no random numbers, so it never shifts a run."""
         self.model.eval()
-        train = self.settings.train
-        batches = eval_batches(self.data.val, self.model_config.block_size, train.batch_size, train.eval_iters, self.device)
+        train_settings = self.settings.train
+        batches = eval_batches(self.data.val, self.model_config.block_size, train_settings.batch_size,
+                               train_settings.eval_iters, self.device)
         mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
         total, count = loss_sum(self.forward, mine, self.precision.autocast)
         totals = all_reduce_sum(torch.stack([torch.as_tensor(total, dtype=torch.float32, device=self.device),
@@ -365,7 +415,6 @@ class Trainer:
         self.model.train()
         self.last_val_loss = val_loss
         self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
-        self.last_eval_step = self.step
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_bpb, self.best_step = val_loss, self.last_val_bpb, self.step
             self.evaluations_without_gain = 0
@@ -373,64 +422,27 @@ class Trainer:
                 self.save_best_model()
         else:
             self.evaluations_without_gain += 1
-        self.scalar("val/loss", val_loss)
-        self.scalar("val/bpb", self.last_val_bpb)
+        self.outputs.evaluated(self.step, val_loss, self.last_val_bpb)
         return val_loss
 
     def sample(self) -> None:
-        """A short sample from the run's fixed prompt, to the console, train.log and TensorBoard's text tab."""
+        """A short sample from the run's fixed prompt."""
         self.model.eval()
         text = self.sample_prompt + "".join(
             generate_text(self.model, self.data.tokenizer, self.sample_prompt, SAMPLE_TOKENS, SAMPLE_SAMPLING,
                           torch.Generator().manual_seed(self.settings.train.seed))
         )
         self.model.train()
-        log.info("Step %d sample:\n%s", self.step, text)
-        if self.writer is not None:
-            # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
-            self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), self.step)
+        self.outputs.sampled(self.step, text)
 
-    # ---- outputs ------------------------------------------------------------------------------
-    def log_step(self, loss: float, grad_norm: float, seconds: float, steps: int) -> None:
-        """TensorBoard scalars after the last `steps` optimizer steps, which took `seconds`."""
-        if self.writer is None:
-            return
-        tokens_per_sec = steps * self.tokens_per_step / seconds
-        self.scalar("train/loss", loss)
-        self.scalar("lr", self.optimizer.param_groups[0]["lr"])
-        self.scalar("grad_norm", grad_norm)
-        self.scalar("tokens_per_sec", tokens_per_sec)
-        self.scalar("mfu", tokens_per_sec * self.flops_per_token / (self.peak_flops * self.ranks.world_size))
-
-    def scalar(self, tag: str, value: float) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, self.step)
-
-    def write_hparams_start(self) -> None:
-        """Declare this run's hyperparameters and final metrics for TensorBoard's HParams tab, in the
-        run's own event files (so the tab names it like its curves). A failed run shows there too,
-        with the metrics it never reached left empty."""
-        from torch.utils.tensorboard.summary import hparams
-
-        config = {key: value for key, value in flatten(to_plain(self.settings)).items() if not key.startswith("paths.")}
-        hparam_values = {key: "none" if value is None else value for key, value in config.items()}
-        experiment, session_start, self.hparams_end = hparams(hparam_values, dict.fromkeys(HPARAM_METRICS, 0.0))
-        for summary in (experiment, session_start):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.flush()
-
-    def write_hparams_end(self, metrics: dict[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.scalar(tag, value)
-        self.writer.file_writer.add_summary(self.hparams_end)
-
+    # ---- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
         """Everything a resume needs. Every rank must call it: it gathers each rank's random state."""
         rng_states = all_gather(capture_rng_state(self.device))
         return {
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": {"lr": self.optimizer.param_groups[0]["lr"], "progress": self.progress()},
+            "scheduler_state_dict": {"lr": self.lr, "progress": self.progress()},
             "scaler_state_dict": self.precision.scaler.state_dict(),
             "config": to_plain(self.settings),
             "model_config": asdict(self.model_config),
@@ -481,24 +493,7 @@ class Trainer:
             self.checkpoint_dir.mkdir(exist_ok=True)
             point_last(self.checkpoint_dir, path)
 
-    def summarise(self, **fields) -> None:
-        if not self.ranks.is_main:
-            return
-        elapsed = time.perf_counter() - self.started
-        update_summary(
-            self.run_dir,
-            steps=self.step,
-            epochs=self.step / self.steps_per_epoch,
-            tokens=self.step * self.tokens_per_step,
-            val_loss=None if math.isnan(self.last_val_loss) else self.last_val_loss,
-            best_val_loss=None if math.isinf(self.best_val_loss) else self.best_val_loss,
-            val_bpb=None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
-            best_val_bpb=None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
-            best_step=self.best_step,
-            wall_time_s=round(elapsed, 2),
-            **fields,
-        )
-
+    # ---- signals ------------------------------------------------------------------------------
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
         """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current optimizer step; a second one stops at
@@ -518,139 +513,12 @@ class Trainer:
 
     def stop_here(self) -> None:
         path = self.save_step_checkpoint()
-        self.summarise(status="interrupted")
+        self.outputs.update(**self.summary(), status="interrupted")
         raise Interrupted(
             self.stop_signal,
             f"{signal.Signals(self.stop_signal).name}: stopped at step {self.step} and saved {path}; "
             f"resume with: python run.py train.resume={self.run_dir}",
         )
-
-    # ---- the loop -----------------------------------------------------------------------------
-    def finished(self) -> bool:
-        return self.budget_spent if self.budget else self.step >= self.total_steps
-
-    def fit(self) -> float:
-        train = self.settings.train
-        params = self.model.num_parameters()
-        config = self.model_config
-        log.info(
-            "Model: %s parameters (%d layers, %d heads, %d wide, block %d; %s positions, %s, %s) on %s, %s",
-            f"{params:,}", config.n_layer, config.n_head, config.n_embd, config.block_size, config.position,
-            config.norm, config.activation, self.device, self.precision.name,
-        )
-        length = (f"for {format_seconds(self.budget)} (train.time_budget)" if self.budget else
-                  f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)")
-        log.info(
-            "Training: %s of %s tokens (batch %d x accum %d x block %d%s)",
-            length, f"{self.tokens_per_step:,}", train.batch_size, train.grad_accum_steps, config.block_size,
-            f" x {self.ranks.world_size} ranks" if self.ranks.enabled else "",
-        )
-        self.summarise(
-            status="running", params=params, device=str(self.device), precision=self.precision.name,
-            vocab_size=self.data.vocab_size, train_tokens=len(self.data.train), val_tokens=len(self.data.val),
-            data_seconds=round(self.data.seconds, 3), time_budget_s=self.budget,
-        )
-        if self.step == 0:
-            initial_val_loss = self.evaluate()
-            log.info("Step 0: val loss %.4f (%.3f bits per byte)", initial_val_loss, self.last_val_bpb)
-            self.summarise(initial_val_loss=initial_val_loss)
-        else:
-            log.info("Resuming at step %d%s", self.step, "" if self.budget else f" of {self.total_steps}")
-        self.model.train()
-        start_step, self.seconds_before = self.step, self.train_seconds
-        self.loop_started = window_started = time.perf_counter()
-        startup_seconds = self.loop_started - self.started
-        window_steps, epoch_losses, train_loss = 0, [], math.nan
-        with self.progress_bar() as advance:
-            while not self.finished():
-                if self.step % self.steps_per_epoch == 0 or self.step == start_step:
-                    epoch = self.step // self.steps_per_epoch + 1
-                    log.info("Epoch %d%s", epoch, "" if self.budget else f"/{self.epochs}")
-                loss, grad_norm = self.train_step()
-                if not self.budget:
-                    self.train_seconds = self.loop_seconds()
-                epoch_losses.append(loss)
-                window_steps += 1
-                last = self.finished()
-                epoch_end = self.step % self.steps_per_epoch == 0
-                if self.step % train.log_interval == 0 or last:
-                    self.log_step(loss, grad_norm, time.perf_counter() - window_started, window_steps)
-                    window_started, window_steps = time.perf_counter(), 0
-                advance(loss)
-                if self.step % train.eval_interval == 0 or epoch_end or last:
-                    self.evaluate()
-                    log.info("Step %d: val loss %.4f (%.3f bits per byte)", self.step, self.last_val_loss,
-                             self.last_val_bpb)
-                if epoch_end or last:
-                    train_loss = sum(epoch_losses) / len(epoch_losses)
-                    log.info("Train loss: %.4f", train_loss)
-                    log.info("Val loss: %.4f (%.3f bits per byte)", self.last_val_loss, self.last_val_bpb)
-                    epoch_losses = []
-                if train.sample_every and self.step % train.sample_every == 0 and self.ranks.is_main:
-                    self.sample()
-                if epoch_end and (self.step // self.steps_per_epoch) % train.checkpoint_every == 0:
-                    path = self.checkpoint_dir / f"checkpoint_epoch_{self.step // self.steps_per_epoch}.pt"
-                    self.save_checkpoint(path)
-                    log.info("Checkpoint: %s", path)
-                if train.save_interval and self.step % train.save_interval == 0 and not last:
-                    log.info("Checkpoint: %s", self.save_step_checkpoint())
-                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
-                    self.stop_here()
-                if self.early_stop_due():
-                    log.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)",
-                             self.evaluations_without_gain)
-                    self.early_stopped = True
-                    break
-        loop_seconds = time.perf_counter() - self.loop_started
-        ending_started = time.perf_counter()
-        final = self.run_dir / FINAL_MODEL
-        self.save_checkpoint(final)
-        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
-        self.summarise(
-            status="completed", train_loss=train_loss, tokens_per_sec=round(tokens_per_sec, 1),
-            startup_seconds=round(startup_seconds, 2), train_seconds=round(self.train_seconds, 2),
-            final_seconds=round(time.perf_counter() - ending_started, 2), early_stopped=self.early_stopped,
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        log.info(
-            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; model saved to %s",
-            self.step, loop_seconds, f"{tokens_per_sec:,.0f}", self.best_val_loss, self.best_val_bpb, self.best_step,
-            final,
-        )
-        if self.writer is not None:
-            metrics = (self.best_val_loss, self.best_val_bpb, self.last_val_loss, train_loss, tokens_per_sec)
-            self.write_hparams_end(dict(zip(HPARAM_METRICS, metrics)))
-            self.writer.close()
-        return self.best_val_loss
-
-    def early_stop_due(self) -> bool:
-        patience = self.settings.train.early_stop_patience
-        return bool(patience) and self.evaluations_without_gain >= patience and not self.finished()
-
-    @contextmanager
-    def progress_bar(self) -> Iterator[Callable[[float], None]]:
-        """A bar over the whole run (its steps, or its time budget), on a terminal; yields `advance(loss)`."""
-        total = self.budget or self.total_steps
-        with Progress(
-            TextColumn("Training"), BarColumn(), MofNCompleteColumn() if not self.budget else TextColumn(""),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
-            disable=not console.is_terminal,
-        ) as progress:
-            task = progress.add_task("run", total=total, completed=self.train_seconds if self.budget else self.step,
-                                     stats="")
-            started, first_step = time.perf_counter(), self.step
-
-            def advance(loss: float) -> None:
-                rate = (self.step - first_step) * self.tokens_per_step / max(time.perf_counter() - started, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
-                progress.update(task, completed=self.train_seconds if self.budget else self.step,
-                                stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
-
-            yield advance
-
-
-def format_seconds(seconds: float) -> str:
-    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
 
 def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:

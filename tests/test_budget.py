@@ -8,7 +8,8 @@ import pytest
 from conftest import run_cli, settings_for, tiny_overrides, RUN
 from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
 from fragment_llm.config import ConfigError
-from fragment_llm.runs import BEST_MODEL, load_run, read_summary
+from fragment_llm.records import BEST_MODEL, read_summary
+from fragment_llm.trained import load_run
 from fragment_llm.trainer import Trainer
 
 SECONDS_PER_STEP = 0.5

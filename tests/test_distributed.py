@@ -9,7 +9,7 @@ import torch
 
 from conftest import RUN, run_cli, tiny_overrides
 from fragment_llm.checkpoint import load_checkpoint
-from fragment_llm.runs import read_summary
+from fragment_llm.records import read_summary
 
 pytestmark = pytest.mark.slow
 

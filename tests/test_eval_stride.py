@@ -17,7 +17,7 @@ from fragment_llm.cli import main
 from fragment_llm.config import DataConfig, DataSource
 from fragment_llm.data import collect_documents, split_documents
 from fragment_llm.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
-from fragment_llm.runs import load_run
+from fragment_llm.trained import load_run
 
 BLOCK = 128  # conftest's tiny model
 

@@ -17,7 +17,7 @@ from fragment_llm.export import export_hf, export_safetensors, hf_architecture
 from fragment_llm.generate import Sampling, generate_tokens
 from fragment_llm.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
 from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.runs import load_run
+from fragment_llm.trained import load_run
 from fragment_llm.tokenizer import end_of_text_id
 
 LLAMA = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}

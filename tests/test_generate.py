@@ -13,7 +13,8 @@ from fragment_llm.data import collect_documents, split_documents
 from fragment_llm.config import DataConfig, DataSource
 from fragment_llm.evaluate import bits_per_byte, evaluate_documents
 from fragment_llm.generate import Sampling, TextStream, generate_text, generate_tokens, sample_next
-from fragment_llm.runs import RunError, load_run
+from fragment_llm.records import RunError
+from fragment_llm.trained import load_run
 from fragment_llm.tokenizer import end_of_text_id
 
 GREEDY = Sampling(temperature=0)

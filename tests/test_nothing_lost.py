@@ -23,9 +23,10 @@ from conftest import ROOT, RUN, compose_config, run_cli, settings_for, tiny_over
 from fragment_llm import config as config_module
 from fragment_llm.app import RunLock, run_training
 from fragment_llm.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, save_checkpoint
-from fragment_llm.config import ConfigError, check_overrides
+from fragment_llm.compose import check_overrides
+from fragment_llm.config import ConfigError
 from fragment_llm.files import FILE_MODE, atomic_path, write_json
-from fragment_llm.runs import read_summary
+from fragment_llm.records import read_summary
 
 
 def one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -192,7 +193,7 @@ def test_a_model_checkpoint_cannot_be_resumed_and_a_folder_is_not_a_checkpoint(t
 # ---- every value is finite and in range -----------------------------------------------------------------
 FLOAT_KEYS = [f"{section}.{field.name}" for section, node in config_module.Config.__dataclass_fields__.items()
               for field in dataclasses.fields(node.default_factory)
-              if typing.get_type_hints(node.default_factory)[field.name] is float]
+              if typing.get_type_hints(node.default_factory)[field.name] in (float, typing.Optional[float])]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

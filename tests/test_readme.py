@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from conftest import ROOT, settings_for
-from fragment_llm.config import check_overrides
+from fragment_llm.compose import check_overrides
 
 COMMAND = re.compile(r"^(?:\$ )?python run\.py(.*?)(?:\s+#.*)?$")
 

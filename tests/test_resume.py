@@ -27,7 +27,7 @@ from fragment_llm.checkpoint import (
 )
 from fragment_llm.config import ConfigError, resume_settings
 from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.runs import read_summary
+from fragment_llm.records import read_summary
 from fragment_llm.trainer import Trainer
 
 EXACT = {"model.dropout": 0.1, "train.max_iters": 40, "train.save_interval": 20, "train.eval_interval": 10}

@@ -23,7 +23,7 @@ def run_dirs(outputs):
 
 def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 1000, "train.epochs": 2})
-    result = run_cli([RUN, "train.checkpoint_every=1", *overrides], cwd=tmp_path)
+    result = run_cli([RUN, "train.checkpoint_every_epochs=1", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert run_dir.name.split("_")[1] == "tiny-cpu"
@@ -111,7 +111,9 @@ def test_cfg_job_and_help_show_the_composed_config(tmp_path):
     config = OmegaConf.create(shown.stdout)
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
     help_text = run_cli([RUN, "--help"], cwd=tmp_path).stdout
-    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, ddp, gpu, gpu_high" in help_text
+    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
+    assert "debug: fast" in help_text and "model.n_embd=128  [64, 2048]" in help_text  # every key, from the schema
+    assert "optimizer.momentum=(unset: only muon, sgd)" in help_text
     assert list(tmp_path.iterdir()) == []  # neither creates a run directory
 
 

@@ -126,7 +126,8 @@ def test_an_optuna_search_runs_its_trials_and_finds_the_best(tmp_path, corpus):
     sweep_dir = tmp_path / "search"
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "model.n_embd": "choice(64,128)"})
     overrides = [item for item in overrides if not item.startswith("optimizer.lr=")]  # searched, not fixed
-    result = run_cli([RUN, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+    # No -m: a search is a sweep (hparams_search=optuna sets hydra.mode).
+    result = run_cli([RUN, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                       f"hydra.sweep.dir={sweep_dir}", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = runs_json(sweep_dir, "--sort", "best_val_loss", cwd=tmp_path)

@@ -28,7 +28,7 @@ def readme_tool_commands() -> list[tuple[str | None, str]]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("trained")
-    return train_tiny_run(root, corpus, **{"train.checkpoint_every": 1, "train.epochs": 1, "train.max_iters": 1000})
+    return train_tiny_run(root, corpus, **{"train.checkpoint_every_epochs": 1, "train.epochs": 1, "train.max_iters": 1000})
 
 
 def test_the_readme_shows_every_tool():

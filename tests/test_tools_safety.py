@@ -18,7 +18,8 @@ from conftest import ROOT, train_tiny_run
 from fragment_llm.cli import main
 from fragment_llm.export import WEIGHTS_FILE, export_hf
 from fragment_llm.generate import Sampling, SamplingError, sample_next
-from fragment_llm.runs import load_run, update_summary
+from fragment_llm.records import update_summary
+from fragment_llm.trained import load_run
 
 RECORDS = {
     ".hydra/config.yaml": "model:\n  n_embd: 64\noptimizer:\n  lr: 0.003\n",

@@ -10,11 +10,11 @@ import torch
 from conftest import settings_for, tiny_overrides
 from fragment_llm.checkpoint import CheckpointError, load_checkpoint
 from fragment_llm.config import ConfigError, SchedulerConfig, SchedulerName
-from fragment_llm.hardware import physical_cores
+from fragment_llm.hardware import physical_cores, resolve_device
 from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.runs import read_summary
+from fragment_llm.records import read_summary
 from fragment_llm.optim import build_optimizer, lr_factor
-from fragment_llm.trainer import Trainer, TrainingError, oom_advice, resolve_device, train
+from fragment_llm.trainer import Trainer, TrainingError, oom_advice, train
 
 
 def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:
@@ -26,7 +26,7 @@ def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:
 def test_a_short_run_learns_and_fills_its_run_directory(tmp_path, corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    keys = {"train.max_iters": 1000, "train.epochs": 2, "train.checkpoint_every": 1, "train.save_interval": 0}
+    keys = {"train.max_iters": 1000, "train.epochs": 2, "train.checkpoint_every_epochs": 1, "train.save_interval": 0}
     best = train(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
     summary = read_summary(run_dir)
     assert summary["status"] == "completed" and summary["epochs"] == 2
@@ -92,7 +92,7 @@ def test_other_optimizers_train(tmp_path, corpus, optimizer):
 
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
-    monkeypatch.setattr("fragment_llm.trainer.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
+    monkeypatch.setattr("fragment_llm.hardware.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
     trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True, "train.max_iters": 2})
     assert trainer.precision.name == "bf16 autocast" and not trainer.precision.scaler.is_enabled()
     trainer.fit()
@@ -100,7 +100,7 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
 
 
 def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus, monkeypatch, caplog):
-    monkeypatch.setattr("fragment_llm.trainer.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
+    monkeypatch.setattr("fragment_llm.hardware.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
     trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True})
     assert trainer.precision.name == "fp32" and trainer.precision.dtype is None
     assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text

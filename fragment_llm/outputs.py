@@ -1,0 +1,201 @@
+"""What a run reports besides its checkpoints: summary.json, TensorBoard (scalars, hyperparameters,
+samples), its tokenizer.json, and the lines of its progress on the console and in train.log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
+
+from .config import Config, TrainConfig, to_plain
+from .console import console
+from .distributed import Ranks
+from .files import file_problem, write_text
+from .hardware import peak_matmul_flops
+from .model import GPTConfig
+from .records import SUMMARY_FILE, TOKENIZER_FILE, flatten, update_summary
+
+log = logging.getLogger(__name__)
+
+# The final metrics of a run in TensorBoard's HParams tab (as scalars `hparams/<name>`).
+HPARAM_METRICS = ("best_val_loss", "best_val_bpb", "val_loss", "train_loss", "tokens_per_sec")
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+
+
+class RunOutputs:
+    """The one writer of a run's summary.json, TensorBoard events and progress lines. Only rank 0
+    writes: on the other ranks every method does nothing, so the loop reads the same on each.
+
+    The job (app.py) marks the run's status with it from the start; the trainer opens TensorBoard
+    once the settings and the model are known (`open_tensorboard`), and reports its progress."""
+
+    def __init__(self, run_dir: Path, ranks: Ranks):
+        self.run_dir = Path(run_dir)
+        self.writes = ranks.is_main
+        self.world_size = ranks.world_size
+        self.writer = None  # TensorBoard's SummaryWriter, once opened
+
+    def info(self, message: str, *args: Any) -> None:
+        if self.writes:
+            log.info(message, *args)
+
+    # ---- summary.json -------------------------------------------------------------------------
+    def update(self, **fields: Any) -> None:
+        """Merge `fields` into summary.json."""
+        if self.writes:
+            update_summary(self.run_dir, **fields)
+
+    def try_update(self, **fields: Any) -> None:
+        """`update`, with a summary that cannot be written (a full disk) a warning, not an error: the
+        status being recorded must not hide the error that ends the run."""
+        try:
+            self.update(**fields)
+        except OSError as error:
+            log.warning("could not update %s: %s", self.run_dir / SUMMARY_FILE, error.strerror or error)
+
+    def failed(self, error: Exception) -> None:
+        """An expected failure (a UserError, or an OSError naming its file): its one line to standard
+        error and train.log, from every rank (each says why it stopped), and the summary marked failed."""
+        message = (f"could not read or write {file_problem(error)} (checkpoints already written are intact)"
+                   if isinstance(error, OSError) else str(error))
+        log.error(message)
+        self.try_update(status="failed", error=message)
+
+    def interrupted(self, message: str) -> None:
+        """A signal stopped the run: `message` says what was saved and how to resume."""
+        if self.writes:
+            log.warning(message)
+        self.try_update(status="interrupted")
+
+    # ---- the run's start and end --------------------------------------------------------------
+    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
+        if self.writes:
+            write_text(self.run_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
+
+    def open_tensorboard(self, settings: Config, flops_per_token: float, device: torch.device,
+                         dtype: Optional[torch.dtype]) -> None:
+        """Start the run's event files, declaring its hyperparameters and final metrics for TensorBoard's
+        HParams tab in them (so the tab names the run like its curves). A failed run shows there too,
+        with the metrics it never reached left empty. MFU is against the matmul peak of `device` for
+        `dtype` (None: fp32)."""
+        if not self.writes:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.flops_per_token, self.device, self.dtype = flops_per_token, device, dtype or torch.float32
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        values = {key: value for key, value in flatten(to_plain(settings)).items() if not key.startswith("paths.")}
+        hparam_values = {key: "none" if value is None else value for key, value in values.items()}
+        metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
+        experiment, session_start, self.hparams_end = hparams(hparam_values, metrics)
+        for summary in (experiment, session_start):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def run_started(self, model_config: GPTConfig, params: int, precision: str, device: torch.device,
+                    train_settings: TrainConfig, tokens_per_step: int, length: str, summary: dict[str, Any]) -> None:
+        """The model and what training it takes, to the log; summary.json marked running, with `summary`."""
+        self.info(
+            "Model: %s parameters (%d layers, %d heads, %d wide, block %d; %s positions, %s, %s) on %s, %s",
+            f"{params:,}", model_config.n_layer, model_config.n_head, model_config.n_embd, model_config.block_size,
+            model_config.position, model_config.norm, model_config.activation, device, precision,
+        )
+        self.info(
+            "Training: %s of %s tokens (batch %d x accum %d x block %d%s)", length, f"{tokens_per_step:,}",
+            train_settings.batch_size, train_settings.grad_accum_steps, model_config.block_size,
+            f" x {self.world_size} ranks" if self.world_size > 1 else "",
+        )
+        self.update(status="running", params=params, device=str(device), precision=precision, **summary)
+
+    def resumed(self, step: int, total_steps: Optional[int]) -> None:
+        self.info("Resuming at step %d%s", step, "" if total_steps is None else f" of {total_steps}")
+
+    def run_finished(self, seconds: float, final: Path, metrics: dict[str, float], summary: dict[str, Any]) -> None:
+        """summary.json marked completed, with `summary`; the run's last line; its final `metrics` (a value
+        for each of HPARAM_METRICS) in TensorBoard's HParams tab."""
+        self.update(status="completed", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **summary)
+        self.info(
+            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; model saved to %s",
+            summary["steps"], seconds, f"{metrics['tokens_per_sec']:,.0f}", metrics["best_val_loss"],
+            metrics["best_val_bpb"], summary["best_step"], final,
+        )
+        if self.writer is not None:
+            self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
+            self.writer.file_writer.add_summary(self.hparams_end)
+            self.writer.close()
+
+    # ---- progress -----------------------------------------------------------------------------
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    @cached_property
+    def peak_flops(self) -> float:
+        """The device's matmul peak for the run's dtype, measured when the first MFU value is logged
+        (not for every trainer built: a test builds many, and most never log)."""
+        return peak_matmul_flops(self.dtype, self.device)
+
+    def log_step(self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
+        """TensorBoard scalars of the optimizer steps since the last call (their throughput and MFU)."""
+        if self.writer is not None:
+            mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.world_size)
+            self.scalars(step, {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec,
+                                "mfu": mfu})
+
+    def epoch_started(self, epoch: int, epochs: Optional[int]) -> None:
+        self.info("Epoch %d%s", epoch, "" if epochs is None else f"/{epochs}")
+
+    def evaluated(self, step: int, val_loss: float, val_bpb: float) -> None:
+        self.info("Step %d: val loss %.4f (%.3f bits per byte)", step, val_loss, val_bpb)
+        self.scalars(step, {"val/loss": val_loss, "val/bpb": val_bpb})
+
+    def epoch_ended(self, train_loss: float, val_loss: float, val_bpb: float) -> None:
+        self.info("Train loss: %.4f", train_loss)
+        self.info("Val loss: %.4f (%.3f bits per byte)", val_loss, val_bpb)
+
+    def sampled(self, step: int, text: str) -> None:
+        """A sample, to the console, train.log and TensorBoard's text tab."""
+        self.info("Step %d sample:\n%s", step, text)
+        if self.writer is not None:
+            # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
+            self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), step)
+
+    def checkpoint_saved(self, path: Path) -> None:
+        self.info("Checkpoint: %s", path)
+
+    def early_stopped(self, evaluations: int) -> None:
+        self.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)", evaluations)
+
+    @contextmanager
+    def progress_bar(self, total: float, completed: float, tokens_per_step: int,
+                     in_seconds: bool) -> Iterator[Callable[[float, float, float], None]]:
+        """A bar over the whole run (`total` steps, or seconds of a time budget), on rank 0's terminal;
+        yields `advance(completed, loss, lr)`, called once per optimizer step."""
+        with Progress(
+            TextColumn("Training"), BarColumn(), TextColumn("") if in_seconds else MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
+            disable=not (self.writes and console.is_terminal),
+        ) as progress:
+            task = progress.add_task("run", total=total, completed=completed, stats="")
+            started, steps = time.perf_counter(), 0
+
+            def advance(completed: float, loss: float, lr: float) -> None:
+                nonlocal steps
+                steps += 1
+                rate = steps * tokens_per_step / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, completed=completed, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+
+            yield advance

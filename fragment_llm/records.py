@@ -1,0 +1,201 @@
+"""What a run directory holds and records about itself: its file names, its summary.json, and the
+config, overrides and group choices Hydra recorded in .hydra/; finding runs and describing each."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .files import write_json
+
+SUMMARY_FILE = "summary.json"
+CONFIG_RECORD = ".hydra/config.yaml"
+OVERRIDES_RECORD = ".hydra/overrides.yaml"
+HYDRA_RECORD = ".hydra/hydra.yaml"
+# The files a run records itself in, and the kind of value each holds.
+RECORDS = {SUMMARY_FILE: dict, CONFIG_RECORD: dict, OVERRIDES_RECORD: list, HYDRA_RECORD: dict}
+TOKENIZER_FILE = "tokenizer.json"
+FINAL_MODEL = Path("models") / "final_model.pt"
+BEST_MODEL = Path("models") / "best_model.pt"  # the lowest validation loss of the run
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class RunError(UserError, ValueError):
+    """A run directory or checkpoint that the tools cannot use: one line naming it and the fix."""
+
+
+class DamagedRecord(RunError):
+    """A record of a run (summary.json, .hydra/*.yaml) that exists but cannot be read."""
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem and error.problem_mark:
+        return f"{error.problem} (line {error.problem_mark.line + 1})"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def load_record(run_dir: Path, name: str) -> dict | list | None:
+    """The contents of the record `name` (a key of RECORDS); None when the run has none. Raises
+    DamagedRecord, naming the file and why, when it cannot be read."""
+    path = Path(run_dir) / name
+    try:
+        if not path.exists():
+            return None
+        text = path.read_text(encoding="utf-8")
+        # Plain YAML, as Hydra writes it; libyaml's parser, where installed, is ten times faster.
+        record = json.loads(text) if name.endswith(".json") else yaml.load(text, Loader=YAML_LOADER)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise DamagedRecord(f"{name}: {_reason(error)}") from None
+    if not isinstance(record, RECORDS[name]):
+        expected = "a mapping" if RECORDS[name] is dict else "a list"
+        raise DamagedRecord(f"{name}: holds a {type(record).__name__} ({str(record)[:40]}), not {expected}")
+    return record
+
+
+def read_record(run_dir: Path, name: str) -> dict | list | None:
+    """`load_record`, with a damaged record read as a missing one (`record_damage` says why)."""
+    try:
+        return load_record(run_dir, name)
+    except DamagedRecord:
+        return None
+
+
+def run_records(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """Every record of the run, each read once (None where missing or damaged), and why some cannot
+    be read, one `file: reason` per record (None when all can)."""
+    records, problems = {}, []
+    for name in RECORDS:
+        try:
+            records[name] = load_record(run_dir, name)
+        except DamagedRecord as error:
+            records[name] = None
+            problems.append(str(error))
+    return records, "; ".join(problems) or None
+
+
+def record_damage(run_dir: Path) -> str | None:
+    """Why some of the run's records cannot be read (see run_records); None when all can."""
+    return run_records(run_dir)[1]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json; empty when it has none or it is damaged."""
+    return read_record(run_dir, SUMMARY_FILE) or {}
+
+
+def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into the run's summary.json (written atomically) and return the result. A damaged
+    summary.json is replaced: the fields being recorded matter more than what could not be read."""
+    summary = read_summary(run_dir)
+    summary.update(fields)
+    write_json(Path(run_dir) / SUMMARY_FILE, summary)
+    return summary
+
+
+RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "models")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run: what a run writes first (summary.json) or what it saves (checkpoints/,
+    models/). Hydra's .hydra/ alone does not count: Hydra writes it before the run starts."""
+    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
+
+
+def _started_at(run_dir: Path) -> str:
+    started = read_summary(run_dir).get("started_at")
+    return started if isinstance(started, str) else ""
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run directory (one holding a summary.json) below `root`, oldest first."""
+    root = Path(root)
+    runs = [path.parent for path in root.rglob(SUMMARY_FILE) if ".cache" not in path.parts]
+    return sorted(runs, key=lambda run: (_started_at(run), str(run)))
+
+
+def run_choices(run_dir: Path) -> dict[str, str]:
+    """The config group options a run was composed from (model, hardware, ...), from Hydra's record."""
+    return _choices(read_record(run_dir, HYDRA_RECORD))
+
+
+def _choices(hydra_record: Any) -> dict[str, str]:
+    choices = hydra_record
+    for key in ("hydra", "runtime", "choices"):
+        choices = choices.get(key) if isinstance(choices, dict) else None
+    if not isinstance(choices, dict):
+        return {}
+    return {str(key): str(value) for key, value in choices.items()
+            if not str(key).startswith("hydra") and value is not None}
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides that made this run (for a sweep job: the job's own, sweep values resolved)."""
+    return _overrides(read_record(run_dir, OVERRIDES_RECORD))
+
+
+def _overrides(overrides_record: Any) -> list[str]:
+    return [str(item) for item in overrides_record or []]
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's composed config as flat `section.key` -> value pairs."""
+    return flatten(read_record(run_dir, CONFIG_RECORD) or {})
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def reproduce_command(run_dir: Path) -> str:
+    """The command that trains this run again, as one run: a sweep job's overrides hold its own values,
+    and the search that chose them (`hparams_search=...`) is left out."""
+    overrides = [item for item in run_overrides(run_dir) if not item.startswith("hparams_search=")]
+    return " ".join(["python run.py", *(shlex.quote(item) for item in overrides)])
+
+
+def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
+    """One row of the runs table: where and when, what it was made from, how it went. A run with a
+    damaged record shows what the others hold, with status `damaged` and why in `damaged`."""
+    records, damage = run_records(run_dir)
+    summary, choices = records[SUMMARY_FILE] or {}, _choices(records[HYDRA_RECORD])
+    run_dir = Path(run_dir)
+    return {
+        "name": str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir),
+        "path": str(run_dir),
+        "started_at": summary.get("started_at"),
+        "model": choices.get("model"),
+        "hardware": choices.get("hardware"),
+        "optimizer": choices.get("optimizer"),
+        "data": choices.get("data"),
+        "overrides": _overrides(records[OVERRIDES_RECORD]),
+        "steps": summary.get("steps"),
+        "tokens": summary.get("tokens"),
+        "best_val_loss": summary.get("best_val_loss"),
+        "val_bpb": summary.get("val_bpb"),
+        "status": "damaged" if damage else summary.get("status"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "damaged": damage,
+    }
+
+
+def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """A run's value for `key`: a column of the runs table, a summary.json field, or a config key."""
+    if key in run:
+        return True, run[key]
+    for source in (read_summary(Path(run["path"])), run_config(Path(run["path"]))):
+        if key in source:
+            return True, source[key]
+    return False, None
