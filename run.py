@@ -38,8 +38,11 @@ def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode is RunMode.MULTIRUN
     output_dir = Path(hydra_config.runtime.output_dir)
-    choices = {group: str(option) for group, option in hydra_config.runtime.choices.items()
-               if not group.startswith("hydra") and option is not None}
+    choices = {
+        group: str(option)
+        for group, option in hydra_config.runtime.choices.items()
+        if not group.startswith("hydra") and option is not None
+    }
     best_val_loss = run_training(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep, choices=choices)
     if math.isinf(best_val_loss) and not in_sweep:
         sys.exit(1)

@@ -31,18 +31,24 @@ from .trainer import Interrupted, TrainingError, train
 log = logging.getLogger(__name__)
 
 
-def run_training(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), in_sweep: bool = False,
-                 choices: Optional[dict[str, str]] = None) -> float:
+def run_training(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    in_sweep: bool = False,
+    choices: Optional[dict[str, str]] = None,
+) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
     `overrides` are the command line's (they decide what a resumed run may change); `choices` the
     config group options it was composed from (kept in summary.json, so that a run resumed from this
     one knows them). Expected failures (a bad setting or corpus, divergence, out of memory, a bad
     checkpoint, a file that cannot be read or written) end as one line on standard error and in
-    train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number: during training
-    after a checkpoint, before it at once; the summary is marked interrupted. Any other error is
-    marked failed too and raised; `in_sweep`, it is logged with its traceback and returns +inf
-    instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
+    train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the
+    signal's number: during training after a checkpoint, before it at once; the summary is marked
+    interrupted. Any other error is marked failed too and raised; `in_sweep`, it is logged with its
+    traceback and returns +inf instead, so the sweep goes on (Hydra would stop a search and skip the
+    end-of-sweep report).
 
     A directory that holds another run is refused (nothing in it is touched), and rank 0 holds the
     directory's lock for the run's life, so two processes never train into one directory.
@@ -106,8 +112,9 @@ def check_writable_folder(key: str, folder: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise ConfigError(f"{key}={folder} is not a writable folder ({error.strerror or error}); "
-                          f"set {key} to a folder you can write") from None
+        raise ConfigError(
+            f"{key}={folder} is not a writable folder ({error.strerror or error}); set {key} to a folder you can write"
+        ) from None
 
 
 def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
@@ -126,8 +133,11 @@ def stop_on_signals() -> Iterator[None]:
     before then there is nothing to save, and temporary files are removed as the exception unwinds."""
 
     def stop(signum: int, frame) -> None:
-        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped before training began; nothing was lost: "
-                                  "run the same command again")
+        raise Interrupted(
+            signum,
+            f"{signal.Signals(signum).name}: stopped before training began; nothing was lost: "
+            "run the same command again",
+        )
 
     with handling(stop):
         yield
@@ -218,8 +228,10 @@ def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: 
     if not isinstance(earlier, dict):
         earlier = run_choices(source)
     chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
-    return {group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
-            for group in composed}
+    return {
+        group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
+        for group in composed
+    }
 
 
 def record_resumed_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
@@ -256,8 +268,14 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     nproc = settings.hardware.nproc
     log.info("Starting %d ranks (%s)", nproc, distributed.backend())
     try:
-        distributed.spawn(nproc, train_rank, to_plain(settings), str(run_dir),
-                          None if checkpoint_path is None else str(checkpoint_path), forward=STOP_SIGNALS)
+        distributed.spawn(
+            nproc,
+            train_rank,
+            to_plain(settings),
+            str(run_dir),
+            None if checkpoint_path is None else str(checkpoint_path),
+            forward=STOP_SIGNALS,
+        )
     except Exception as error:  # a rank failed or was stopped: rank 0 has said why in train.log and summary.json
         status = read_summary(run_dir).get("status")
         exit_code = getattr(error, "exit_code", None)

@@ -55,8 +55,9 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def interleaved_rounds(trainer_step, bare_step, peak, rounds: int, device: torch.device,
-                       block_seconds: float = 0.5) -> tuple[dict[str, list[float]], int]:
+def interleaved_rounds(
+    trainer_step, bare_step, peak, rounds: int, device: torch.device, block_seconds: float = 0.5
+) -> tuple[dict[str, list[float]], int]:
     """Seconds per step of the trainer and the bare loop, and the matmul peak, over `rounds` rounds
     (after WARMUP_STEPS untimed steps of each). A shared machine's speed drifts over minutes;
     interleaving gives all three the same conditions, and alternating who goes first cancels what
@@ -105,8 +106,9 @@ def bare_step_function(trainer: Trainer):
 def generation_speed(model: GPT, use_cache: bool) -> float:
     model.eval()
     started = time.perf_counter()
-    count = sum(1 for _ in generate_tokens(model, [0], GENERATED_TOKENS, Sampling(temperature=0),
-                                           torch.Generator(), use_cache))
+    count = sum(
+        1 for _ in generate_tokens(model, [0], GENERATED_TOKENS, Sampling(temperature=0), torch.Generator(), use_cache)
+    )
     return count / (time.perf_counter() - started)
 
 
@@ -137,23 +139,30 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
             tokens_per_sec = trainer.tokens_per_step / (time.perf_counter() - started)
             trainer.outputs.log_step(trainer.step, loss, trainer.lr, grad_norm, tokens_per_sec)
 
-        times, block = interleaved_rounds(trainer_step, bare_step_function(trainer),
-                                          lambda: peak_matmul_flops(dtype, device), rounds, device)
+        times, block = interleaved_rounds(
+            trainer_step, bare_step_function(trainer), lambda: peak_matmul_flops(dtype, device), rounds, device
+        )
         tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
         bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
         peak_flops = statistics.median(times["peak"])
         flops_per_token = trainer.model.flops_per_token()
         config = trainer.model_config
-        attention = attention_kernel(settings.train.batch_size, config.n_head, config.block_size,
-                                     config.n_embd // config.n_head, dtype, device)
+        attention = attention_kernel(
+            settings.train.batch_size, config.n_head, config.block_size, config.n_embd // config.n_head, dtype, device
+        )
         cached, uncached = generation_speed(trainer.model, True), generation_speed(trainer.model, False)
     train_mb_per_sec, encode_mb_per_sec = tokenizer_speed(settings.model.vocab_size)
     return {
-        "config": {"model": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
-                            f"block {config.block_size}, vocab {config.vocab_size}",
-                   "batch": f"{settings.train.batch_size} x accum {settings.train.grad_accum_steps}",
-                   "device": str(device), "precision": trainer.precision.name, "attention": attention,
-                   "threads": torch.get_num_threads(), "compile": settings.hardware.compile},
+        "config": {
+            "model": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
+            f"block {config.block_size}, vocab {config.vocab_size}",
+            "batch": f"{settings.train.batch_size} x accum {settings.train.grad_accum_steps}",
+            "device": str(device),
+            "precision": trainer.precision.name,
+            "attention": attention,
+            "threads": torch.get_num_threads(),
+            "compile": settings.hardware.compile,
+        },
         "train": {
             "tokens_per_sec": tokens_per_sec,
             "bare_tokens_per_sec": bare_tokens_per_sec,
@@ -168,7 +177,11 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
         "cpu_bf16_speedup": cpu_bf16_speedup() if device.type == "cpu" else None,
         "startup_seconds": startup_seconds,
         "tokenizer": {"train_mb_per_sec": train_mb_per_sec, "encode_mb_per_sec": encode_mb_per_sec},
-        "generate": {"new_tokens": GENERATED_TOKENS, "cached_tokens_per_sec": cached,
-                     "uncached_tokens_per_sec": uncached, "cache_speedup": cached / uncached},
+        "generate": {
+            "new_tokens": GENERATED_TOKENS,
+            "cached_tokens_per_sec": cached,
+            "uncached_tokens_per_sec": uncached,
+            "cache_speedup": cached / uncached,
+        },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

@@ -43,8 +43,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except OSError as error:
         raise _not_written(path, "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error)))
     except RuntimeError as error:  # torch's zip writer reports a failed write (full disk, file-size limit) so
-        raise _not_written(path, f"the write failed, the disk may be full or the file too large "
-                                 f"({str(error).splitlines()[0]})")
+        raise _not_written(
+            path, f"the write failed, the disk may be full or the file too large ({str(error).splitlines()[0]})"
+        )
 
 
 def _not_written(path: Path, reason: str) -> CheckpointError:
@@ -77,12 +78,31 @@ def save_step_checkpoint(directory: Path, step: int, state: dict[str, Any], keep
 
 # What every checkpoint holds (the tools need no more), and what resuming a run needs besides.
 MODEL_KEYS = ("model_state_dict", "model_config")
-RESUME_KEYS = (*MODEL_KEYS, "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "config", "step",
-               "data_position", "rng_state", "tokenizer_hash", "corpus_hash", "best_val_loss", "best_val_bpb")
+RESUME_KEYS = (
+    *MODEL_KEYS,
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "scaler_state_dict",
+    "config",
+    "step",
+    "data_position",
+    "rng_state",
+    "tokenizer_hash",
+    "corpus_hash",
+    "best_val_loss",
+    "best_val_bpb",
+)
 # model_config's fields and the values a model may have: anything else is a damaged or foreign file,
 # refused before a model is built (a vocabulary of 2e9 would try to allocate terabytes).
-MODEL_CONFIG_RANGES = {"vocab_size": (1, 1 << 20), "block_size": (1, 1 << 16), "n_layer": (1, 256),
-                       "n_head": (1, 256), "n_embd": (1, 1 << 16), "dropout": (0.0, 1.0), "logit_softcap": (0.0, 1e3)}
+MODEL_CONFIG_RANGES = {
+    "vocab_size": (1, 1 << 20),
+    "block_size": (1, 1 << 16),
+    "n_layer": (1, 256),
+    "n_head": (1, 256),
+    "n_embd": (1, 1 << 16),
+    "dropout": (0.0, 1.0),
+    "logit_softcap": (0.0, 1e3),
+}
 
 
 def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
@@ -139,8 +159,13 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
     for key in (name for name, field in fields.items() if field.type in ("bool", bool)):
         if not isinstance(config.get(key, False), bool):
             return f"model_config.{key}={config[key]!r} is not true or false"
-    if config["n_embd"] % config["n_head"] or (config.get("position") == "rope" and config["n_embd"] // config["n_head"] % 2):
-        return f"model_config.n_embd={config['n_embd']} does not split into {config['n_head']} heads of its position's size"
+    if config["n_embd"] % config["n_head"] or (
+        config.get("position") == "rope" and config["n_embd"] // config["n_head"] % 2
+    ):
+        return (
+            f"model_config.n_embd={config['n_embd']} does not split into {config['n_head']} heads "
+            "of its position's size"
+        )
     # The embeddings and the blocks' matrices: fewer weights than the model has, never more. A config
     # asking for more than the file holds would allocate a model for nothing (or all the memory).
     positions = config["block_size"] if config.get("position", "learned") == "learned" else 0
@@ -176,9 +201,7 @@ def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
     if path.is_file():
         return path, load_checkpoint(path, for_resume=True)
     if not path.is_dir():
-        raise CheckpointError(
-            f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)"
-        )
+        raise CheckpointError(f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)")
     candidates = [p for p in (path / "checkpoints").glob("*.pt") if p.is_file()]
     candidates += [p for p in (path / "models").glob("final_model.pt") if p.is_file()]
     if not candidates:
@@ -188,8 +211,11 @@ def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
     for name in damaged:
         log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path / name)
     # Highest step first; among equals the final model, then step/epoch files, then last.pt (a link to one of them).
-    ranked = sorted((c for c in candidates if steps[c] >= 0),
-                    key=lambda c: (steps[c], c.parent.name == "models", c.name != LAST), reverse=True)
+    ranked = sorted(
+        (c for c in candidates if steps[c] >= 0),
+        key=lambda c: (steps[c], c.parent.name == "models", c.name != LAST),
+        reverse=True,
+    )
     for candidate in ranked:
         try:
             checkpoint = load_checkpoint(candidate, for_resume=True)

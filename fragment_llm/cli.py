@@ -20,14 +20,35 @@ from .errors import UserError
 from .files import file_problem
 from .generate import Sampling, generate_text
 from .records import (
-    describe_run, find_runs, holds_run, lookup, read_summary, record_damage, reproduce_command, run_config,
+    describe_run,
+    find_runs,
+    holds_run,
+    lookup,
+    read_summary,
+    record_damage,
+    reproduce_command,
+    run_config,
     run_overrides,
 )
 from .tables import is_number, runs_table
 from .trained import TrainedModel, load_run
 
-METRICS = ("status", "steps", "epochs", "tokens", "params", "initial_val_loss", "train_loss", "val_loss",
-           "best_val_loss", "val_bpb", "best_val_bpb", "tokens_per_sec", "wall_time_s", "error")
+METRICS = (
+    "status",
+    "steps",
+    "epochs",
+    "tokens",
+    "params",
+    "initial_val_loss",
+    "train_loss",
+    "val_loss",
+    "best_val_loss",
+    "val_bpb",
+    "best_val_bpb",
+    "tokens_per_sec",
+    "wall_time_s",
+    "error",
+)
 
 
 class CLIError(UserError):
@@ -98,6 +119,7 @@ def sort_key(key: str):
         _, value = lookup(run, key)
         number = is_number(value)
         return (value is None, 0 if number else 1, value if number else str(value))
+
     return value_of
 
 
@@ -107,8 +129,10 @@ def command_runs(args: argparse.Namespace) -> int:
     for key, value in map(parse_filter, args.filter):
         found = [(run, *lookup(run, key)) for run in runs]
         if runs and not any(has for _, has, _ in found):
-            raise CLIError(f"no run has a key {key}; use a column (status, model, ...), a summary.json field "
-                           "or a config key (model.n_embd)")
+            raise CLIError(
+                f"no run has a key {key}; use a column (status, model, ...), a summary.json field "
+                "or a config key (model.n_embd)"
+            )
         runs = [run for run, has, actual in found if has and same_value(actual, value)]
     if args.sort:
         if runs and not any(lookup(run, args.sort)[0] for run in runs):
@@ -135,8 +159,9 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 def warn_if_damaged(run: Path) -> None:
     damage = record_damage(run)
     if damage:
-        error_console.print(f"warning: {run} is damaged, so some of it is missing above: {damage}",
-                            markup=False, soft_wrap=True)
+        error_console.print(
+            f"warning: {run} is damaged, so some of it is missing above: {damage}", markup=False, soft_wrap=True
+        )
 
 
 def command_show(args: argparse.Namespace) -> int:
@@ -244,8 +269,10 @@ def command_eval(args: argparse.Namespace) -> int:
     trained = _load(args)
     block_size = trained.model.config.block_size
     if args.stride is not None and args.stride > block_size:
-        return fail(f"--stride {args.stride} is longer than the model's context (block_size {block_size}); "
-                    f"pass a stride in [1, {block_size}], e.g. --stride {max(1, block_size // 2)}")
+        return fail(
+            f"--stride {args.stride} is longer than the model's context (block_size {block_size}); "
+            f"pass a stride in [1, {block_size}], e.g. --stride {max(1, block_size // 2)}"
+        )
     if args.data is not None:
         documents, described = text_documents(args.data, key="--data"), args.data
     else:
@@ -259,8 +286,10 @@ def command_eval(args: argparse.Namespace) -> int:
             documents = split_documents(collect_documents(data_settings), data_settings.val_fraction)[1]
         except ConfigError as error:
             return fail(f"{error} (the run's training data); or evaluate other text with --data PATH")
-        described = (f"the run's validation split "
-                     f"({data_settings.source.value}{f': {data_settings.path}' if data_settings.path else ''})")
+        described = (
+            f"the run's validation split "
+            f"({data_settings.source.value}{f': {data_settings.path}' if data_settings.path else ''})"
+        )
     if args.stride is None:
         result = evaluate_documents(trained.model, trained.tokenizer, documents)
     else:
@@ -296,11 +325,14 @@ def check_export_folder(out: Path, force: bool) -> None:
     for folder in (target, *target.parents):
         if holds_run(folder):
             where = "a run directory" if folder == target else f"inside the run directory {folder}"
-            raise CLIError(f"--out {out} is {where}, which holds only what training wrote; "
-                           "pick a folder outside it, e.g. --out exported/")
+            raise CLIError(
+                f"--out {out} is {where}, which holds only what training wrote; "
+                "pick a folder outside it, e.g. --out exported/"
+            )
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise CLIError(f"--out {out} is not empty; pass --force to replace the exported files in it, "
-                       "or pick another folder")
+        raise CLIError(
+            f"--out {out} is not empty; pass --force to replace the exported files in it, or pick another folder"
+        )
 
 
 def command_export(args: argparse.Namespace) -> int:
@@ -359,13 +391,18 @@ def command_bench(args: argparse.Namespace) -> int:
     from .compose import compose_settings
 
     settings = compose_settings(args.overrides)
-    error_console.print(f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed rounds)...",
-                        markup=False, soft_wrap=True)
+    error_console.print(
+        f"Benchmarking {' '.join(args.overrides) or 'the defaults'} ({args.steps} timed rounds)...",
+        markup=False,
+        soft_wrap=True,
+    )
     result = run_bench(settings, args.steps)
     train, generate, tokenizer = result["train"], result["generate"], result["tokenizer"]
     setup = result["config"]
-    table = Table(title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "
-                        f"{setup['precision']}, {setup['threads']} threads{', compiled' if setup['compile'] else ''}")
+    table = Table(
+        title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "
+        f"{setup['precision']}, {setup['threads']} threads{', compiled' if setup['compile'] else ''}"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [
@@ -380,7 +417,10 @@ def command_bench(args: argparse.Namespace) -> int:
         ("process start to first step done", f"{result['startup_seconds']:.2f} s"),
         ("tokenizer training", f"{tokenizer['train_mb_per_sec']:.2f} MB/s"),
         ("tokenizer encoding", f"{tokenizer['encode_mb_per_sec']:.2f} MB/s"),
-        (f"generation, KV cache ({generate['new_tokens']} tokens)", f"{generate['cached_tokens_per_sec']:,.0f} tokens/s"),
+        (
+            f"generation, KV cache ({generate['new_tokens']} tokens)",
+            f"{generate['cached_tokens_per_sec']:,.0f} tokens/s",
+        ),
         ("generation, no cache", f"{generate['uncached_tokens_per_sec']:,.0f} tokens/s"),
         ("peak resident memory", f"{result['peak_rss_mb']:,.0f} MB"),
     ]
@@ -407,8 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("dir", nargs="?", default="outputs", help="folder holding run directories (default: outputs)")
     runs.add_argument("--sort", metavar="KEY", help="sort by a column, summary field or config key (default: when)")
     runs.add_argument("--reverse", action="store_true", help="sort in descending order")
-    runs.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[],
-                      help="keep runs whose KEY (status, model, model.n_embd, ...) equals VALUE; repeatable")
+    runs.add_argument(
+        "--filter",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="keep runs whose KEY (status, model, model.n_embd, ...) equals VALUE; repeatable",
+    )
     runs.add_argument("--limit", metavar="N", type=_in_range(0), help="show the first N runs (after sorting)")
     runs.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     runs.set_defaults(handler=command_runs)
@@ -428,43 +473,67 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", help="text to continue (default: read from standard input)")
     generate.add_argument("--interactive", action="store_true", help="keep asking for prompts until Ctrl-D")
     generate.add_argument("--max-new-tokens", type=_in_range(1), default=200, help="tokens to add (default: 200)")
-    generate.add_argument("--temperature", type=_in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)")
-    generate.add_argument("--top-k", type=_in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)")
-    generate.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)")
+    generate.add_argument(
+        "--temperature", type=_in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)"
+    )
+    generate.add_argument(
+        "--top-k", type=_in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)"
+    )
+    generate.add_argument(
+        "--top-p", type=_probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)"
+    )
     generate.add_argument("--num-samples", type=_in_range(1), default=1, help="samples per prompt (default: 1)")
     generate.add_argument("--seed", type=_in_range(0, 2**63 - 1), help="same seed, same text (default: random)")
     generate.set_defaults(handler=command_generate)
 
     evaluate = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run's model on text")
     _add_run_arguments(evaluate)
-    evaluate.add_argument("--data", metavar="PATH", help="a text file, folder of .txt files or glob (default: the run's validation split)")
-    evaluate.add_argument("--stride", metavar="N", type=_in_range(1),
-                          help="also score in sliding windows that start every N tokens (N <= the model's "
-                               "block_size), each token with at least block_size - N tokens of context; "
-                               "block_size / N times the work")
+    evaluate.add_argument(
+        "--data", metavar="PATH", help="a text file, folder of .txt files or glob (default: the run's validation split)"
+    )
+    evaluate.add_argument(
+        "--stride",
+        metavar="N",
+        type=_in_range(1),
+        help="also score in sliding windows that start every N tokens (N <= the model's "
+        "block_size), each token with at least block_size - N tokens of context; "
+        "block_size / N times the work",
+    )
     evaluate.set_defaults(handler=command_eval)
 
     export = commands.add_parser("export", help="write a run's model as a Hugging Face folder or safetensors")
     _add_run_arguments(export)
-    export.add_argument("--format", choices=("hf", "safetensors"), default="hf",
-                        help="hf (default): a transformers folder, as GPT-2, Llama or Qwen3 where the layout is "
-                             "one of them, else with our model code (trust_remote_code=True); "
-                             "safetensors: weights + our config")
+    export.add_argument(
+        "--format",
+        choices=("hf", "safetensors"),
+        default="hf",
+        help="hf (default): a transformers folder, as GPT-2, Llama or Qwen3 where the layout is "
+        "one of them, else with our model code (trust_remote_code=True); "
+        "safetensors: weights + our config",
+    )
     export.add_argument("--out", metavar="DIR", required=True, help="folder to write (not a run directory)")
-    export.add_argument("--force", action="store_true",
-                        help="write into a folder that is not empty, replacing the exported files in it")
+    export.add_argument(
+        "--force", action="store_true", help="write into a folder that is not empty, replacing the exported files in it"
+    )
     export.set_defaults(handler=command_export)
 
     bench = commands.add_parser("bench", help="measure training, tokenizer and generation speed for a config")
-    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="training overrides, as for run.py (e.g. model=small hardware=cpu)")
-    bench.add_argument("--steps", type=_in_range(1, 10_000), default=10,
-                       help="timed rounds, each a block of optimizer steps (about 0.5 s) of the trainer and then "
-                            "of the bare loop (default: 10)")
+    bench.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="training overrides, as for run.py (e.g. model=small hardware=cpu)",
+    )
+    bench.add_argument(
+        "--steps",
+        type=_in_range(1, 10_000),
+        default=10,
+        help="timed rounds, each a block of optimizer steps (about 0.5 s) of the trainer and then "
+        "of the bare loop (default: 10)",
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.set_defaults(handler=command_bench)
     return parser
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,8 +556,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(error):
             raise
-        return fail("out of memory: the model and what it works on do not fit; close other programs, "
-                    "evaluate less text (--data), or use a machine with more memory")
+        return fail(
+            "out of memory: the model and what it works on do not fit; close other programs, "
+            "evaluate less text (--data), or use a machine with more memory"
+        )
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         return 130

@@ -39,7 +39,8 @@ def compose_settings(overrides: list[str]) -> Config:
 
 def compose(overrides: list[str]) -> DictConfig:
     """conf/ composed as `python run.py OVERRIDES` composes it, without its `hydra` section."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
@@ -53,11 +54,22 @@ def command_line(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--multirun", "-m", action="store_true")
-    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"),
-                  ("--config-dir", "-cd"), ("--experimental-rerun",)):
+    for flags in (
+        ("--cfg", "-c"),
+        ("--package", "-p"),
+        ("--config-path", "-cp"),
+        ("--config-name", "-cn"),
+        ("--config-dir", "-cd"),
+        ("--experimental-rerun",),
+    ):
         parser.add_argument(*flags)
-    parser.add_argument("--info", "-i", nargs="?", const="all",
-                        choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"])
+    parser.add_argument(
+        "--info",
+        "-i",
+        nargs="?",
+        const="all",
+        choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"],
+    )
     return parser.parse_known_args(argv)[0]
 
 
@@ -70,7 +82,9 @@ def launches_sweep(argv: list[str]) -> bool:
     parsed = OverridesParser.create().parse_overrides(arguments.overrides)
     return arguments.multirun or any(
         (override.get_key_element() == "hparams_search" and override.value() is not None)
-        or (override.get_key_element() == "hydra.mode" and override.value() == "MULTIRUN") for override in parsed)
+        or (override.get_key_element() == "hydra.mode" and override.value() == "MULTIRUN")
+        for override in parsed
+    )
 
 
 # ---- the names of run directories ---------------------------------------------------------------------
@@ -102,8 +116,9 @@ def swept_keys(overrides: list[str]) -> str:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    names = [override.get_key_element().split(".")[-1].split("/")[-1] for override in parsed
-             if override.is_sweep_override()]
+    names = [
+        override.get_key_element().split(".")[-1].split("/")[-1] for override in parsed if override.is_sweep_override()
+    ]
     names += [str(override.value()) for override in parsed if override.get_key_element() == "hparams_search"]
     return "-".join(names) or "sweep"
 
@@ -155,9 +170,13 @@ def key_table() -> str:
     README holds exactly this table."""
     defaults = chosen_defaults()
     default = compose([])
-    by_option = {group: {option: compose([f"{group}={option}"]) for option in
-                         [defaults[group], *sorted(group_options(group) - {defaults[group]})]}
-                 for group in defaults}
+    by_option = {
+        group: {
+            option: compose([f"{group}={option}"])
+            for option in [defaults[group], *sorted(group_options(group) - {defaults[group]})]
+        }
+        for group in defaults
+    }
     rows = ["| key | default | range / choices | meaning |", "| --- | --- | --- | --- |"]
     for doc in describe_keys():
         shown = []
@@ -243,8 +262,10 @@ def check_overrides(overrides: list[str]) -> None:
             options = list(override.sweep_string_iterator()) if override.is_choice_sweep() else [override.value()]
             for option in options:
                 if option is not None and str(option) not in group_options(key):
-                    raise ConfigError(f"{key}={option} is not an option of {key}; choose one of "
-                                      f"{', '.join(sorted(group_options(key)))}")
+                    raise ConfigError(
+                        f"{key}={option} is not an option of {key}; choose one of "
+                        f"{', '.join(sorted(group_options(key)))}"
+                    )
         elif key in docs:
             if override.is_add():
                 raise ConfigError(f"{text}: {key} exists already; drop the + ({key}=...)")
@@ -252,9 +273,11 @@ def check_overrides(overrides: list[str]) -> None:
             users = docs[key].options
             for option in chosen_options(section, parsed) if users else ():
                 if option not in users:
-                    raise ConfigError(f"{key} is not a setting of {section}={option}, only of "
-                                      f"{', '.join(f'{section}={user}' for user in sorted(users))}: choose one, "
-                                      f"or drop {key}")
+                    raise ConfigError(
+                        f"{key} is not a setting of {section}={option}, only of "
+                        f"{', '.join(f'{section}={user}' for user in sorted(users))}: choose one, "
+                        f"or drop {key}"
+                    )
         elif not (override.is_add() or override.is_force_add() or key in SECTIONS):
             raise unknown_key(key, groups)  # a `+key` the schema lacks is refused by load_settings, in the run's log
 
@@ -272,8 +295,10 @@ def prepare_torchrun(argv: list[str]) -> list[str]:
     if not ranks.distributed:
         return argv
     if launches_sweep(argv):
-        raise ConfigError("-m (multirun) does not combine with torchrun, which would run the sweep once per rank; "
-                          "use `python run.py -m hardware=ddp hardware.nproc=N ...` instead")
+        raise ConfigError(
+            "-m (multirun) does not combine with torchrun, which would run the sweep once per rank; "
+            "use `python run.py -m hardware=ddp hardware.nproc=N ...` instead"
+        )
     init_process_group(ranks)
     stamp = [new_run_stamp()]
     dist.broadcast_object_list(stamp, src=0)

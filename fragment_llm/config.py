@@ -23,7 +23,10 @@ from typing import Any, ClassVar, Iterable, NamedTuple, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
-    ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
 )
 
 from .errors import UserError
@@ -53,8 +56,14 @@ class Interval:
             raise ConfigError(f"{key}={value} is out of range {self}; set {key} to a value in that range")
 
 
-def setting(help: str, low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
-            options: tuple[str, ...] = ()) -> Any:
+def setting(
+    help: str,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    options: tuple[str, ...] = (),
+) -> Any:
     """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
     only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
     others; any other key has no default, as conf/ sets it."""
@@ -80,8 +89,9 @@ class Section:
             value, key = values[item.name], f"{self.SECTION}.{item.name}"
             needed_by = item.metadata.get("options", ())
             if value is None and needed_by and values["name"] in needed_by:
-                raise ConfigError(f"{key} is not set, and {self.SECTION}={values['name'].value} needs it; "
-                                  f"give {key}=VALUE")
+                raise ConfigError(
+                    f"{key} is not set, and {self.SECTION}={values['name'].value} needs it; give {key}=VALUE"
+                )
             if "range" in item.metadata and value not in (None, MISSING):
                 item.metadata["range"].check(key, value)
         if MISSING not in values.values():
@@ -131,33 +141,45 @@ class DataSource(str, Enum):
 class ModelConfig(Section):
     SECTION: ClassVar[str] = "model"
 
-    vocab_size: int = setting("target size of the BPE vocabulary; a corpus that yields fewer tokens says so, and "
-                              "the model uses the real vocabulary (embedding rows padded to a multiple of 64)",
-                              256, 100_000)
+    vocab_size: int = setting(
+        "target size of the BPE vocabulary; a corpus that yields fewer tokens says so, and "
+        "the model uses the real vocabulary (embedding rows padded to a multiple of 64)",
+        256,
+        100_000,
+    )
     block_size: int = setting("context length in tokens", 16, 4096)
     n_layer: int = setting("transformer blocks", 1, 48)
-    n_head: int = setting("attention heads; must divide `model.n_embd` (into an even head size with "
-                          "`model.position=rope`)", 1, 32)
+    n_head: int = setting(
+        "attention heads; must divide `model.n_embd` (into an even head size with `model.position=rope`)", 1, 32
+    )
     n_embd: int = setting("width of the token embeddings and the residual stream", 64, 2048)
     dropout: float = setting("dropout probability", 0.0, 0.9)
     bias: bool = setting("true: biases in linear layers and LayerNorms (GPT-2's exact layout)")
     # The layout (the arch group; see README, "Model layout").
-    position: PositionKind = setting("a learned position table (GPT-2's), or rotary position embeddings (queries "
-                                     "and keys turned by their position: nothing to learn, and the key/value "
-                                     "cache rolls on past the context)")
+    position: PositionKind = setting(
+        "a learned position table (GPT-2's), or rotary position embeddings (queries "
+        "and keys turned by their position: nothing to learn, and the key/value "
+        "cache rolls on past the context)"
+    )
     norm: NormKind = setting("LayerNorm, or RMSNorm (no mean, no bias)")
     qk_norm: bool = setting("true: queries and keys normalised per head (with `model.norm`) before attention")
-    activation: ActivationKind = setting("the MLP's activation: GELU (exact), ReLU squared, or SwiGLU (a gated MLP "
-                                         "with 2/3 of the hidden width, so about the same FLOPs)")
-    tie_embeddings: bool = setting("false: a separate output head, zero-initialised (uniform predictions at the "
-                                   "start)")
-    zero_init: bool = setting("true: the residual projections start at zero, so each block starts as the "
-                              "identity (else GPT-2's 0.02/sqrt(2 x layers))")
+    activation: ActivationKind = setting(
+        "the MLP's activation: GELU (exact), ReLU squared, or SwiGLU (a gated MLP "
+        "with 2/3 of the hidden width, so about the same FLOPs)"
+    )
+    tie_embeddings: bool = setting("false: a separate output head, zero-initialised (uniform predictions at the start)")
+    zero_init: bool = setting(
+        "true: the residual projections start at zero, so each block starts as the "
+        "identity (else GPT-2's 0.02/sqrt(2 x layers))"
+    )
     logit_softcap: float = setting("logits = c tanh(logits / c); 0 is off", 0.0, 1000.0)
-    value_embeddings: bool = setting("true: every other layer (ending with the last) adds a second token "
-                                     "embedding, times a learned scale, to attention's values")
-    residual_scalars: bool = setting("true: before each block x = a x + b x0, with a learned a and b per layer "
-                                     "and x0 the embedded input")
+    value_embeddings: bool = setting(
+        "true: every other layer (ending with the last) adds a second token "
+        "embedding, times a learned scale, to attention's values"
+    )
+    residual_scalars: bool = setting(
+        "true: before each block x = a x + b x0, with a learned a and b per layer and x0 the embedded input"
+    )
     embed_norm: bool = setting("true: a norm right after the token embedding")
 
     def validate(self) -> None:
@@ -183,32 +205,51 @@ class TrainConfig(Section):
     SECTION: ClassVar[str] = "train"
 
     batch_size: int = setting("sequences per micro-batch, per process", 1, 256)
-    grad_accum_steps: int = setting("micro-batches per optimizer step (effective batch = batch_size x "
-                                    "grad_accum_steps x ranks)", 1, 1024)
-    epochs: int = setting("passes over the training tokens; training stops at `train.epochs` or "
-                          "`train.max_iters`, whichever comes first", 1, 100_000)
-    max_iters: int = setting("optimizer steps; training stops at `train.epochs` or `train.max_iters`, "
-                             "whichever comes first", 1, 10**9)
+    grad_accum_steps: int = setting(
+        "micro-batches per optimizer step (effective batch = batch_size x grad_accum_steps x ranks)", 1, 1024
+    )
+    epochs: int = setting(
+        "passes over the training tokens; training stops at `train.epochs` or `train.max_iters`, whichever comes first",
+        1,
+        100_000,
+    )
+    max_iters: int = setting(
+        "optimizer steps; training stops at `train.epochs` or `train.max_iters`, whichever comes first", 1, 10**9
+    )
     grad_clip: float = setting("maximum gradient norm; 0 turns clipping off", 0.0, 1e6)
     eval_interval: int = setting("validate every N optimizer steps (and at every epoch's end)", 1, 10**9)
     eval_iters: int = setting("validation batches per evaluation", 1, 10**6)
     checkpoint_every_epochs: int = setting("write `checkpoints/checkpoint_epoch_N.pt` every N epochs", 1, 100_000)
-    save_interval: int = setting("write `checkpoints/step_N.pt` every N optimizer steps; 0 turns step "
-                                 "checkpoints off", 0, 10**9)
-    keep_checkpoints: int = setting("how many step checkpoints to keep (the newest); epoch checkpoints are all "
-                                    "kept, and `checkpoints/last.pt` is always the newest state", 1, 10_000)
-    resume: Optional[str] = setting("a run directory (its newest valid checkpoint) or a checkpoint file to "
-                                    "continue from (see README, \"Stopping and resuming\"); null: a new run")
+    save_interval: int = setting(
+        "write `checkpoints/step_N.pt` every N optimizer steps; 0 turns step checkpoints off", 0, 10**9
+    )
+    keep_checkpoints: int = setting(
+        "how many step checkpoints to keep (the newest); epoch checkpoints are all "
+        "kept, and `checkpoints/last.pt` is always the newest state",
+        1,
+        10_000,
+    )
+    resume: Optional[str] = setting(
+        "a run directory (its newest valid checkpoint) or a checkpoint file to "
+        'continue from (see README, "Stopping and resuming"); null: a new run'
+    )
     log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
-    sample_every: int = setting("every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
-                                "`train.seed`) continuing the first 8 tokens of the validation text, to the "
-                                "console, train.log and TensorBoard's text tab; 0 turns samples off", 0, 10**9)
+    sample_every: int = setting(
+        "every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
+        "`train.seed`) continuing the first 8 tokens of the validation text, to the "
+        "console, train.log and TensorBoard's text tab; 0 turns samples off",
+        0,
+        10**9,
+    )
     seed: int = setting("seeds Python, NumPy, torch and the data order; CPU runs are deterministic", 0, 2**63 - 1)
-    time_budget: Optional[str] = setting("`90s`, `10m`, `2h` (or seconds): train this long, the schedule following "
-                                         "the time spent; epochs and max_iters are then ignored (see README, "
-                                         "\"Training to a time budget\"); null: off")
-    early_stop_patience: int = setting("stop after this many evaluations in a row without a better validation "
-                                       "loss; 0 is off", 0, 10**6)
+    time_budget: Optional[str] = setting(
+        "`90s`, `10m`, `2h` (or seconds): train this long, the schedule following "
+        "the time spent; epochs and max_iters are then ignored (see README, "
+        '"Training to a time budget"); null: off'
+    )
+    early_stop_patience: int = setting(
+        "stop after this many evaluations in a row without a better validation loss; 0 is off", 0, 10**6
+    )
 
     def validate(self) -> None:
         if self.time_budget is not None:
@@ -222,8 +263,10 @@ class TrainConfig(Section):
         match = DURATION.match(str(self.time_budget).strip())
         seconds = float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"] if match else math.nan
         if not math.isfinite(seconds) or seconds <= 0 or seconds > 366 * 86400:
-            raise ConfigError(f"train.time_budget={self.time_budget} is not a duration; use e.g. train.time_budget=90s, "
-                              "10m or 2h (null turns it off)")
+            raise ConfigError(
+                f"train.time_budget={self.time_budget} is not a duration; use e.g. train.time_budget=90s, "
+                "10m or 2h (null turns it off)"
+            )
         return seconds
 
 
@@ -233,49 +276,65 @@ class OptimizerConfig(Section):
 
     name: OptimizerName = setting("the optimizer (the optimizer group sets it, with its keys)")
     lr: float = setting("peak learning rate", 0.0, 1e-2, low_open=True)
-    weight_decay: float = setting("applied to weight matrices and embeddings only, never to gains and biases",
-                                  0.0, 10.0)
-    beta1: Optional[float] = setting("AdamW's first-moment decay (with muon: AdamW's, for the embeddings, head and "
-                                     "gains)", 0.0, 0.999999, options=("adamw", "muon"))
+    weight_decay: float = setting(
+        "applied to weight matrices and embeddings only, never to gains and biases", 0.0, 10.0
+    )
+    beta1: Optional[float] = setting(
+        "AdamW's first-moment decay (with muon: AdamW's, for the embeddings, head and gains)",
+        0.0,
+        0.999999,
+        options=("adamw", "muon"),
+    )
     beta2: Optional[float] = setting("AdamW's second-moment decay", 0.0, 0.999999, options=("adamw", "muon"))
     eps: Optional[float] = setting("AdamW's epsilon", 0.0, 1.0, low_open=True, options=("adamw", "muon"))
     momentum: Optional[float] = setting("SGD's and Muon's momentum", 0.0, 0.999999, options=("muon", "sgd"))
     nesterov: Optional[bool] = setting("true: Nesterov momentum", options=("muon", "sgd"))
-    cautious_weight_decay: bool = setting("true: each weight decays only where the optimizer's own step already "
-                                          "moves it towards zero (cautious weight decay), for every optimizer")
+    cautious_weight_decay: bool = setting(
+        "true: each weight decays only where the optimizer's own step already "
+        "moves it towards zero (cautious weight decay), for every optimizer"
+    )
 
 
 @dataclass
 class SchedulerConfig(Section):
     SECTION: ClassVar[str] = "scheduler"
 
-    name: SchedulerName = setting("the schedule (the scheduler group sets it): linear warmup, then cosine or "
-                                  "linear decay, constant, or wsd (warmup, the peak, then a linear decay)")
+    name: SchedulerName = setting(
+        "the schedule (the scheduler group sets it): linear warmup, then cosine or "
+        "linear decay, constant, or wsd (warmup, the peak, then a linear decay)"
+    )
     warmup_fraction: float = setting("share of all optimizer steps spent warming up linearly", 0.0, 0.5)
     min_lr_fraction: float = setting("the final learning rate, as a fraction of `optimizer.lr`", 0.0, 1.0)
-    decay_fraction: Optional[float] = setting("the last share of the run over which wsd decays", 0.0, 1.0,
-                                              low_open=True, options=("wsd",))
+    decay_fraction: Optional[float] = setting(
+        "the last share of the run over which wsd decays", 0.0, 1.0, low_open=True, options=("wsd",)
+    )
 
 
 @dataclass
 class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
 
-    source: DataSource = setting("the corpus (the data group sets it): Python's documentation, the standard "
-                                 "library's .py sources, or your own text (`data.path`)")
+    source: DataSource = setting(
+        "the corpus (the data group sets it): Python's documentation, the standard "
+        "library's .py sources, or your own text (`data.path`)"
+    )
     path: Optional[str] = setting(
         "for `data=text`: a file, a folder (every .txt file below it) or a glob; must be UTF-8 text. A path that "
         "exists is taken as it is, even with `[`, `*` or `?` in its name; each file is read once, however many "
         "links lead to it; `**` does not follow links to folders; names starting with a dot are skipped in "
-        "folders and globs; an unreadable file (permissions, a broken link, a pipe) is an error naming it")
-    val_fraction: float = setting("the last share of the corpus, by bytes, held out for validation (whole "
-                                  "documents; a single file is cut at a line break)", 0.0, 0.5, low_open=True)
+        "folders and globs; an unreadable file (permissions, a broken link, a pipe) is an error naming it"
+    )
+    val_fraction: float = setting(
+        "the last share of the corpus, by bytes, held out for validation (whole "
+        "documents; a single file is cut at a line break)",
+        0.0,
+        0.5,
+        low_open=True,
+    )
 
     def validate(self) -> None:
         if self.source is DataSource.text and not self.path:
-            raise ConfigError(
-                "data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob"
-            )
+            raise ConfigError("data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob")
 
 
 @dataclass
@@ -294,20 +353,25 @@ class HardwareConfig(Section):
     SECTION: ClassVar[str] = "hardware"
 
     device: str = setting("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    amp: bool = setting("mixed precision: on CUDA bf16 where supported, else fp16 with a GradScaler; on CPU bf16 "
-                        "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
-                        "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS")
+    amp: bool = setting(
+        "mixed precision: on CUDA bf16 where supported, else fp16 with a GradScaler; on CPU bf16 "
+        "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
+        "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS"
+    )
     compile: bool = setting("true: `torch.compile` the model")
-    num_threads: int = setting("CPU threads for torch; 0: one per physical core, shared among the ranks on the "
-                               "machine", 0, 1024)
-    nproc: int = setting("ranks to spawn for data-parallel training (unused under torchrun or a multi-task "
-                         "submitit job, which start their own)", 1, 1024)
+    num_threads: int = setting(
+        "CPU threads for torch; 0: one per physical core, shared among the ranks on the machine", 0, 1024
+    )
+    nproc: int = setting(
+        "ranks to spawn for data-parallel training (unused under torchrun or a multi-task "
+        "submitit job, which start their own)",
+        1,
+        1024,
+    )
 
     def validate(self) -> None:
         if not DEVICE_PATTERN.match(self.device):
-            raise ConfigError(
-                f"hardware.device={self.device} is not a device; use auto, cpu, cuda, cuda:N or mps"
-            )
+            raise ConfigError(f"hardware.device={self.device} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -358,10 +422,14 @@ def describe_keys() -> list[KeyDoc]:
         for item in fields(section.default_factory):
             kind = types[item.name]
             kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind)  # Optional[X]: X
-            allowed = (", ".join(choice.value for choice in kind) if isinstance(kind, type) and issubclass(kind, Enum)
-                       else str(item.metadata.get("range", "")))
-            docs.append(KeyDoc(f"{section.name}.{item.name}", allowed, item.metadata["help"],
-                               item.metadata.get("options", ())))
+            allowed = (
+                ", ".join(choice.value for choice in kind)
+                if isinstance(kind, type) and issubclass(kind, Enum)
+                else str(item.metadata.get("range", ""))
+            )
+            docs.append(
+                KeyDoc(f"{section.name}.{item.name}", allowed, item.metadata["help"], item.metadata.get("options", ()))
+            )
     return docs
 
 
@@ -379,8 +447,10 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
     except ConfigKeyError as error:
         raise unknown_key(error.full_key) from None
     except MissingMandatoryValue as error:
-        raise ConfigError(f"{error.full_key} is not set; give {error.full_key}=VALUE (`python run.py --cfg job` "
-                          "shows the value conf/ gives it)") from None
+        raise ConfigError(
+            f"{error.full_key} is not set; give {error.full_key}=VALUE (`python run.py --cfg job` "
+            "shows the value conf/ gives it)"
+        ) from None
     except OmegaConfBaseException as error:
         key = error.full_key or error.key
         message = str(error).splitlines()[0]
@@ -439,8 +509,9 @@ def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> di
         (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
         if old_name in upgraded.get(old_section, {}):
             upgraded.setdefault(new_section, {})[new_name] = upgraded[old_section].pop(old_name)
-    model_defaults = {item.name: item.default for item in dataclasses.fields(GPTConfig)
-                      if item.default is not dataclasses.MISSING}
+    model_defaults = {
+        item.name: item.default for item in dataclasses.fields(GPTConfig) if item.default is not dataclasses.MISSING
+    }
     upgraded["model"] = {**model_defaults, **upgraded.get("model", {})}
     for section in SECTIONS:
         if section not in RESUME_LOCKED:
@@ -463,8 +534,10 @@ def to_plain(settings: Config) -> dict[str, Any]:
 
 def unresolved(error: OmegaConfBaseException) -> ConfigError:
     """One line for a `${...}` value that resolves to nothing, naming its key."""
-    return ConfigError(f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name an existing "
-                       "key (`python run.py --cfg job` lists them)")
+    return ConfigError(
+        f"{error.full_key}: {str(error).splitlines()[0]}; a `${{...}}` value must name an existing "
+        "key (`python run.py --cfg job` lists them)"
+    )
 
 
 def unknown_key(key: str, other_names: Iterable[str] = ()) -> ConfigError:

@@ -41,8 +41,11 @@ class LogFileHandler(logging.FileHandler):
         self.broken = True
         error = sys.exc_info()[1]
         reason = getattr(error, "strerror", None) or error
-        error_console.print(f"warning: could not write {self.baseFilename} ({reason}); logging to the console only",
-                            markup=False, soft_wrap=True)
+        error_console.print(
+            f"warning: could not write {self.baseFilename} ({reason}); logging to the console only",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, level: int = logging.INFO) -> None:
@@ -60,8 +63,11 @@ def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, 
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
             file_handler = LogFileHandler(log_file, encoding="utf-8")
         except OSError as error:
-            error_console.print(f"warning: could not open {log_file} ({error.strerror or error}); logging to the "
-                                "console only", markup=False, soft_wrap=True)
+            error_console.print(
+                f"warning: could not open {log_file} ({error.strerror or error}); logging to the console only",
+                markup=False,
+                soft_wrap=True,
+            )
             return
         file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         logger.addHandler(file_handler)

@@ -139,11 +139,7 @@ def _text_document(name: str, text: str) -> Document:
 def _stdlib_documents() -> list[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skipped = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
-    paths = [
-        path
-        for path in sorted(root.rglob("*.py"))
-        if not skipped.intersection(path.relative_to(root).parts)
-    ]
+    paths = [path for path in sorted(root.rglob("*.py")) if not skipped.intersection(path.relative_to(root).parts)]
     return [Document(str(path), path.stat().st_size, path=path) for path in paths]
 
 
@@ -203,9 +199,9 @@ def _files_below(root: Path, pattern: str) -> list[Path]:
     glob.glob, pathlib's `**` does not go into linked folders, so a link loop is not walked round."""
     dot_files = any(part.startswith(".") for part in Path(pattern).parts)
     return sorted(
-        path for path in root.glob(pattern)
-        if (dot_files or not any(part.startswith(".") for part in path.relative_to(root).parts))
-        and not path.is_dir()
+        path
+        for path in root.glob(pattern)
+        if (dot_files or not any(part.startswith(".") for part in path.relative_to(root).parts)) and not path.is_dir()
     )
 
 
@@ -253,8 +249,13 @@ class _Progress:
         now = time.perf_counter()
         if now - self.logged >= PROGRESS_SECONDS:
             self.logged = now
-            log.info("%s: %s of %s MB (%.2f MB/s)", self.what, f"{self.done / 1e6:,.1f}", f"{self.total / 1e6:,.1f}",
-                     self.done / 1e6 / (now - self.started))
+            log.info(
+                "%s: %s of %s MB (%.2f MB/s)",
+                self.what,
+                f"{self.done / 1e6:,.1f}",
+                f"{self.total / 1e6:,.1f}",
+                self.done / 1e6 / (now - self.started),
+            )
 
 
 def _size(documents: list[Document]) -> int:
@@ -352,8 +353,11 @@ class PreparedData:
 
 
 def token_arrays(
-    tokenizer: Tokenizer, documents: list[Document], dtype: np.dtype,
-    hashes: Optional[list[str]] = None, progress: Optional[_Progress] = None,
+    tokenizer: Tokenizer,
+    documents: list[Document],
+    dtype: np.dtype,
+    hashes: Optional[list[str]] = None,
+    progress: Optional[_Progress] = None,
 ) -> Iterator[np.ndarray]:
     """The documents' token ids in pieces, `<|endoftext|>` after each document; with `hashes`, each
     document is checked as it is read (see _texts). Pieces of text are encoded ENCODE_BATCH at a time
@@ -372,8 +376,9 @@ def token_arrays(
 def _encode_batch(tokenizer: Tokenizer, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
     encodings = iter(tokenizer.encode_batch([text for text in batch if text is not None], add_special_tokens=False))
     separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
-    return np.concatenate([separator if text is None else np.asarray(next(encodings).ids, dtype=dtype)
-                           for text in batch])
+    return np.concatenate(
+        [separator if text is None else np.asarray(next(encodings).ids, dtype=dtype) for text in batch]
+    )
 
 
 def _encode(
@@ -453,7 +458,12 @@ def _process_exists(pid: int) -> bool:
 
 
 def prepare_data(
-    data: DataConfig, vocab_size: int, block_size: int, min_frequency: int, retrain: bool, cache_dir: Path,
+    data: DataConfig,
+    vocab_size: int,
+    block_size: int,
+    min_frequency: int,
+    retrain: bool,
+    cache_dir: Path,
     tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedData:
     """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps.
@@ -493,7 +503,9 @@ def prepare_data(
     if real_vocab < vocab_size:
         log.warning(
             "Tokenizer: the corpus yields %d tokens, fewer than model.vocab_size=%d; the model uses %d",
-            real_vocab, vocab_size, real_vocab,
+            real_vocab,
+            vocab_size,
+            real_vocab,
         )
 
     token_hash = tokenizer_hash(tokenizer)
@@ -505,7 +517,8 @@ def prepare_data(
         progress = _Progress("Data: encoding", _size(documents))
         meta = {"dtype": dtype.name}
         for split, split_documents_, split_hashes in (
-            ("train", train_documents, train_hashes), ("val", val_documents, val_hashes)
+            ("train", train_documents, train_hashes),
+            ("val", val_documents, val_hashes),
         ):
             meta[split] = _encode(
                 tokenizer, split_documents_, split_hashes, progress, tokens_dir / f"{split}.bin", dtype
@@ -520,7 +533,10 @@ def prepare_data(
     seconds = time.perf_counter() - started
     log.info(
         "Data: %s training tokens, %s validation tokens, vocabulary %d (prepared in %.2fs)",
-        f"{len(train):,}", f"{len(val):,}", real_vocab, seconds,
+        f"{len(train):,}",
+        f"{len(val):,}",
+        real_vocab,
+        seconds,
     )
     return PreparedData(
         tokenizer=tokenizer,
@@ -556,8 +572,16 @@ class TrainBatches:
     together they read what one process with `world_size` times the batch would.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size

@@ -46,8 +46,12 @@ def from_environment() -> Ranks:
     if "RANK" not in os.environ:
         return Ranks()
     world_size = int(os.environ["WORLD_SIZE"])
-    return Ranks(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world_size,
-                 int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return Ranks(
+        int(os.environ["RANK"]),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        world_size,
+        int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+    )
 
 
 def _adopt_submitit_tasks() -> None:
@@ -58,9 +62,14 @@ def _adopt_submitit_tasks() -> None:
     job = submitit.JobEnvironment()
     if job.num_tasks > 1:
         port = 20000 + int(hashlib.sha256(job.job_id.encode()).hexdigest(), 16) % 20000
-        os.environ.update(RANK=str(job.global_rank), LOCAL_RANK=str(job.local_rank), WORLD_SIZE=str(job.num_tasks),
-                          LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes),
-                          MASTER_ADDR=job.hostnames[0], MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(job.global_rank),
+            LOCAL_RANK=str(job.local_rank),
+            WORLD_SIZE=str(job.num_tasks),
+            LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes),
+            MASTER_ADDR=job.hostnames[0],
+            MASTER_PORT=str(port),
+        )
 
 
 def backend() -> str:
@@ -125,6 +134,12 @@ def spawn(nproc: int, target: Callable[..., None], *args: Any, forward: tuple[in
 
 
 def _spawned(local_rank: int, nproc: int, port: int, target: Callable[..., None], args: tuple) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
-                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     target(*args)

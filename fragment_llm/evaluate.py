@@ -77,7 +77,9 @@ def scored_losses(model: GPT, tokens: np.ndarray, stride: int | None = None) -> 
     of them sees at least `block_size - S` tokens of context; the last window ends at the text's end."""
     block_size = model.config.block_size
     if stride is not None and not 1 <= stride <= block_size:
-        raise ValueError(f"stride {stride} is out of range; pass a stride in [1, {block_size}] (the model's block_size)")
+        raise ValueError(
+            f"stride {stride} is out of range; pass a stride in [1, {block_size}] (the model's block_size)"
+        )
     targets = len(tokens) - 1
     window = min(block_size, targets)
     ends = window_ends(targets, window, min(stride or window, window))
@@ -114,8 +116,9 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, text_bytes: int, stride: int
         count += losses.numel()
     assert count == len(tokens) - 1, (count, len(tokens))
     loss = float(total) / count
-    return Evaluation(loss, math.exp(loss), bits_per_byte(loss, len(tokens), text_bytes), len(tokens), text_bytes,
-                      stride)
+    return Evaluation(
+        loss, math.exp(loss), bits_per_byte(loss, len(tokens), text_bytes), len(tokens), text_bytes, stride
+    )
 
 
 def evaluate_documents(

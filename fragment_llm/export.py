@@ -39,8 +39,23 @@ HF_NAMES = {
 
 # The keys of GPTConfig that hf_architecture weighs.
 KNOWN_KEYS = {
-    "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "position", "norm", "qk_norm",
-    "activation", "tie_embeddings", "zero_init", "logit_softcap", "value_embeddings", "residual_scalars", "embed_norm",
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "dropout",
+    "bias",
+    "position",
+    "norm",
+    "qk_norm",
+    "activation",
+    "tie_embeddings",
+    "zero_init",
+    "logit_softcap",
+    "value_embeddings",
+    "residual_scalars",
+    "embed_norm",
 }
 
 

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-
 FILE_ADVICE = {
     errno.ENOSPC: "free disk space or write elsewhere",
     errno.EFBIG: "the file is over a size limit (ulimit -f): raise it or write elsewhere",

@@ -32,8 +32,10 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     # others (greedy, as it should be), never inf - inf = NaN.
     logits = logits.cpu().double()
     if logits.isnan().any() or logits.isneginf().all():
-        raise SamplingError("the model's logits are NaN or all -inf: its weights are damaged or diverged; "
-                            "try an earlier checkpoint (--checkpoint)")
+        raise SamplingError(
+            "the model's logits are NaN or all -inf: its weights are damaged or diverged; "
+            "try an earlier checkpoint (--checkpoint)"
+        )
     certain = logits.isposinf()
     if certain.any():  # infinitely likelier than any finite logit: draw among those alone
         logits = torch.zeros_like(logits).masked_fill(~certain, -torch.inf)
@@ -136,7 +138,12 @@ def generate_text(
     """The continuation of `prompt`, in pieces as it is produced; it ends at the end of a document."""
     stream = TextStream(tokenizer)
     for token in generate_tokens(
-        model, prompt_ids(tokenizer, prompt), max_new_tokens, sampling, generator, use_cache,
+        model,
+        prompt_ids(tokenizer, prompt),
+        max_new_tokens,
+        sampling,
+        generator,
+        use_cache,
         stop_token=end_of_text_id(tokenizer),
     ):
         piece = stream.push(token)

@@ -86,7 +86,9 @@ def cpu_bf16_speedup() -> float:
     BF16); a few thousandths on an AVX2-only CPU, where bf16 falls back to a scalar loop. Small
     matrices, so the slow case costs about half a second."""
     cpu = torch.device("cpu")
-    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=5) / matmul_flops(torch.float32, cpu, size=256, repeats=5)
+    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=5) / matmul_flops(
+        torch.float32, cpu, size=256, repeats=5
+    )
 
 
 ATTENTION_KERNELS = {  # SDPA's backend choice -> what the bench calls it
@@ -98,8 +100,9 @@ ATTENTION_KERNELS = {  # SDPA's backend choice -> what the bench calls it
 }
 
 
-def attention_kernel(batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype,
-                     device: torch.device) -> str:
+def attention_kernel(
+    batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> str:
     """Which kernel SDPA runs for causal attention of this shape: the choice it dispatches on."""
     from torch.nn.attention import SDPBackend
 
@@ -127,7 +130,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"hardware.device={name} but this machine has no CUDA device; use hardware.device=cpu or auto")
+        raise ConfigError(
+            f"hardware.device={name} but this machine has no CUDA device; use hardware.device=cpu or auto"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(
             f"hardware.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0"
@@ -168,8 +173,11 @@ class Precision:
             if speedup >= 1:
                 self.dtype = torch.bfloat16
             else:
-                log.warning("hardware.amp=true, but this CPU runs bf16 matmuls %.0fx slower than fp32 (no native "
-                            "bf16); training in fp32 (set hardware.amp=false to skip this check)", 1 / speedup)
+                log.warning(
+                    "hardware.amp=true, but this CPU runs bf16 matmuls %.0fx slower than fp32 (no native "
+                    "bf16); training in fp32 (set hardware.amp=false to skip this check)",
+                    1 / speedup,
+                )
         elif hardware.amp:
             log.warning("hardware.amp=true is not supported on %s; training in fp32", device.type)
         self.device_type = device.type

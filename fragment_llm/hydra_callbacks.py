@@ -58,8 +58,10 @@ class Preflight(Callback):
             check_writable_folder("paths.cache", cache)
             check_writable_folder("hydra.sweep.dir" if sweep else "hydra.run.dir", str(directory))
             if sweep and any(directory.rglob(SUMMARY_FILE)):
-                raise ConfigError(f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
-                                  "new sweep directory, or choose another")
+                raise ConfigError(
+                    f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
+                    "new sweep directory, or choose another"
+                )
             if not sweep and from_environment().is_main:  # torchrun's other ranks share rank 0's directory
                 check_run_directory(directory, resume)
         except ConfigError as error:

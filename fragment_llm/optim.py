@@ -9,7 +9,6 @@ import torch
 
 from .config import OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName
 
-
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # the quintic iteration's coefficients (Keller Jordan's Muon)
 
 
@@ -112,8 +111,9 @@ class CautiousWeightDecay(torch.optim.Optimizer):
         self.param_groups = self.inner.param_groups
 
 
-def build_optimizer(model: torch.nn.Module, optimizer_settings: OptimizerConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, optimizer_settings: OptimizerConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """Weight decay on matrices (dim >= 2: weights and embeddings) only, never on gains, biases and
     scalars; fused AdamW on CUDA and CPU (on CPU about 5x faster than foreach), foreach elsewhere."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -127,17 +127,29 @@ def build_optimizer(model: torch.nn.Module, optimizer_settings: OptimizerConfig,
     if optimizer_settings.name in (OptimizerName.adamw, OptimizerName.muon):
         fused = device.type in ("cuda", "cpu")
         optimizer = torch.optim.AdamW(
-            groups, lr=optimizer_settings.lr, betas=(optimizer_settings.beta1, optimizer_settings.beta2),
-            eps=optimizer_settings.eps, fused=fused or None, foreach=None if fused else True,
+            groups,
+            lr=optimizer_settings.lr,
+            betas=(optimizer_settings.beta1, optimizer_settings.beta2),
+            eps=optimizer_settings.eps,
+            fused=fused or None,
+            foreach=None if fused else True,
         )
         if uses_muon:
-            muon = Muon([p for name, p in named if name in muon_names], lr=optimizer_settings.lr,
-                        weight_decay=optimizer_settings.weight_decay, momentum=optimizer_settings.momentum,
-                        nesterov=optimizer_settings.nesterov)
+            muon = Muon(
+                [p for name, p in named if name in muon_names],
+                lr=optimizer_settings.lr,
+                weight_decay=optimizer_settings.weight_decay,
+                momentum=optimizer_settings.momentum,
+                nesterov=optimizer_settings.nesterov,
+            )
             optimizer = MuonWithAdamW(muon, optimizer)
     elif optimizer_settings.name is OptimizerName.sgd:
-        optimizer = torch.optim.SGD(groups, lr=optimizer_settings.lr, momentum=optimizer_settings.momentum,
-                                    nesterov=optimizer_settings.nesterov and optimizer_settings.momentum > 0)
+        optimizer = torch.optim.SGD(
+            groups,
+            lr=optimizer_settings.lr,
+            momentum=optimizer_settings.momentum,
+            nesterov=optimizer_settings.nesterov and optimizer_settings.momentum > 0,
+        )
     else:
         optimizer = torch.optim.Adafactor(groups, lr=optimizer_settings.lr)
     for group in optimizer.param_groups:

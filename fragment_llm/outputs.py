@@ -67,8 +67,11 @@ class RunOutputs:
     def failed(self, error: Exception) -> None:
         """An expected failure (a UserError, or an OSError naming its file): its one line to standard
         error and train.log, from every rank (each says why it stopped), and the summary marked failed."""
-        message = (f"could not read or write {file_problem(error)} (checkpoints already written are intact)"
-                   if isinstance(error, OSError) else str(error))
+        message = (
+            f"could not read or write {file_problem(error)} (checkpoints already written are intact)"
+            if isinstance(error, OSError)
+            else str(error)
+        )
         log.error(message)
         self.try_update(status="failed", error=message)
 
@@ -83,8 +86,9 @@ class RunOutputs:
         if self.writes:
             write_text(self.run_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
 
-    def open_tensorboard(self, settings: Config, flops_per_token: float, device: torch.device,
-                         dtype: Optional[torch.dtype]) -> None:
+    def open_tensorboard(
+        self, settings: Config, flops_per_token: float, device: torch.device, dtype: Optional[torch.dtype]
+    ) -> None:
         """Start the run's event files, declaring its hyperparameters and final metrics for TensorBoard's
         HParams tab in them (so the tab names the run like its curves). A failed run shows there too,
         with the metrics it never reached left empty. MFU is against the matmul peak of `device` for
@@ -104,17 +108,38 @@ class RunOutputs:
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
-    def run_started(self, model_config: GPTConfig, params: int, precision: str, device: torch.device,
-                    train_settings: TrainConfig, tokens_per_step: int, length: str, summary: dict[str, Any]) -> None:
+    def run_started(
+        self,
+        model_config: GPTConfig,
+        params: int,
+        precision: str,
+        device: torch.device,
+        train_settings: TrainConfig,
+        tokens_per_step: int,
+        length: str,
+        summary: dict[str, Any],
+    ) -> None:
         """The model and what training it takes, to the log; summary.json marked running, with `summary`."""
         self.info(
             "Model: %s parameters (%d layers, %d heads, %d wide, block %d; %s positions, %s, %s) on %s, %s",
-            f"{params:,}", model_config.n_layer, model_config.n_head, model_config.n_embd, model_config.block_size,
-            model_config.position, model_config.norm, model_config.activation, device, precision,
+            f"{params:,}",
+            model_config.n_layer,
+            model_config.n_head,
+            model_config.n_embd,
+            model_config.block_size,
+            model_config.position,
+            model_config.norm,
+            model_config.activation,
+            device,
+            precision,
         )
         self.info(
-            "Training: %s of %s tokens (batch %d x accum %d x block %d%s)", length, f"{tokens_per_step:,}",
-            train_settings.batch_size, train_settings.grad_accum_steps, model_config.block_size,
+            "Training: %s of %s tokens (batch %d x accum %d x block %d%s)",
+            length,
+            f"{tokens_per_step:,}",
+            train_settings.batch_size,
+            train_settings.grad_accum_steps,
+            model_config.block_size,
             f" x {self.world_size} ranks" if self.world_size > 1 else "",
         )
         self.update(status="running", params=params, device=str(device), precision=precision, **summary)
@@ -127,9 +152,15 @@ class RunOutputs:
         for each of HPARAM_METRICS) in TensorBoard's HParams tab."""
         self.update(status="completed", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **summary)
         self.info(
-            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; model saved to %s",
-            summary["steps"], seconds, f"{metrics['tokens_per_sec']:,.0f}", metrics["best_val_loss"],
-            metrics["best_val_bpb"], summary["best_step"], final,
+            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; "
+            "model saved to %s",
+            summary["steps"],
+            seconds,
+            f"{metrics['tokens_per_sec']:,.0f}",
+            metrics["best_val_loss"],
+            metrics["best_val_bpb"],
+            summary["best_step"],
+            final,
         )
         if self.writer is not None:
             self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
@@ -152,8 +183,10 @@ class RunOutputs:
         """TensorBoard scalars of the optimizer steps since the last call (their throughput and MFU)."""
         if self.writer is not None:
             mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.world_size)
-            self.scalars(step, {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec,
-                                "mfu": mfu})
+            self.scalars(
+                step,
+                {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec, "mfu": mfu},
+            )
 
     def epoch_started(self, epoch: int, epochs: Optional[int]) -> None:
         self.info("Epoch %d%s", epoch, "" if epochs is None else f"/{epochs}")
@@ -180,13 +213,19 @@ class RunOutputs:
         self.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)", evaluations)
 
     @contextmanager
-    def progress_bar(self, total: float, completed: float, tokens_per_step: int,
-                     in_seconds: bool) -> Iterator[Callable[[float, float, float], None]]:
+    def progress_bar(
+        self, total: float, completed: float, tokens_per_step: int, in_seconds: bool
+    ) -> Iterator[Callable[[float, float, float], None]]:
         """A bar over the whole run (`total` steps, or seconds of a time budget), on rank 0's terminal;
         yields `advance(completed, loss, lr)`, called once per optimizer step."""
         with Progress(
-            TextColumn("Training"), BarColumn(), TextColumn("") if in_seconds else MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
+            TextColumn("Training"),
+            BarColumn(),
+            TextColumn("") if in_seconds else MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
             disable=not (self.writes and console.is_terminal),
         ) as progress:
             task = progress.add_task("run", total=total, completed=completed, stats="")

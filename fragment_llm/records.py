@@ -131,8 +131,9 @@ def _choices(hydra_record: Any) -> dict[str, str]:
         choices = choices.get(key) if isinstance(choices, dict) else None
     if not isinstance(choices, dict):
         return {}
-    return {str(key): str(value) for key, value in choices.items()
-            if not str(key).startswith("hydra") and value is not None}
+    return {
+        str(key): str(value) for key, value in choices.items() if not str(key).startswith("hydra") and value is not None
+    }
 
 
 def run_overrides(run_dir: Path) -> list[str]:

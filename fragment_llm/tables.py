@@ -34,14 +34,30 @@ def _seconds(value: Any) -> str:
     return f"{value}s" if is_number(value) else _text(value)
 
 
-RUNS_COLUMNS = ("when", "run", "model", "hardware", "optimizer", "overrides", "steps", "tokens", "best val loss",
-                "bits/byte", "status", "time")
+RUNS_COLUMNS = (
+    "when",
+    "run",
+    "model",
+    "hardware",
+    "optimizer",
+    "overrides",
+    "steps",
+    "tokens",
+    "best val loss",
+    "bits/byte",
+    "status",
+    "time",
+)
 # A sweep's jobs share the rest; whatever a sweep varies shows in their overrides.
 SWEEP_COLUMNS = ("run", "overrides", "steps", "best val loss", "bits/byte", "status", "time")
 
 
-def runs_table(runs: Iterable[dict[str, Any]], title: str, columns: tuple[str, ...] = RUNS_COLUMNS,
-               overrides_shown: Optional[set[str]] = None) -> Table:
+def runs_table(
+    runs: Iterable[dict[str, Any]],
+    title: str,
+    columns: tuple[str, ...] = RUNS_COLUMNS,
+    overrides_shown: Optional[set[str]] = None,
+) -> Table:
     """The rich table of `fragment-llm runs` and of a sweep's report, one row per `describe_run`.
     `overrides_shown` limits the overrides column to those items (a sweep shows only what varies
     between its jobs)."""

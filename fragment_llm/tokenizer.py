@@ -21,10 +21,12 @@ MAX_RUN = 1024
 def byte_level_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     """GPT-2's byte-level pre-tokenizer, with runs longer than MAX_RUN characters cut."""
     bounded_words = GPT2_WORDS.replace("+", f"{{1,{MAX_RUN}}}")
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(bounded_words), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(bounded_words), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:

@@ -38,8 +38,10 @@ def checkpoint_model(checkpoint: Path, state: dict[str, Any]) -> GPT:
     except (RuntimeError, TypeError, ValueError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = lines[1] if len(lines) > 1 else lines[0]  # torch: a heading, then each problem
-        raise RunError(f"{checkpoint} is damaged or not a fragment-llm checkpoint: {reason}; "
-                       "load only checkpoints written by fragment-llm") from None
+        raise RunError(
+            f"{checkpoint} is damaged or not a fragment-llm checkpoint: {reason}; "
+            "load only checkpoints written by fragment-llm"
+        ) from None
     return model
 
 
@@ -48,23 +50,31 @@ def run_tokenizer(path: Path) -> Tokenizer:
     try:
         return load_tokenizer(path)
     except TokenizerError as error:
-        raise RunError(f"{path} is damaged or not a tokenizer: {error}; restore it from a backup or from the "
-                       "tokenizer cache (<paths.cache>/tokenizers/), or train the run again") from None
+        raise RunError(
+            f"{path} is damaged or not a tokenizer: {error}; restore it from a backup or from the "
+            "tokenizer cache (<paths.cache>/tokenizers/), or train the run again"
+        ) from None
 
 
 def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
     """The model of `run_dir` (its models/final_model.pt, or `checkpoint`) and its tokenizer.json."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a directory; pass a run directory such as outputs/<date>/<time>_tiny-cpu_ab12")
+        raise RunError(
+            f"{run_dir} is not a directory; pass a run directory such as outputs/<date>/<time>_tiny-cpu_ab12"
+        )
     tokenizer_path = run_dir / TOKENIZER_FILE
     if not tokenizer_path.exists():
-        raise RunError(f"{run_dir} is not a run directory (it has no {TOKENIZER_FILE}); `fragment-llm runs` lists the runs")
+        raise RunError(
+            f"{run_dir} is not a run directory (it has no {TOKENIZER_FILE}); `fragment-llm runs` lists the runs"
+        )
     if checkpoint is not None and str(checkpoint) == "best":
         checkpoint = run_dir / BEST_MODEL
         if not checkpoint.is_file():
-            raise RunError(f"{run_dir} has no {BEST_MODEL}: the run wrote none yet (it is written at an evaluation that "
-                           "improves on the step-0 loss); use its final model (no --checkpoint)")
+            raise RunError(
+                f"{run_dir} has no {BEST_MODEL}: the run wrote none yet (it is written at an evaluation that "
+                "improves on the step-0 loss); use its final model (no --checkpoint)"
+            )
     if checkpoint is None:
         checkpoint = run_dir / FINAL_MODEL
         if not checkpoint.is_file():
@@ -76,12 +86,20 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.
     state = load_checkpoint(checkpoint)
     if state.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
         raise RunError(
-            f"{checkpoint} was trained with another tokenizer than {tokenizer_path}; pass the run directory it came from"
+            f"{checkpoint} was trained with another tokenizer than {tokenizer_path}; "
+            "pass the run directory it came from"
         )
     model = checkpoint_model(Path(checkpoint), state)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise RunError(f"{tokenizer_path} has more tokens than the model of {checkpoint} ({tokenizer.get_vocab_size()}"
-                       f" > {model.config.vocab_size}); pass the run directory it came from")
+        raise RunError(
+            f"{tokenizer_path} has more tokens than the model of {checkpoint} ({tokenizer.get_vocab_size()}"
+            f" > {model.config.vocab_size}); pass the run directory it came from"
+        )
     settings = state.get("config")
-    return TrainedModel(model.to(device).eval(), tokenizer, tokenizer_path, Path(checkpoint),
-                        settings if isinstance(settings, dict) else {})
+    return TrainedModel(
+        model.to(device).eval(),
+        tokenizer,
+        tokenizer_path,
+        Path(checkpoint),
+        settings if isinstance(settings, dict) else {},
+    )

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import CheckpointError, capture_rng_state, point_last, restore_rng_state, save_checkpoint, save_step_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    point_last,
+    restore_rng_state,
+    save_checkpoint,
+    save_step_checkpoint,
+)
 from .config import Config, ConfigError, to_plain
 from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum, barrier
@@ -79,16 +86,20 @@ def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
     except TokenizerError:
         tokenizer = None
     if tokenizer is None or tokenizer_hash(tokenizer) != checkpoint["tokenizer_hash"]:
-        raise CheckpointError("the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
-                              "resume from another checkpoint of the run")
+        raise CheckpointError(
+            "the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
+            "resume from another checkpoint of the run"
+        )
     return tokenizer
 
 
 def check_resumable(checkpoint: dict, data: PreparedData) -> None:
     """A checkpoint continues only on the text and the tokenizer it was trained with."""
     if checkpoint.get("corpus_hash_version") != CORPUS_HASH_VERSION:
-        log.warning("The checkpoint comes from an older fragment-llm, whose corpus hash cannot be compared with "
-                    "this one's: make sure the text is the one it was trained on")
+        log.warning(
+            "The checkpoint comes from an older fragment-llm, whose corpus hash cannot be compared with "
+            "this one's: make sure the text is the one it was trained on"
+        )
     elif checkpoint["corpus_hash"] != data.corpus_hash:
         raise ConfigError(
             "the corpus differs from the one the checkpoint was trained on (its files changed); "
@@ -134,8 +145,12 @@ class Trainer:
 
         train_settings, model_settings = settings.train, settings.model
         self.data: PreparedData = prepare_data(
-            settings.data, model_settings.vocab_size, model_settings.block_size,
-            settings.tokenizer.min_frequency, settings.tokenizer.retrain, Path(settings.paths.cache),
+            settings.data,
+            model_settings.vocab_size,
+            model_settings.block_size,
+            settings.tokenizer.min_frequency,
+            settings.tokenizer.retrain,
+            Path(settings.paths.cache),
             tokenizer=checkpoint_tokenizer(checkpoint),
         )
         if checkpoint is not None:
@@ -148,10 +163,18 @@ class Trainer:
         seed_everything(train_settings.seed + ranks.rank)  # each rank its own dropout
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
-        self.batches = TrainBatches(self.data.train, model_settings.block_size, train_settings.batch_size,
-                                    train_settings.seed, self.device, ranks.rank, ranks.world_size)
-        self.tokens_per_step = (train_settings.batch_size * train_settings.grad_accum_steps * model_settings.block_size
-                                * ranks.world_size)
+        self.batches = TrainBatches(
+            self.data.train,
+            model_settings.block_size,
+            train_settings.batch_size,
+            train_settings.seed,
+            self.device,
+            ranks.rank,
+            ranks.world_size,
+        )
+        self.tokens_per_step = (
+            train_settings.batch_size * train_settings.grad_accum_steps * model_settings.block_size * ranks.world_size
+        )
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         # A time budget alone decides a run's length; otherwise epochs or max_iters, whichever ends first.
         self.budget = train_settings.budget_seconds
@@ -173,7 +196,8 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
-        # The loop's clock (train_step reads it): fit restarts it; a step taken without fit (the bench) counts from here.
+        # The loop's clock (train_step reads it): fit restarts it; a step taken without fit (the bench)
+        # counts from here.
         self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
@@ -191,19 +215,25 @@ class Trainer:
         try:
             self.model.load_state_dict(checkpoint["model_state_dict"])
         except RuntimeError as error:
-            raise CheckpointError(f"the checkpoint's weights do not fit its model settings: "
-                                  f"{str(error).splitlines()[0]}; resume from a checkpoint this run wrote") from None
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit its model settings: "
+                f"{str(error).splitlines()[0]}; resume from a checkpoint this run wrote"
+            ) from None
         saved = checkpoint["config"]["optimizer"]
         saved_optimizer = (saved["name"], saved.get("cautious_weight_decay", False))
         wanted = (self.settings.optimizer.name.value, self.settings.optimizer.cautious_weight_decay)
         if saved_optimizer == wanted:
             self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         else:
+
             def named(optimizer: tuple[str, bool]) -> str:
                 return optimizer[0] + (" with cautious weight decay" if optimizer[1] else "")
 
-            log.warning("Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
-                        named(wanted), named(saved_optimizer))
+            log.warning(
+                "Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
+                named(wanted),
+                named(saved_optimizer),
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
         self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
@@ -217,8 +247,11 @@ class Trainer:
         if self.ranks.rank < len(rng_states):
             restore_rng_state(rng_states[self.ranks.rank])
         else:
-            log.warning("the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
-                        self.ranks.rank, len(rng_states))
+            log.warning(
+                "the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
+                self.ranks.rank,
+                len(rng_states),
+            )
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -228,7 +261,9 @@ class Trainer:
         start_step, self.seconds_before = self.step, self.train_seconds
         self.loop_started = window_started = time.perf_counter()
         window_steps, epoch_losses, train_loss = 0, [], math.nan
-        with self.outputs.progress_bar(self.length, self.position(), self.tokens_per_step, bool(self.budget)) as advance:
+        with self.outputs.progress_bar(
+            self.length, self.position(), self.tokens_per_step, bool(self.budget)
+        ) as advance:
             while not self.finished():
                 if self.step % self.steps_per_epoch == 0 or self.step == start_step:
                     self.outputs.epoch_started(self.step // self.steps_per_epoch + 1, self.epochs)
@@ -273,9 +308,14 @@ class Trainer:
             evaluation=step % train_settings.eval_interval == 0 or epoch_end or last,
             epoch_end=epoch_end or last,
             sample=bool(train_settings.sample_every) and step % train_settings.sample_every == 0 and self.ranks.is_main,
-            epoch_checkpoint=(self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
-                              if epoch_end and epoch % train_settings.checkpoint_every_epochs == 0 else None),
-            step_checkpoint=bool(train_settings.save_interval) and step % train_settings.save_interval == 0 and not last,
+            epoch_checkpoint=(
+                self.checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+                if epoch_end and epoch % train_settings.checkpoint_every_epochs == 0
+                else None
+            ),
+            step_checkpoint=bool(train_settings.save_interval)
+            and step % train_settings.save_interval == 0
+            and not last,
         )
 
     def position(self) -> float:
@@ -295,13 +335,25 @@ class Trainer:
 
     def start(self) -> None:
         """Say what is trained, mark the summary running, and evaluate the model a new run starts from."""
-        length = (f"for {format_seconds(self.budget)} (train.time_budget)" if self.budget else
-                  f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)")
+        length = (
+            f"for {format_seconds(self.budget)} (train.time_budget)"
+            if self.budget
+            else f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)"
+        )
         self.outputs.run_started(
-            self.model_config, self.model.num_parameters(), self.precision.name, self.device, self.settings.train,
-            self.tokens_per_step, length, summary={
-                **self.summary(), "vocab_size": self.data.vocab_size, "train_tokens": len(self.data.train),
-                "val_tokens": len(self.data.val), "data_seconds": round(self.data.seconds, 3),
+            self.model_config,
+            self.model.num_parameters(),
+            self.precision.name,
+            self.device,
+            self.settings.train,
+            self.tokens_per_step,
+            length,
+            summary={
+                **self.summary(),
+                "vocab_size": self.data.vocab_size,
+                "train_tokens": len(self.data.train),
+                "val_tokens": len(self.data.val),
+                "data_seconds": round(self.data.seconds, 3),
                 "time_budget_s": self.budget,
             },
         )
@@ -319,14 +371,27 @@ class Trainer:
         final = self.run_dir / FINAL_MODEL
         self.save_checkpoint(final)
         tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
-        metrics = {"best_val_loss": self.best_val_loss, "best_val_bpb": self.best_val_bpb,
-                   "val_loss": self.last_val_loss, "train_loss": train_loss, "tokens_per_sec": tokens_per_sec}
-        self.outputs.run_finished(loop_seconds, final, metrics, summary={
-            **self.summary(), "train_loss": train_loss, "tokens_per_sec": round(tokens_per_sec, 1),
-            "startup_seconds": round(self.loop_started - self.started, 2),
-            "train_seconds": round(self.train_seconds, 2),
-            "final_seconds": round(time.perf_counter() - ending_started, 2), "early_stopped": self.early_stopped,
-        })
+        metrics = {
+            "best_val_loss": self.best_val_loss,
+            "best_val_bpb": self.best_val_bpb,
+            "val_loss": self.last_val_loss,
+            "train_loss": train_loss,
+            "tokens_per_sec": tokens_per_sec,
+        }
+        self.outputs.run_finished(
+            loop_seconds,
+            final,
+            metrics,
+            summary={
+                **self.summary(),
+                "train_loss": train_loss,
+                "tokens_per_sec": round(tokens_per_sec, 1),
+                "startup_seconds": round(self.loop_started - self.started, 2),
+                "train_seconds": round(self.train_seconds, 2),
+                "final_seconds": round(time.perf_counter() - ending_started, 2),
+                "early_stopped": self.early_stopped,
+            },
+        )
 
     def summary(self) -> dict[str, Any]:
         """Where the run is, for summary.json (losses not measured yet are null)."""
@@ -405,12 +470,23 @@ class Trainer:
         the best model when it improves. Uses no random numbers, so it never shifts a run."""
         self.model.eval()
         train_settings = self.settings.train
-        batches = eval_batches(self.data.val, self.model_config.block_size, train_settings.batch_size,
-                               train_settings.eval_iters, self.device)
+        batches = eval_batches(
+            self.data.val,
+            self.model_config.block_size,
+            train_settings.batch_size,
+            train_settings.eval_iters,
+            self.device,
+        )
         mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
         total, count = loss_sum(self.forward, mine, self.precision.autocast)
-        totals = all_reduce_sum(torch.stack([torch.as_tensor(total, dtype=torch.float32, device=self.device),
-                                             torch.tensor(float(count), device=self.device)]))
+        totals = all_reduce_sum(
+            torch.stack(
+                [
+                    torch.as_tensor(total, dtype=torch.float32, device=self.device),
+                    torch.tensor(float(count), device=self.device),
+                ]
+            )
+        )
         val_loss = (totals[0] / totals[1]).item()
         self.model.train()
         self.last_val_loss = val_loss
@@ -429,8 +505,14 @@ class Trainer:
         """A short sample from the run's fixed prompt."""
         self.model.eval()
         text = self.sample_prompt + "".join(
-            generate_text(self.model, self.data.tokenizer, self.sample_prompt, SAMPLE_TOKENS, SAMPLE_SAMPLING,
-                          torch.Generator().manual_seed(self.settings.train.seed))
+            generate_text(
+                self.model,
+                self.data.tokenizer,
+                self.sample_prompt,
+                SAMPLE_TOKENS,
+                SAMPLE_SAMPLING,
+                torch.Generator().manual_seed(self.settings.train.seed),
+            )
         )
         self.model.train()
         self.outputs.sampled(self.step, text)
@@ -465,16 +547,19 @@ class Trainer:
         """models/best_model.pt: the weights with the lowest validation loss so far, for the tools
         (`--checkpoint best`); a model file, not a resume point (rank 0 alone writes it)."""
         if self.ranks.is_main:
-            save_checkpoint(self.run_dir / BEST_MODEL, {
-                "model_state_dict": self.model.state_dict(),
-                "model_config": asdict(self.model_config),
-                "config": to_plain(self.settings),
-                "step": self.step,
-                "val_loss": self.best_val_loss,
-                "val_bpb": self.best_val_bpb,
-                "tokenizer_hash": self.data.tokenizer_hash,
-                "tokenizer": self.data.tokenizer.to_str(),
-            })
+            save_checkpoint(
+                self.run_dir / BEST_MODEL,
+                {
+                    "model_state_dict": self.model.state_dict(),
+                    "model_config": asdict(self.model_config),
+                    "config": to_plain(self.settings),
+                    "step": self.step,
+                    "val_loss": self.best_val_loss,
+                    "val_bpb": self.best_val_bpb,
+                    "tokenizer_hash": self.data.tokenizer_hash,
+                    "tokenizer": self.data.tokenizer.to_str(),
+                },
+            )
 
     def save_step_checkpoint(self) -> Path:
         path = self.checkpoint_dir / f"step_{self.step}.pt"
@@ -505,7 +590,8 @@ class Trainer:
             self.stop_signal = signum
             log.warning(
                 "%s received: finishing the current optimizer step, then saving a checkpoint "
-                "(send it again to stop at once)", signal.Signals(signum).name,
+                "(send it again to stop at once)",
+                signal.Signals(signum).name,
             )
 
         with handling(request_stop):

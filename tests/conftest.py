@@ -72,16 +72,12 @@ def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
     return run_dir
 
 
-def run_cli(
-    args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None
-) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would,
     with `stdin` as its standard input."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
     command = [sys.executable, *args]
-    return subprocess.run(
-        command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,22 @@ from __future__ import annotations
 import json
 
 from conftest import tiny_overrides
+
 from fragment_llm.cli import main
 
-JSON_KEYS = [("train", "tokens_per_sec"), ("train", "bare_tokens_per_sec"), ("train", "overhead_ratio"),
-             ("train", "mfu"), ("train", "peak_flops"), ("startup_seconds",), ("tokenizer", "train_mb_per_sec"),
-             ("tokenizer", "encode_mb_per_sec"), ("generate", "cached_tokens_per_sec"),
-             ("generate", "uncached_tokens_per_sec"), ("peak_rss_mb",)]
+JSON_KEYS = [
+    ("train", "tokens_per_sec"),
+    ("train", "bare_tokens_per_sec"),
+    ("train", "overhead_ratio"),
+    ("train", "mfu"),
+    ("train", "peak_flops"),
+    ("startup_seconds",),
+    ("tokenizer", "train_mb_per_sec"),
+    ("tokenizer", "encode_mb_per_sec"),
+    ("generate", "cached_tokens_per_sec"),
+    ("generate", "uncached_tokens_per_sec"),
+    ("peak_rss_mb",),
+]
 
 
 def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):

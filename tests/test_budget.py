@@ -4,8 +4,8 @@ one that advances a fixed time per optimizer step, so that what the trainer deci
 from __future__ import annotations
 
 import pytest
+from conftest import RUN, run_cli, settings_for, tiny_overrides
 
-from conftest import run_cli, settings_for, tiny_overrides, RUN
 from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
 from fragment_llm.config import ConfigError
 from fragment_llm.records import BEST_MODEL, read_summary
@@ -18,6 +18,7 @@ SECONDS_PER_STEP = 0.5
 @pytest.fixture
 def step_clock(monkeypatch):
     """Training time = steps x 0.5 s (counting the steps a resumed run did before)."""
+
     def loop_seconds(self):  # called once in each optimizer step
         self.ticks += 1
         return self.seconds_before + self.ticks * SECONDS_PER_STEP
@@ -88,8 +89,9 @@ def test_a_resumed_run_spends_what_is_left_of_its_budget(tmp_path, corpus, step_
 
 
 def test_wsd_holds_the_peak_then_decays_over_its_last_share(tmp_path, corpus, step_clock):
-    trainer = trainer_for(tmp_path, corpus, **{"train.time_budget": "10s", "scheduler": "wsd",
-                                               "scheduler.decay_fraction": 0.5})
+    trainer = trainer_for(
+        tmp_path, corpus, **{"train.time_budget": "10s", "scheduler": "wsd", "scheduler.decay_fraction": 0.5}
+    )
     lrs = fit_recording_lrs(trainer)
     peak = trainer.settings.optimizer.lr
     # lrs[k] is set after step k + 1: the peak for the first half of the budget, then a linear decay to 0.
@@ -121,8 +123,9 @@ def fixed_losses(monkeypatch, losses):
 def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(tmp_path, corpus, monkeypatch):
     # Evaluations at steps 0, 5, 10, ...: the best is at step 10; two more without a gain stop the run.
     fixed_losses(monkeypatch, [6.0, 5.0, 4.0, 4.5, 4.2, 3.0])
-    trainer = trainer_for(tmp_path, corpus, **{"train.eval_interval": 5, "train.max_iters": 100,
-                                               "train.early_stop_patience": 2})
+    trainer = trainer_for(
+        tmp_path, corpus, **{"train.eval_interval": 5, "train.max_iters": 100, "train.early_stop_patience": 2}
+    )
     trainer.fit()
     summary = read_summary(tmp_path / "run")
     assert summary["steps"] == 20 and summary["early_stopped"] is True
@@ -131,7 +134,9 @@ def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(
     assert best["step"] == 10 and best["val_loss"] == 4.0
     final = load_checkpoint(tmp_path / "run" / "models" / "final_model.pt")
     assert final["step"] == 20
-    assert any((best["model_state_dict"][name] != final["model_state_dict"][name]).any() for name in best["model_state_dict"])
+    assert any(
+        (best["model_state_dict"][name] != final["model_state_dict"][name]).any() for name in best["model_state_dict"]
+    )
 
 
 def test_the_tools_take_checkpoint_best(tmp_path, corpus):

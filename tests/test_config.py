@@ -5,15 +5,22 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import CONF_DIR, ROOT, compose_config, settings_for
 from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, ROOT, compose_config, settings_for
 from fragment_llm.compose import check_overrides, command_line, key_table, launches_sweep, swept_keys
 from fragment_llm.config import (
-    ConfigError, DataSource, OptimizerName, PositionKind, SchedulerName, describe_keys, load_settings,
-    resume_settings, to_plain,
+    ConfigError,
+    DataSource,
+    OptimizerName,
+    PositionKind,
+    SchedulerName,
+    describe_keys,
+    load_settings,
+    resume_settings,
+    to_plain,
 )
 
 
@@ -24,7 +31,10 @@ def options(group: str) -> list[str]:
 def test_default_config_is_tiny_cpu_pydoc():
     settings = settings_for([])
     assert (settings.model.n_layer, settings.model.n_head, settings.model.n_embd, settings.model.block_size) == (
-        4, 4, 128, 128,
+        4,
+        4,
+        128,
+        128,
     )
     assert (settings.train.batch_size, settings.train.grad_accum_steps, settings.train.epochs) == (8, 1, 8)
     assert settings.model.vocab_size == 1024 and settings.optimizer.lr == 2e-3
@@ -60,16 +70,20 @@ def test_each_option_sets_exactly_the_keys_of_its_section_that_it_uses(group):
     those, and by no other."""
     for option in options(group):
         composed = compose_config([f"{group}={option}"])[group]
-        expected = {doc.key.split(".")[1] for doc in describe_keys()
-                    if doc.key.startswith(f"{group}.") and (not doc.options or option in doc.options)}
+        expected = {
+            doc.key.split(".")[1]
+            for doc in describe_keys()
+            if doc.key.startswith(f"{group}.") and (not doc.options or option in doc.options)
+        }
         assert set(composed) == expected, option
 
 
 def test_hardware_profiles():
     """The guide's gpu and gpu_high tiers; the cpu tier as tuned for quality per minute, and the
     guide's own (4 x 16 for 5 epochs) as cpu_guide."""
-    cpu, guide, gpu, high, ddp = (settings_for([f"hardware={name}"])
-                                  for name in ("cpu", "cpu_guide", "gpu", "gpu_high", "ddp"))
+    cpu, guide, gpu, high, ddp = (
+        settings_for([f"hardware={name}"]) for name in ("cpu", "cpu_guide", "gpu", "gpu_high", "ddp")
+    )
     assert (cpu.train.batch_size, cpu.train.grad_accum_steps, cpu.hardware.amp) == (8, 1, False)
     assert (guide.train.batch_size, guide.train.grad_accum_steps, guide.train.epochs) == (4, 16, 5)
     assert guide.hardware == cpu.hardware
@@ -172,8 +186,18 @@ def test_an_older_checkpoints_settings_resume_in_todays_keys():
     interval, and the keys it lacks in sections a resumed run may change take this command's value."""
     saved = to_plain(settings_for(["train.checkpoint_every_epochs=2"]))
     saved["train"]["checkpoint_every"] = saved["train"].pop("checkpoint_every_epochs")
-    for key in ("position", "norm", "qk_norm", "activation", "tie_embeddings", "zero_init", "logit_softcap",
-                "value_embeddings", "residual_scalars", "embed_norm"):
+    for key in (
+        "position",
+        "norm",
+        "qk_norm",
+        "activation",
+        "tie_embeddings",
+        "zero_init",
+        "logit_softcap",
+        "value_embeddings",
+        "residual_scalars",
+        "embed_norm",
+    ):
         del saved["model"][key]
     del saved["optimizer"]["cautious_weight_decay"]
     settings = resume_settings(compose_config(["train.max_iters=20"]), saved, ["train.max_iters=20"])
@@ -191,8 +215,10 @@ def test_every_key_has_help_and_every_number_a_range():
 def test_the_readme_key_table_is_the_schemas():
     """README's key table is made from the schema and conf/: regenerate it after changing either."""
     readme = (ROOT / "README.md").read_text()
-    assert key_table() in readme, ("README's key table differs from the schema; paste the output of "
-                                   "python -c 'from fragment_llm.compose import key_table; print(key_table())'")
+    assert key_table() in readme, (
+        "README's key table differs from the schema; paste the output of "
+        "python -c 'from fragment_llm.compose import key_table; print(key_table())'"
+    )
 
 
 def test_conf_comments_leave_ranges_to_the_schema():
@@ -219,12 +245,19 @@ def test_every_experiment_recipe_composes_and_validates(recipe):
 
 def test_experiment_recipes_pick_the_guides_profiles():
     assert options("experiment") == ["debug", "high_end_gpu", "low_end_cpu", "mid_range_gpu"]
-    cases = {"low_end_cpu": (256, "cpu", False, False), "mid_range_gpu": (384, "auto", True, False),
-             "high_end_gpu": (768, "auto", True, True)}
+    cases = {
+        "low_end_cpu": (256, "cpu", False, False),
+        "mid_range_gpu": (384, "auto", True, False),
+        "high_end_gpu": (768, "auto", True, True),
+    }
     for recipe, expected in cases.items():
         settings = settings_for([f"experiment={recipe}"])
-        assert (settings.model.n_embd, settings.hardware.device, settings.hardware.amp,
-                settings.hardware.compile) == expected, recipe
+        assert (
+            settings.model.n_embd,
+            settings.hardware.device,
+            settings.hardware.amp,
+            settings.hardware.compile,
+        ) == expected, recipe
     # The command line still beats a recipe.
     assert settings_for(["experiment=mid_range_gpu", "model.n_layer=2"]).model.n_layer == 2
 
@@ -249,7 +282,12 @@ def test_hparams_search_optuna_minimises_over_lr_weight_decay_warmup_and_width()
         cfg = compose(config_name="config", overrides=["hparams_search=optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert "optuna" in sweeper._target_.lower() and sweeper.direction == "minimize"
-    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "scheduler.warmup_fraction", "model.n_embd"}
+    assert set(sweeper.params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "scheduler.warmup_fraction",
+        "model.n_embd",
+    }
     for n_head in (4, 6, 12, 16):  # every width choice fits every model group's heads
         assert all(width % n_head == 0 for width in (96, 192, 384))
     assert "choice(96, 192, 384)" in sweeper.params["model.n_embd"]
@@ -264,16 +302,31 @@ def test_the_command_line_is_read_as_hydra_reads_it():
     assert not launches_sweep(["model=small"]) and not launches_sweep(["hparams_search=null"])
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["train.checkpoint_every=1"], "train.checkpoint_every is called train.checkpoint_every_epochs now"),
-    (["debug=slow"], "debug=slow is not an option of debug; choose one of fast"),
-    (["optimizer=muon", "scheduler.decay_fraction=0.5"], "scheduler.decay_fraction is not a setting of scheduler=cosine"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["train.checkpoint_every=1"], "train.checkpoint_every is called train.checkpoint_every_epochs now"),
+        (["debug=slow"], "debug=slow is not an option of debug; choose one of fast"),
+        (
+            ["optimizer=muon", "scheduler.decay_fraction=0.5"],
+            "scheduler.decay_fraction is not a setting of scheduler=cosine",
+        ),
+    ],
+)
 def test_check_overrides_knows_renamed_keys_the_debug_group_and_option_keys(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         check_overrides(overrides)
-    check_overrides(["hardware=gpu_high", "hardware.nproc=2", "experiment=high_end_gpu", "debug=fast",
-                     "scheduler=wsd", "scheduler.decay_fraction=0.5", "experiment=debug"])
+    check_overrides(
+        [
+            "hardware=gpu_high",
+            "hardware.nproc=2",
+            "experiment=high_end_gpu",
+            "debug=fast",
+            "scheduler=wsd",
+            "scheduler.decay_fraction=0.5",
+            "experiment=debug",
+        ]
+    )
 
 
 def test_sweep_directories_are_named_after_what_they_sweep():

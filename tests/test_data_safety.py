@@ -103,6 +103,7 @@ def edit_meta(change):
         meta = json.loads((entry / "meta.json").read_text())
         change(meta)
         replace_file(entry / "meta.json", json.dumps(meta).encode())
+
     return damage
 
 
@@ -149,12 +150,15 @@ def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, corpus, caplog, d
     first = prepare(corpus, cache)
     (tokenizer_file,) = cache.glob("tokenizers/*.json")
     content = tokenizer_file.read_bytes()
-    replace_file(tokenizer_file, {
-        "cut short": content[: len(content) // 2],
-        "zero-filled": zero_fill(tokenizer_file),
-        "empty": b"",
-        "not a tokenizer": b'{"version": "1.0"}',
-    }[damage])
+    replace_file(
+        tokenizer_file,
+        {
+            "cut short": content[: len(content) // 2],
+            "zero-filled": zero_fill(tokenizer_file),
+            "empty": b"",
+            "not a tokenizer": b'{"version": "1.0"}',
+        }[damage],
+    )
 
     with caplog.at_level(logging.INFO, logger="fragment_llm"):
         again = prepare(corpus, cache)
@@ -172,8 +176,12 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, corpus):
     dead_pid, live_pid = int(dead.stdout), os.getpid()
     (entry,) = cache.glob("tokens/*")
     stale = [cache / "tokenizers" / f".abc.json.{dead_pid}.tmp", entry / f".train.bin.{dead_pid}.tmp"]
-    kept = [cache / "tokenizers" / f".abc.json.{live_pid}.tmp", entry / f".meta.json.{live_pid}.tmp",
-            entry / ".notes.tmp", entry / "train.bin"]
+    kept = [
+        cache / "tokenizers" / f".abc.json.{live_pid}.tmp",
+        entry / f".meta.json.{live_pid}.tmp",
+        entry / ".notes.tmp",
+        entry / "train.bin",
+    ]
     for path in stale + kept[:-1]:
         path.write_bytes(b"half written")
 
@@ -221,10 +229,12 @@ def make_unreadable(kind, tmp_path, monkeypatch):
         bad.write_text("secret\n")
         bad.chmod(0)
         if os.geteuid() == 0:  # root reads it anyway: answer as the system answers anyone else
+
             def open_as_user(path, *args, **kwargs):
                 if os.fspath(path) == str(bad):
                     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
                 return open(path, *args, **kwargs)
+
             monkeypatch.setattr(data_module, "open", open_as_user, raising=False)
     elif kind == "pipe":
         os.mkfifo(bad)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import RUN, run_cli, tiny_overrides
+
 from fragment_llm.checkpoint import load_checkpoint
 from fragment_llm.records import read_summary
 
@@ -77,8 +77,13 @@ def test_a_ddp_run_resumes_exactly_per_rank_and_in_one_process(tmp_path, corpus)
     continued = load_checkpoint(resumed / "models" / "final_model.pt")["model_state_dict"]
     assert all(torch.equal(expected[key], continued[key]) for key in expected)
 
-    single, _ = train_cli(tmp_path, corpus, "single", f"train.resume={step_6}", **{
-        **keys, "hardware": "cpu", "hardware.nproc": 1, "train.max_iters": 14})
+    single, _ = train_cli(
+        tmp_path,
+        corpus,
+        "single",
+        f"train.resume={step_6}",
+        **{**keys, "hardware": "cpu", "hardware.nproc": 1, "train.max_iters": 14},
+    )
     summary = read_summary(single)
     assert summary["status"] == "completed" and summary["steps"] == 14 and summary["resumed_at_step"] == 6
 
@@ -86,8 +91,17 @@ def test_a_ddp_run_resumes_exactly_per_rank_and_in_one_process(tmp_path, corpus)
 def test_a_submitit_job_with_two_tasks_is_one_two_rank_run(tmp_path, corpus):
     keys = {**DDP, "hardware.nproc": 1, "train.max_iters": 6, "train.batch_size": 2}
     overrides = tiny_overrides(tmp_path, corpus, **keys)
-    result = run_cli([RUN, "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides], cwd=tmp_path)
+    result = run_cli(
+        [
+            RUN,
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     run_dir = only_run(tmp_path / "sweep")
     assert run_dir == tmp_path / "sweep" / "0"

@@ -6,13 +6,12 @@ use only the last few tokens of context, and the per-position noise is larger th
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import train_tiny_run
+
 from fragment_llm.cli import main
 from fragment_llm.config import DataConfig, DataSource
 from fragment_llm.data import collect_documents, split_documents
@@ -124,7 +123,9 @@ def test_stride_block_size_is_the_non_overlapping_evaluation(trained, text_token
 def test_non_overlapping_windows_are_the_models_own_loss_on_consecutive_blocks(trained, text_tokens):
     tokens = text_tokens[: 3 * BLOCK + 1]  # exactly three windows: what evaluation measured before strides
     with torch.no_grad():
-        _, loss = trained.model(torch.from_numpy(tokens[:-1]).view(3, BLOCK), torch.from_numpy(tokens[1:]).view(3, BLOCK))
+        _, loss = trained.model(
+            torch.from_numpy(tokens[:-1]).view(3, BLOCK), torch.from_numpy(tokens[1:]).view(3, BLOCK)
+        )
     assert evaluate_tokens(trained.model, tokens, 1000).loss == pytest.approx(loss.item(), rel=1e-5)
 
 
@@ -173,8 +174,12 @@ def test_eval_with_a_stride_prints_both_figures_side_by_side(run_dir, trained, v
     [
         ("0", 2, "argument --stride: 0 is out of range; pass a value at least 1"),
         ("x", 2, "argument --stride: x is not an integer"),
-        (str(BLOCK + 1), 1, f"--stride {BLOCK + 1} is longer than the model's context (block_size {BLOCK}); "
-                            f"pass a stride in [1, {BLOCK}]"),
+        (
+            str(BLOCK + 1),
+            1,
+            f"--stride {BLOCK + 1} is longer than the model's context (block_size {BLOCK}); "
+            f"pass a stride in [1, {BLOCK}]",
+        ),
     ],
 )
 def test_a_bad_stride_is_one_error_line_and_a_non_zero_exit(stride, code, needle, run_dir, capsys):

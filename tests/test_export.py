@@ -9,21 +9,28 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import train_tiny_run
 from safetensors.torch import load_model
 
-from conftest import train_tiny_run
 from fragment_llm.cli import main
 from fragment_llm.export import export_hf, export_safetensors, hf_architecture
 from fragment_llm.generate import Sampling, generate_tokens
 from fragment_llm.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
 from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.trained import load_run
 from fragment_llm.tokenizer import end_of_text_id
+from fragment_llm.trained import load_run
 
 LLAMA = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}
 MODERN = {
-    "position": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "tie_embeddings": False,
-    "zero_init": False, "logit_softcap": 15.0, "value_embeddings": True, "residual_scalars": True,
+    "position": "rope",
+    "norm": "rmsnorm",
+    "qk_norm": True,
+    "activation": "relu2",
+    "tie_embeddings": False,
+    "zero_init": False,
+    "logit_softcap": 15.0,
+    "value_embeddings": True,
+    "residual_scalars": True,
     "embed_norm": True,
 }
 # Each layout (GPTConfig's keys beyond the shape) and the class transformers loads it as.
@@ -37,7 +44,8 @@ LAYOUTS = {
     "qwen3 untied": ({**LLAMA, "qk_norm": True, "tie_embeddings": False}, "Qwen3ForCausalLM"),
     "modern": (MODERN, "FragmentForCausalLM"),
     "learned positions, tied, biases, remote": (
-        {"norm": "rmsnorm", "activation": "swiglu", "embed_norm": True, "bias": True}, "FragmentForCausalLM"
+        {"norm": "rmsnorm", "activation": "swiglu", "embed_norm": True, "bias": True},
+        "FragmentForCausalLM",
     ),
     "qk-norm with layernorm, remote": ({**LLAMA, "norm": "layernorm", "qk_norm": True}, "FragmentForCausalLM"),
 }
@@ -82,8 +90,11 @@ def hf_greedy(model, prompt: list[int], new_tokens: int, end_of_text: int) -> li
 
 
 def our_greedy(model: GPT, prompt: list[int], new_tokens: int, end_of_text: int, use_cache: bool = True) -> list[int]:
-    return list(generate_tokens(model, prompt, new_tokens, Sampling(temperature=0), torch.Generator(), use_cache,
-                                stop_token=end_of_text))
+    return list(
+        generate_tokens(
+            model, prompt, new_tokens, Sampling(temperature=0), torch.Generator(), use_cache, stop_token=end_of_text
+        )
+    )
 
 
 def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(run_dir, tmp_path, capsys):
@@ -160,7 +171,12 @@ def test_only_layouts_a_transformers_architecture_computes_exactly_are_written_a
     assert architecture(zero_init=True, dropout=0.1) == "gpt2"  # neither changes what the model computes
     assert architecture(**LLAMA, zero_init=True) == "llama"
     assert architecture(**LLAMA, qk_norm=True, bias=True) == "remote"  # Qwen3's MLP has no biases
-    for extra in ({"logit_softcap": 30.0}, {"value_embeddings": True}, {"residual_scalars": True}, {"embed_norm": True}):
+    for extra in (
+        {"logit_softcap": 30.0},
+        {"value_embeddings": True},
+        {"residual_scalars": True},
+        {"embed_norm": True},
+    ):
         assert architecture(**extra) == "remote", extra
         assert architecture(**{**LLAMA, **extra}) == "remote", extra
     for part in ({"activation": "swiglu"}, {"norm": "rmsnorm"}, {"position": "rope"}, {"qk_norm": True}):

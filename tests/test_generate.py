@@ -7,15 +7,15 @@ import math
 
 import pytest
 import torch
-
 from conftest import train_tiny_run
-from fragment_llm.data import collect_documents, split_documents
+
 from fragment_llm.config import DataConfig, DataSource
+from fragment_llm.data import collect_documents, split_documents
 from fragment_llm.evaluate import bits_per_byte, evaluate_documents
 from fragment_llm.generate import Sampling, TextStream, generate_text, generate_tokens, sample_next
 from fragment_llm.records import RunError
-from fragment_llm.trained import load_run
 from fragment_llm.tokenizer import end_of_text_id
+from fragment_llm.trained import load_run
 
 GREEDY = Sampling(temperature=0)
 
@@ -95,8 +95,11 @@ def test_generated_text_is_the_tokens_up_to_the_end_of_the_document(trained):
     expected = trained.tokenizer.decode(ids[: ids.index(end)] if end in ids else ids)
     generator = torch.Generator().manual_seed(3)
     assert "".join(generate_text(trained.model, trained.tokenizer, "The", 80, sampling, generator)) == expected
-    # An empty prompt starts a new document.
-    list(generate_text(trained.model, trained.tokenizer, "", 5, sampling, generator))
+    # An empty prompt starts a new document: the continuation of a lone end-of-text token.
+    after_end = generate_tokens(trained.model, [end], 5, GREEDY, torch.Generator(), stop_token=end)
+    expected = trained.tokenizer.decode(list(after_end))
+    empty = "".join(generate_text(trained.model, trained.tokenizer, "", 5, GREEDY, torch.Generator()))
+    assert empty == expected and empty
 
 
 def test_training_reports_bits_per_byte_and_writes_samples(run_dir):
@@ -131,7 +134,9 @@ def test_bits_per_byte_is_nats_per_token_times_tokens_per_byte_over_ln2():
 
 
 def test_evaluation_of_the_validation_split_matches_training(run_dir, trained):
-    documents = split_documents(collect_documents(DataConfig(DataSource.text, trained.settings["data"]["path"])), 0.1)[1]
+    documents = split_documents(collect_documents(DataConfig(DataSource.text, trained.settings["data"]["path"])), 0.1)[
+        1
+    ]
     result = evaluate_documents(trained.model, trained.tokenizer, documents)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result.tokens == summary["val_tokens"]

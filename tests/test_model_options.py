@@ -8,19 +8,34 @@ import math
 
 import pytest
 import torch
+from conftest import settings_for
 
 from fragment_llm.checkpoint import checkpoint_problem
 from fragment_llm.config import ConfigError
 from fragment_llm.generate import Sampling, generate_tokens
 from fragment_llm.model import GPT, GPTConfig
 from fragment_llm.optim import CautiousWeightDecay, build_optimizer
-from conftest import settings_for
 
 SHAPE = dict(vocab_size=300, block_size=16, n_layer=3, n_head=2, n_embd=64)
-ALL_ON = dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", tie_embeddings=False,
-              zero_init=True, logit_softcap=15.0, value_embeddings=True, residual_scalars=True, embed_norm=True)
-EACH = [{}, *({key: value} for key, value in ALL_ON.items()), {"activation": "swiglu"}, ALL_ON,
-        {**ALL_ON, "activation": "swiglu"}]
+ALL_ON = dict(
+    position="rope",
+    norm="rmsnorm",
+    qk_norm=True,
+    activation="relu2",
+    tie_embeddings=False,
+    zero_init=True,
+    logit_softcap=15.0,
+    value_embeddings=True,
+    residual_scalars=True,
+    embed_norm=True,
+)
+EACH = [
+    {},
+    *({key: value} for key, value in ALL_ON.items()),
+    {"activation": "swiglu"},
+    ALL_ON,
+    {**ALL_ON, "activation": "swiglu"},
+]
 NAMES = ["gpt2", *ALL_ON, "swiglu", "all", "all-swiglu"]
 
 
@@ -126,14 +141,26 @@ def test_soft_capping_bounds_the_logits():
 def test_a_checkpoint_from_before_the_layout_keys_builds_gpt2():
     shape_only = dict(SHAPE, dropout=0.0, bias=False)
     config = GPTConfig(**shape_only)
-    assert (config.position, config.norm, config.activation, config.tie_embeddings) == ("learned", "layernorm", "gelu", True)
+    assert (config.position, config.norm, config.activation, config.tie_embeddings) == (
+        "learned",
+        "layernorm",
+        "gelu",
+        True,
+    )
     weights = GPT(config).state_dict()
-    assert checkpoint_problem({"model_state_dict": weights, "model_config": shape_only}, ("model_state_dict", "model_config")) is None
+    assert (
+        checkpoint_problem(
+            {"model_state_dict": weights, "model_config": shape_only}, ("model_state_dict", "model_config")
+        )
+        is None
+    )
     modern = dataclasses.asdict(GPTConfig(**SHAPE, **ALL_ON))
     state = {"model_state_dict": GPT(GPTConfig(**SHAPE, **ALL_ON)).state_dict(), "model_config": modern}
     assert checkpoint_problem(state, ("model_state_dict", "model_config")) is None
     for key, bad in [("position", "alibi"), ("qk_norm", "yes"), ("logit_softcap", math.inf), ("activation", 3)]:
-        problem = checkpoint_problem({**state, "model_config": {**modern, key: bad}}, ("model_state_dict", "model_config"))
+        problem = checkpoint_problem(
+            {**state, "model_config": {**modern, key: bad}}, ("model_state_dict", "model_config")
+        )
         assert problem and key in problem
 
 
@@ -185,8 +212,9 @@ def test_our_muon_steps_as_torchs_but_orthogonalises_in_fp32_on_a_cpu():
     ours = [torch.nn.Parameter(torch.randn(96, 32) * 0.02), torch.nn.Parameter(torch.randn(32, 64) * 0.02)]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     mine = Muon(ours, lr=2e-3, weight_decay=0.1, momentum=0.95, nesterov=True)
-    reference = torch.optim.Muon(theirs, lr=2e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
-                                 adjust_lr_fn="match_rms_adamw")
+    reference = torch.optim.Muon(
+        theirs, lr=2e-3, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw"
+    )
     for _ in range(3):
         for mine_p, their_p in zip(ours, theirs):
             mine_p.grad = torch.randn_like(mine_p)

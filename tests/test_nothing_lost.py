@@ -17,9 +17,9 @@ import typing
 
 import pytest
 import torch
+from conftest import ROOT, RUN, compose_config, run_cli, settings_for, tiny_overrides, train_tiny_run
 from omegaconf import OmegaConf
 
-from conftest import ROOT, RUN, compose_config, run_cli, settings_for, tiny_overrides, train_tiny_run
 from fragment_llm import config as config_module
 from fragment_llm.app import RunLock, run_training
 from fragment_llm.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, save_checkpoint
@@ -57,13 +57,16 @@ def finished_run(tmp_path_factory, corpus):
 def test_a_directory_holding_a_run_is_refused_and_left_untouched(finished_run, corpus, tmp_path):
     root, run_dir = finished_run
     before = snapshot(run_dir)
-    again = run_cli([RUN, *tiny_overrides(root, corpus, **{"train.max_iters": 2}), f"hydra.run.dir={run_dir}"],
-                    cwd=tmp_path)
+    again = run_cli(
+        [RUN, *tiny_overrides(root, corpus, **{"train.max_iters": 2}), f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     one_error_line(again, "already holds a run; continue it with train.resume=")
     assert snapshot(run_dir) == before  # not even Hydra's record of it changed
 
-    sweep = run_cli([RUN, "-m", *tiny_overrides(root, corpus, **{"train.max_iters": "1,2"}),
-                     f"hydra.sweep.dir={run_dir.parent}"], cwd=tmp_path)
+    sweep = run_cli(
+        [RUN, "-m", *tiny_overrides(root, corpus, **{"train.max_iters": "1,2"}), f"hydra.sweep.dir={run_dir.parent}"],
+        cwd=tmp_path,
+    )
     one_error_line(sweep, "already holds runs")
     assert snapshot(run_dir) == before
 
@@ -82,13 +85,28 @@ def test_resuming_into_its_own_directory_is_allowed_but_not_twice_at_once(tmp_pa
 @pytest.mark.slow
 def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, corpus):
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 2})
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fragment_llm.app import RunLock; "
-                               f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fragment_llm.app import RunLock; "
+            f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = run_cli([RUN, *tiny_overrides(tmp_path, corpus, **{"train.max_iters": 4}),
-                          f"train.resume={run_dir}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        result = run_cli(
+            [
+                RUN,
+                *tiny_overrides(tmp_path, corpus, **{"train.max_iters": 4}),
+                f"train.resume={run_dir}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+        )
         one_error_line(result, f"is in use: another process (pid {holder.pid})")
     finally:
         holder.kill()
@@ -125,8 +143,9 @@ def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds
     assert load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt")["tokenizer_hash"] == saved_hash
 
     # A checkpoint from before checkpoints carried their tokenizer and said how the corpus was hashed.
-    older = {key: value for key, value in load_checkpoint(final).items()
-             if key not in ("tokenizer", "corpus_hash_version")}
+    older = {
+        key: value for key, value in load_checkpoint(final).items() if key not in ("tokenizer", "corpus_hash_version")
+    }
     save_checkpoint(tmp_path / "older.pt", older)
     overrides[-1] = f"train.resume={tmp_path / 'older.pt'}"
     assert run_training(compose_config(overrides), tmp_path / "from_older", overrides) == math.inf
@@ -149,12 +168,23 @@ def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, corpus,
     assert run_training(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert f"Resuming with optimizer {optimizer} (the checkpoint was trained with adamw)" in log
-    assert load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt", for_resume=True)["config"][
-        "optimizer"]["name"] == optimizer
+    assert (
+        load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt", for_resume=True)["config"]["optimizer"][
+            "name"
+        ]
+        == optimizer
+    )
 
 
-MODEL_CONFIG = {"vocab_size": 512, "block_size": 128, "n_layer": 1, "n_head": 2, "n_embd": 64, "dropout": 0.0,
-                "bias": False}
+MODEL_CONFIG = {
+    "vocab_size": 512,
+    "block_size": 128,
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 64,
+    "dropout": 0.0,
+    "bias": False,
+}
 NOT_CHECKPOINTS = {
     "a list": [1, 2, 3],
     "an empty dict": {},
@@ -191,9 +221,12 @@ def test_a_model_checkpoint_cannot_be_resumed_and_a_folder_is_not_a_checkpoint(t
 
 
 # ---- every value is finite and in range -----------------------------------------------------------------
-FLOAT_KEYS = [f"{section}.{field.name}" for section, node in config_module.Config.__dataclass_fields__.items()
-              for field in dataclasses.fields(node.default_factory)
-              if typing.get_type_hints(node.default_factory)[field.name] in (float, typing.Optional[float])]
+FLOAT_KEYS = [
+    f"{section}.{field.name}"
+    for section, node in config_module.Config.__dataclass_fields__.items()
+    for field in dataclasses.fields(node.default_factory)
+    if typing.get_type_hints(node.default_factory)[field.name] in (float, typing.Optional[float])
+]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -205,23 +238,32 @@ def test_every_float_key_refuses_nan_and_inf(key, value):
 
 
 def test_the_float_keys_are_found():
-    assert {"optimizer.lr", "train.grad_clip", "model.dropout", "data.val_fraction", "model.logit_softcap",
-            "scheduler.decay_fraction"} <= set(FLOAT_KEYS)
+    assert {
+        "optimizer.lr",
+        "train.grad_clip",
+        "model.dropout",
+        "data.val_fraction",
+        "model.logit_softcap",
+        "scheduler.decay_fraction",
+    } <= set(FLOAT_KEYS)
 
 
 # ---- mistakes Hydra would report in many lines ------------------------------------------------------------
-@pytest.mark.parametrize("overrides,needle", [
-    (["model.nembd=128"], "model.nembd is not a config key; did you mean model.n_embd?"),
-    (["train.lr=1e-3"], "did you mean optimizer.lr?"),
-    (["modle=small"], "did you mean model?"),
-    (["model=tinny"], "model=tinny is not an option of model; choose one of large, medium, small, tiny"),
-    (["+model.n_embd=64"], "model.n_embd exists already; drop the +"),
-    (["model.n_layer=["], "is not a valid override"),
-    (["optimizer.momentum=0.5"], "optimizer.momentum is not a setting of optimizer=adamw, only of optimizer=muon"),
-    (["optimizer=adamw,sgd", "optimizer.beta1=0.5"], "optimizer.beta1 is not a setting of optimizer=sgd"),
-    (["optimizer=choice(adamw,sgd)", "optimizer.momentum=0.5"], "not a setting of optimizer=adamw"),
-    (["optimizer.momentum=0.5", "data.path=a[1].txt"], "data.path=a[1].txt is not a valid override"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["model.nembd=128"], "model.nembd is not a config key; did you mean model.n_embd?"),
+        (["train.lr=1e-3"], "did you mean optimizer.lr?"),
+        (["modle=small"], "did you mean model?"),
+        (["model=tinny"], "model=tinny is not an option of model; choose one of large, medium, small, tiny"),
+        (["+model.n_embd=64"], "model.n_embd exists already; drop the +"),
+        (["model.n_layer=["], "is not a valid override"),
+        (["optimizer.momentum=0.5"], "optimizer.momentum is not a setting of optimizer=adamw, only of optimizer=muon"),
+        (["optimizer=adamw,sgd", "optimizer.beta1=0.5"], "optimizer.beta1 is not a setting of optimizer=sgd"),
+        (["optimizer=choice(adamw,sgd)", "optimizer.momentum=0.5"], "not a setting of optimizer=adamw"),
+        (["optimizer.momentum=0.5", "data.path=a[1].txt"], "data.path=a[1].txt is not a valid override"),
+    ],
+)
 def test_unknown_keys_and_options_are_one_line_naming_the_closest(overrides, needle):
     with pytest.raises(ConfigError) as error:
         check_overrides(overrides)
@@ -229,22 +271,35 @@ def test_unknown_keys_and_options_are_one_line_naming_the_closest(overrides, nee
 
 
 def test_valid_overrides_pass_the_check():
-    check_overrides(["model=tiny,small", "optimizer.lr=1e-3", "hydra/launcher=joblib", "experiment=debug",
-                     "+model.typo=1", "~train.seed", "hydra.run.dir=x", "model.n_embd=choice(64,128)"])
+    check_overrides(
+        [
+            "model=tiny,small",
+            "optimizer.lr=1e-3",
+            "hydra/launcher=joblib",
+            "experiment=debug",
+            "+model.typo=1",
+            "~train.seed",
+            "hydra.run.dir=x",
+            "model.n_embd=choice(64,128)",
+        ]
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra,needle", [
-    (["model.nembd=128"], "did you mean model.n_embd?"),
-    (["paths.outputs={file}"], "is a file, not a folder"),
-    (["paths.cache={file}/cache"], "paths.cache="),
-    (["paths.outputs=/proc/fragment-llm"], "is not a writable folder"),
-    (["hydra.run.dir={file}"], "hydra.run.dir="),
-    (["paths.outputs=${{nothing}}"], "paths.outputs: Interpolation key 'nothing' not found"),
-    (["train.resume=${{nothing}}"], "train.resume: Interpolation key 'nothing' not found"),
-    (["train.grad_clip=nan"], "train.grad_clip=nan is not a finite number"),
-    (["experiment=debug", "train.resume={run}"], "experiment=debug does not combine with train.resume"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["model.nembd=128"], "did you mean model.n_embd?"),
+        (["paths.outputs={file}"], "is a file, not a folder"),
+        (["paths.cache={file}/cache"], "paths.cache="),
+        (["paths.outputs=/proc/fragment-llm"], "is not a writable folder"),
+        (["hydra.run.dir={file}"], "hydra.run.dir="),
+        (["paths.outputs=${{nothing}}"], "paths.outputs: Interpolation key 'nothing' not found"),
+        (["train.resume=${{nothing}}"], "train.resume: Interpolation key 'nothing' not found"),
+        (["train.grad_clip=nan"], "train.grad_clip=nan is not a finite number"),
+        (["experiment=debug", "train.resume={run}"], "experiment=debug does not combine with train.resume"),
+    ],
+)
 def test_bad_command_lines_end_in_one_line(tmp_path, corpus, finished_run, extra, needle):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -259,23 +314,42 @@ def test_a_resumed_run_records_the_config_it_trained_with(finished_run, tmp_path
     _, run_dir = finished_run
     outputs = tmp_path / "outputs"
     # Nothing says data=text or the model's size here: both come from the checkpoint.
-    result = run_cli([RUN, f"train.resume={run_dir}", "train.max_iters=8", "optimizer.lr=1e-3",
-                      f"paths.outputs={outputs}", f"paths.cache={run_dir.parent / 'cache'}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            RUN,
+            f"train.resume={run_dir}",
+            "train.max_iters=8",
+            "optimizer.lr=1e-3",
+            f"paths.outputs={outputs}",
+            f"paths.cache={run_dir.parent / 'cache'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (resumed,) = [path.parent for path in outputs.rglob("summary.json")]
     recorded = OmegaConf.load(resumed / ".hydra" / "config.yaml")
     assert recorded.data.source == "text" and recorded.model.n_embd == 64 and recorded.optimizer.lr == 1e-3
     assert recorded.train.max_iters == 8
     assert OmegaConf.load(resumed / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
-    listing = run_cli(["-m", "fragment_llm", "runs", str(outputs), "--filter", "data.source=text", "--json"],
-                      cwd=tmp_path)
+    listing = run_cli(
+        ["-m", "fragment_llm", "runs", str(outputs), "--filter", "data.source=text", "--json"], cwd=tmp_path
+    )
     assert [run["path"] for run in json.loads(listing.stdout)] == [str(resumed)]
 
     # Continued in its own directory, where Hydra rewrites .hydra/ with this command's composition.
     in_place = tmp_path / "in_place"
     shutil.copytree(run_dir, in_place)
-    result = run_cli([RUN, f"train.resume={in_place}", f"hydra.run.dir={in_place}", "train.max_iters=8",
-                      f"paths.outputs={outputs}", f"paths.cache={run_dir.parent / 'cache'}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            RUN,
+            f"train.resume={in_place}",
+            f"hydra.run.dir={in_place}",
+            "train.max_iters=8",
+            f"paths.outputs={outputs}",
+            f"paths.cache={run_dir.parent / 'cache'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert OmegaConf.load(in_place / ".hydra" / "config.yaml").data.source == "text"
     assert OmegaConf.load(in_place / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
@@ -304,15 +378,25 @@ def limited(run_args, cwd, file_size=None, memory=None, timeout=300):
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    return subprocess.run([sys.executable, RUN, *run_args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit)
+    return subprocess.run(
+        [sys.executable, RUN, *run_args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("file_size,needle", [
-    (300_000, "could not write checkpoint"),  # the data fits, a checkpoint does not
-    (20_000, "File too large"),  # not even the token cache fits
-])
+@pytest.mark.parametrize(
+    "file_size,needle",
+    [
+        (300_000, "could not write checkpoint"),  # the data fits, a checkpoint does not
+        (20_000, "File too large"),  # not even the token cache fits
+    ],
+)
 def test_a_full_disk_is_one_line_and_a_failed_summary(tmp_path, corpus, file_size, needle):
     keys = {"train.max_iters": 4, "train.save_interval": 2, "logging.tensorboard": False}
     result = limited(tiny_overrides(tmp_path, corpus, **keys), tmp_path, file_size=file_size)
@@ -347,8 +431,9 @@ def signalled(overrides, cwd, after_line: str, signum: int, delay: float):
     """Start run.py, send `signum` `delay` seconds after it prints a line starting with `after_line`;
     returns its exit code, its standard error, and its run directory's summary.json."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    process = subprocess.Popen([sys.executable, RUN, *overrides], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, RUN, *overrides], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for line in process.stdout:
         if line.startswith(after_line):
             break
@@ -384,8 +469,18 @@ def test_sighup_during_training_saves_like_sigterm(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_sigterm_to_the_parent_of_spawned_ranks_stops_them_with_a_checkpoint(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"hardware": "ddp", "hardware.device": "cpu", "hardware.amp": False,
-                                                    "hardware.nproc": 2, "train.batch_size": 2, **TRAIN_ON})
+    overrides = tiny_overrides(
+        tmp_path,
+        corpus,
+        **{
+            "hardware": "ddp",
+            "hardware.device": "cpu",
+            "hardware.amp": False,
+            "hardware.nproc": 2,
+            "train.batch_size": 2,
+            **TRAIN_ON,
+        },
+    )
     # To the parent alone, as a scheduler might send it.
     code, err, summary = signalled(overrides, tmp_path, "Epoch ", signal.SIGTERM, 1.0)
     assert code == 143, err
@@ -400,8 +495,14 @@ def test_sigterm_to_the_parent_of_spawned_ranks_stops_them_with_a_checkpoint(tmp
 def test_a_signal_while_starting_up_quits_quietly(tmp_path, corpus, signum, delay):
     """Before the run starts (importing torch, composing the config): no traceback, 128 + the signal."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    process = subprocess.Popen([sys.executable, RUN, *tiny_overrides(tmp_path, corpus)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, RUN, *tiny_overrides(tmp_path, corpus)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)

@@ -7,8 +7,8 @@ import re
 import shlex
 
 import pytest
-
 from conftest import ROOT, settings_for
+
 from fragment_llm.compose import check_overrides
 
 COMMAND = re.compile(r"^(?:\$ )?python run\.py(.*?)(?:\s+#.*)?$")
@@ -52,8 +52,11 @@ def test_readme_command_composes(arguments):
 
 
 def readme_tool_commands() -> list[list[str]]:
-    return [shlex.split(line.strip().split("#")[0])[1:] for line in (ROOT / "README.md").read_text().splitlines()
-            if line.strip().startswith("fragment-llm ")]
+    return [
+        shlex.split(line.strip().split("#")[0])[1:]
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.strip().startswith("fragment-llm ")
+    ]
 
 
 @pytest.mark.parametrize("arguments", readme_tool_commands(), ids=" ".join)

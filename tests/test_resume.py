@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import RUN, compose_config, run_cli, settings_for, tiny_overrides
+
 from fragment_llm import checkpoint as checkpoint_module
 from fragment_llm.app import run_training
 from fragment_llm.checkpoint import (
@@ -99,8 +99,10 @@ def test_resume_may_extend_a_run_but_not_change_its_model_or_data(tmp_path, corp
     assert best < float("inf") and read_summary(first)["steps"] == 14  # continued in its own directory
     assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 14
 
-    for keys, needle in [({"model.n_embd": 128}, "model.n_embd=128 conflicts with the checkpoint (model.n_embd=64)"),
-                         ({"data.val_fraction": 0.2}, "data.val_fraction=0.2 conflicts with the checkpoint (data.val_fraction=0.1)")]:
+    for keys, needle in [
+        ({"model.n_embd": 128}, "model.n_embd=128 conflicts with the checkpoint (model.n_embd=64)"),
+        ({"data.val_fraction": 0.2}, "data.val_fraction=0.2 conflicts with the checkpoint (data.val_fraction=0.1)"),
+    ]:
         run_dir, best = resume_run(tmp_path, corpus, f"bad{len(keys)}{keys}", first, **keys)
         assert best == float("inf")
         summary = read_summary(run_dir)
@@ -224,8 +226,16 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, cor
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == summary["steps"]
 
-    resumed = run_cli([RUN, *tiny_overrides(tmp_path / "second", corpus), f"paths.cache={tmp_path / 'cache'}",
-                       f"train.resume={run_dir}", f"train.max_iters={last['step'] + 3}"], cwd=tmp_path)
+    resumed = run_cli(
+        [
+            RUN,
+            *tiny_overrides(tmp_path / "second", corpus),
+            f"paths.cache={tmp_path / 'cache'}",
+            f"train.resume={run_dir}",
+            f"train.max_iters={last['step'] + 3}",
+        ],
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr
     (second,) = [p.parent for p in (tmp_path / "second").rglob("summary.json")]
     assert read_summary(second)["steps"] == last["step"] + 3 and read_summary(second)["status"] == "completed"
@@ -266,8 +276,16 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, corpus
             previous = run_dir
     assert previous is not None
     step = find_resume_checkpoint(previous)[1]["step"]
-    result = run_cli([RUN, *tiny_overrides(tmp_path / "final", corpus), f"paths.cache={tmp_path / 'cache'}",
-                      f"train.resume={previous}", f"train.max_iters={step + 2}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            RUN,
+            *tiny_overrides(tmp_path / "final", corpus),
+            f"paths.cache={tmp_path / 'cache'}",
+            f"train.resume={previous}",
+            f"train.max_iters={step + 2}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (final,) = [p.parent for p in (tmp_path / "final").rglob("summary.json")]
     summary = json.loads((final / "summary.json").read_text())

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from conftest import RUN, run_cli, tiny_overrides
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
-from conftest import RUN, run_cli, tiny_overrides
 from fragment_llm.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,15 @@ def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert run_dir.name.split("_")[1] == "tiny-cpu"
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log",
-                 "tokenizer.json", "models/final_model.pt", "summary.json"):
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        ".hydra/hydra.yaml",
+        "train.log",
+        "tokenizer.json",
+        "models/final_model.pt",
+        "summary.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.n_embd == 64
 
@@ -82,8 +89,10 @@ def bad_files(tmp_path_factory):
     (folder / "empty.txt").write_text("")
     (folder / "binary.bin").write_bytes(bytes(range(256)) * 40)
     (folder / "small.txt").write_text("Too short to hold one block of text.\n" * 5)
-    return {name: str(folder / f"{name}.{ext}") for name, ext in
-            [("empty", "txt"), ("binary", "bin"), ("small", "txt"), ("missing", "txt")]}
+    return {
+        name: str(folder / f"{name}.{ext}")
+        for name, ext in [("empty", "txt"), ("binary", "bin"), ("small", "txt"), ("missing", "txt")]
+    }
 
 
 def test_bad_input_fails_with_one_line_and_writes_no_checkpoint(tmp_path, corpus, bad_files):
@@ -111,7 +120,9 @@ def test_cfg_job_and_help_show_the_composed_config(tmp_path):
     config = OmegaConf.create(shown.stdout)
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
     help_text = run_cli([RUN, "--help"], cwd=tmp_path).stdout
-    assert "model: large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
+    assert (
+        "model: large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
+    )
     assert "debug: fast" in help_text and "model.n_embd=128  [64, 2048]" in help_text  # every key, from the schema
     assert "optimizer.momentum=(unset: only muon, sgd)" in help_text
     assert list(tmp_path.iterdir()) == []  # neither creates a run directory
@@ -120,18 +131,29 @@ def test_cfg_job_and_help_show_the_composed_config(tmp_path):
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})
     command = [sys.executable, RUN, *overrides]
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for _ in range(3)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)
+    ]
     for process in processes:
         process.communicate(timeout=120)
     assert len(run_dirs(tmp_path / "outputs")) == 3
 
 
 def test_other_groups_compose_and_run(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "optimizer": "adafactor",
-                                                    "scheduler": "linear", "hardware": "gpu",
-                                                    "hardware.device": "cpu", "hardware.amp": False,
-                                                    "train.batch_size": 2, "train.grad_accum_steps": 2})
+    overrides = tiny_overrides(
+        tmp_path,
+        corpus,
+        **{
+            "train.max_iters": 3,
+            "optimizer": "adafactor",
+            "scheduler": "linear",
+            "hardware": "gpu",
+            "hardware.device": "cpu",
+            "hardware.amp": False,
+            "train.batch_size": 2,
+            "train.grad_accum_steps": 2,
+        },
+    )
     result = run_cli([RUN, *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")

@@ -8,9 +8,9 @@ import math
 import re
 
 import pytest
+from conftest import RUN, run_cli, tiny_overrides
 from omegaconf import OmegaConf
 
-from conftest import RUN, run_cli, tiny_overrides
 from fragment_llm.app import run_training
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,9 @@ def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     before = all_files(tmp_path)
     runs = runs_json(sweep_dir, cwd=tmp_path)
     assert [(run["name"], run["status"]) for run in runs] == [("0", "completed"), ("1", "failed")]
-    assert runs[0]["tokens"] == 3 * 4 * 128 and runs[0]["model"] == "tiny" and "model.dropout=0.0" in runs[0]["overrides"]
+    assert (
+        runs[0]["tokens"] == 3 * 4 * 128 and runs[0]["model"] == "tiny" and "model.dropout=0.0" in runs[0]["overrides"]
+    )
     assert [run["name"] for run in runs_json(sweep_dir, "--filter", "status=failed", cwd=tmp_path)] == ["1"]
     assert [run["name"] for run in runs_json(sweep_dir, "--filter", "model.dropout=2", cwd=tmp_path)] == ["1"]
     assert [run["name"] for run in runs_json(sweep_dir, "--sort", "status", "--limit", "1", cwd=tmp_path)] == ["0"]
@@ -67,9 +69,12 @@ def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     assert compared.returncode == 0, compared.stderr
     assert "model.dropout" in compared.stdout and "optimizer.lr" not in compared.stdout
 
-    for args, needle in [(["show", "nowhere"], "is not a run directory"), (["compare", sweep_dir / "0"], "at least two"),
-                         (["runs", sweep_dir, "--filter", "nokey=1"], "no run has a key nokey"),
-                         (["runs", sweep_dir, "--filter", "status"], "is not key=value")]:
+    for args, needle in [
+        (["show", "nowhere"], "is not a run directory"),
+        (["compare", sweep_dir / "0"], "at least two"),
+        (["runs", sweep_dir, "--filter", "nokey=1"], "no run has a key nokey"),
+        (["runs", sweep_dir, "--filter", "status"], "is not key=value"),
+    ]:
         failed = fragment_llm(*args, cwd=tmp_path)
         assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [failed.stderr.strip()], failed.stderr
         assert failed.stderr.startswith("error: ") and needle in failed.stderr
@@ -80,7 +85,8 @@ def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     events = EventAccumulator(str(sweep_dir / "0" / "tensorboard"))
     events.Reload()
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(
-        events.PluginTagToContent("hparams"))
+        events.PluginTagToContent("hparams")
+    )
     assert events.Scalars("hparams/best_val_loss")[-1].value == pytest.approx(good["best_val_loss"])
 
 
@@ -109,9 +115,14 @@ def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monk
         run_training(cfg, tmp_path / "single")
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]],
-                         ids=["joblib", "submitit_local"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    ],
+    ids=["joblib", "submitit_local"],
+)
 def test_launchers_run_every_job_in_its_own_directory(tmp_path, corpus, launcher):
     sweep_dir = tmp_path / "sweep"
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": "2,3", "hardware.num_threads": 1})
@@ -127,13 +138,20 @@ def test_an_optuna_search_runs_its_trials_and_finds_the_best(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "model.n_embd": "choice(64,128)"})
     overrides = [item for item in overrides if not item.startswith("optimizer.lr=")]  # searched, not fixed
     # No -m: a search is a sweep (hparams_search=optuna sets hydra.mode).
-    result = run_cli([RUN, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                      f"hydra.sweep.dir={sweep_dir}", *overrides], cwd=tmp_path)
+    result = run_cli(
+        [RUN, "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     runs = runs_json(sweep_dir, "--sort", "best_val_loss", cwd=tmp_path)
     assert len(runs) == 3 and all(run["status"] == "completed" for run in runs)
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_value == pytest.approx(runs[0]["best_val_loss"])
-    assert set(best.best_params) == {"optimizer.lr", "optimizer.weight_decay", "scheduler.warmup_fraction", "model.n_embd"}
+    assert set(best.best_params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "scheduler.warmup_fraction",
+        "model.n_embd",
+    }
     assert all(any(item.startswith("optimizer.lr=") for item in run["overrides"]) for run in runs)
     assert "optimizer.lr=" in (sweep_dir / "sweep.txt").read_text()

@@ -9,11 +9,13 @@ import shlex
 import shutil
 
 import pytest
-
 from conftest import ROOT, run_cli, train_tiny_run
+
 from fragment_llm.cli import main
 
-TOOL_COMMAND = re.compile(r'^(?:echo "(?P<stdin>[^"]*)" \| )?fragment-llm (?P<args>(?:generate|eval|export) .*?)(?:\s+#.*)?$')
+TOOL_COMMAND = re.compile(
+    r'^(?:echo "(?P<stdin>[^"]*)" \| )?fragment-llm (?P<args>(?:generate|eval|export) .*?)(?:\s+#.*)?$'
+)
 
 
 def readme_tool_commands() -> list[tuple[str | None, str]]:
@@ -28,7 +30,9 @@ def readme_tool_commands() -> list[tuple[str | None, str]]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("trained")
-    return train_tiny_run(root, corpus, **{"train.checkpoint_every_epochs": 1, "train.epochs": 1, "train.max_iters": 1000})
+    return train_tiny_run(
+        root, corpus, **{"train.checkpoint_every_epochs": 1, "train.epochs": 1, "train.max_iters": 1000}
+    )
 
 
 def test_the_readme_shows_every_tool():
@@ -64,7 +68,10 @@ def test_readme_tool_command_runs(stdin, arguments, run_dir, corpus, tmp_path, m
         (["generate", "{missing}"], "is not a directory"),
         (["generate", "{empty}"], "is not a run directory"),
         (["generate", "{run}", "--checkpoint", "{missing}"], "does not exist"),
-        (["generate", "{run}", "--temperature", "-1"], "argument --temperature: -1 is out of range; pass a value in [0.0, 100.0]"),
+        (
+            ["generate", "{run}", "--temperature", "-1"],
+            "argument --temperature: -1 is out of range; pass a value in [0.0, 100.0]",
+        ),
         (["generate", "{run}", "--temperature", "nan"], "argument --temperature: nan is out of range"),
         (["generate", "{run}", "--seed", str(2**64)], "argument --seed: 18446744073709551616 is out of range"),
         (["generate", "{run}", "--top-p", "0"], "argument --top-p: 0 is out of range (0, 1]"),
@@ -108,4 +115,3 @@ def test_a_bad_run_ends_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
-

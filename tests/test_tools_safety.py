@@ -13,8 +13,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, train_tiny_run
+
 from fragment_llm.cli import main
 from fragment_llm.export import WEIGHTS_FILE, export_hf
 from fragment_llm.generate import Sampling, SamplingError, sample_next
@@ -37,12 +37,19 @@ DAMAGES = {
     "a directory": None,
 }
 DAMAGED_FILES = [
-    ("summary.json", "truncated json"), ("summary.json", "json list"), ("summary.json", "binary"),
-    ("summary.json", "empty"), ("summary.json", "a directory"),
-    (".hydra/config.yaml", "truncated yaml"), (".hydra/config.yaml", "yaml list"), (".hydra/config.yaml", "binary"),
+    ("summary.json", "truncated json"),
+    ("summary.json", "json list"),
+    ("summary.json", "binary"),
+    ("summary.json", "empty"),
+    ("summary.json", "a directory"),
+    (".hydra/config.yaml", "truncated yaml"),
+    (".hydra/config.yaml", "yaml list"),
+    (".hydra/config.yaml", "binary"),
     (".hydra/config.yaml", "a directory"),
-    (".hydra/overrides.yaml", "yaml mapping"), (".hydra/overrides.yaml", "truncated yaml"),
-    (".hydra/hydra.yaml", "binary"), (".hydra/hydra.yaml", "a directory"),
+    (".hydra/overrides.yaml", "yaml mapping"),
+    (".hydra/overrides.yaml", "truncated yaml"),
+    (".hydra/hydra.yaml", "binary"),
+    (".hydra/hydra.yaml", "a directory"),
 ]
 
 
@@ -124,8 +131,15 @@ def test_training_replaces_a_damaged_summary_instead_of_failing(kind, run_dir, t
     assert json.loads((run / "summary.json").read_text()) == {"status": "failed"}
 
 
-ODD_VALUES = {"best_val_loss": {"not": "a number"}, "started_at": 5, "wall_time_s": "long", "steps": 10**400,
-              "tokens": None, "status": ["a", "list"], "val_bpb": float("nan")}
+ODD_VALUES = {
+    "best_val_loss": {"not": "a number"},
+    "started_at": 5,
+    "wall_time_s": "long",
+    "steps": 10**400,
+    "tokens": None,
+    "status": ["a", "list"],
+    "val_bpb": float("nan"),
+}
 
 
 @pytest.mark.parametrize("key", [*ODD_VALUES, "model.n_embd"])
@@ -186,8 +200,13 @@ def test_a_damaged_tokenizer_is_one_error_line(kind, run_dir, tmp_path, capsys):
     path = run / "tokenizer.json"
     text = path.read_text()
     path.unlink()
-    contents = {"truncated": text[: len(text) // 2], "not json": "tokenizer", "json list": "[]",
-                "json, not a tokenizer": '{"version": "1.0"}', "no end of text": Tokenizer(models.BPE()).to_str()}
+    contents = {
+        "truncated": text[: len(text) // 2],
+        "not json": "tokenizer",
+        "json list": "[]",
+        "json, not a tokenizer": '{"version": "1.0"}',
+        "no end of text": Tokenizer(models.BPE()).to_str(),
+    }
     if kind == "a directory":
         path.mkdir()
     else:
@@ -212,8 +231,10 @@ def checkpoint_variants(state):
     }
 
 
-@pytest.mark.parametrize("kind", ["a directory", "missing", "not a checkpoint",
-                                  *checkpoint_variants({"model_config": {}, "model_state_dict": {}})])
+@pytest.mark.parametrize(
+    "kind",
+    ["a directory", "missing", "not a checkpoint", *checkpoint_variants({"model_config": {}, "model_state_dict": {}})],
+)
 def test_a_bad_checkpoint_is_one_error_line(kind, run_dir, tmp_path, capsys):
     state = torch.load(run_dir / "models" / "final_model.pt", weights_only=True)
     path = tmp_path / "checkpoint.pt"
@@ -248,8 +269,14 @@ def test_a_prompt_that_is_not_text_is_one_error_line(run_dir, monkeypatch, capsy
     assert_one_error_line(code, err, "standard input is not UTF-8 text")
 
 
-@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"),
+    ],
+)
 def test_out_of_memory_is_one_error_line(error, run_dir, monkeypatch, capsys):
     def exhausted(*args, **kwargs):
         raise error
@@ -328,23 +355,38 @@ def test_an_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(export_
 
     out = tmp_path / "exported"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "fragment_llm", "export", str(run_dir), "--format", export_format,
-                             "--out", str(out)], capture_output=True, text=True, env=env, preexec_fn=full_disk)
+    result = subprocess.run(
+        [sys.executable, "-m", "fragment_llm", "export", str(run_dir), "--format", export_format, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=full_disk,
+    )
     assert_one_error_line(result.returncode, result.stderr, f"could not export to {out}: ", "File too large")
     assert list(out.iterdir()) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["runs", "{root}"], ["runs", "{root}", "--json"],
-                                     ["generate", "{run}", "--prompt", "The"]], ids=lambda command: " ".join(command[:3]))
+@pytest.mark.parametrize(
+    "command",
+    [["runs", "{root}"], ["runs", "{root}", "--json"], ["generate", "{run}", "--prompt", "The"]],
+    ids=lambda command: " ".join(command[:3]),
+)
 def test_output_into_a_closed_pipe_ends_quietly(command, run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path)
     reader, writer = os.pipe()
     os.close(reader)  # the reader is gone before the first write, as after `| head -1` has its line
     argv = [word.format(root=tmp_path, run=run) for word in command]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "fragment_llm", *argv], stdout=writer, stderr=subprocess.PIPE,
-                            text=True, cwd=tmp_path, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "fragment_llm", *argv],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     os.close(writer)
     assert result.stderr == "" and result.returncode == 1
 
@@ -352,12 +394,22 @@ def test_output_into_a_closed_pipe_ends_quietly(command, run_dir, tmp_path):
 @pytest.mark.slow
 def test_generate_into_head_ends_quietly(run_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "fragment_llm", "generate", str(run_dir), "--prompt", "The",
-               "--num-samples", "1000", "--max-new-tokens", "100"]
+    command = [
+        sys.executable,
+        "-m",
+        "fragment_llm",
+        "generate",
+        str(run_dir),
+        "--prompt",
+        "The",
+        "--num-samples",
+        "1000",
+        "--max-new-tokens",
+        "100",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
     process.stdout.readline()
     process.stdout.close()  # as `head -1` does once it has its line
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=300) in (0, 1)
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-

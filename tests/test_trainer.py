@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-
 from conftest import settings_for, tiny_overrides
+
 from fragment_llm.checkpoint import CheckpointError, load_checkpoint
 from fragment_llm.config import ConfigError, SchedulerConfig, SchedulerName
 from fragment_llm.hardware import physical_cores, resolve_device
 from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.records import read_summary
 from fragment_llm.optim import build_optimizer, lr_factor
+from fragment_llm.records import read_summary
 from fragment_llm.trainer import Trainer, TrainingError, oom_advice, train
 
 
@@ -63,7 +63,9 @@ def test_checkpoints_round_trip_with_the_guides_keys(tmp_path, corpus):
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, corpus):
     # SGD's update is linear in the gradient, so equal gradients show as equal weights (Adam's first
     # step, close to sign(gradient), would magnify float noise in gradients near zero).
-    big = make_trainer(tmp_path, corpus, "big", **{"train.batch_size": 8, "train.grad_accum_steps": 1, "optimizer": "sgd"})
+    big = make_trainer(
+        tmp_path, corpus, "big", **{"train.batch_size": 8, "train.grad_accum_steps": 1, "optimizer": "sgd"}
+    )
     split = make_trainer(
         tmp_path, corpus, "split", **{"train.batch_size": 4, "train.grad_accum_steps": 2, "optimizer": "sgd"}
     )
@@ -137,10 +139,14 @@ def test_schedules_warm_up_then_decay():
 def test_the_schedule_matches_torchs_schedulers_step_for_step():
     steps, warmup = 50, 5
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
-        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=0.1),
-    ], milestones=[warmup])
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=0.1),
+        ],
+        milestones=[warmup],
+    )
     settings = SchedulerConfig(name=SchedulerName.cosine, warmup_fraction=warmup / steps, min_lr_fraction=0.1)
     for step in range(steps):
         assert lr_factor(settings, step / steps, 1 / steps) == pytest.approx(optimizer.param_groups[0]["lr"])
@@ -152,8 +158,13 @@ def test_a_nan_loss_stops_the_run_and_writes_no_model(tmp_path, corpus):
     trainer = make_trainer(tmp_path, corpus, **{"train.max_iters": 5})
     with torch.no_grad():
         trainer.model.wte.weight.fill_(math.nan)
+    before = {name: weight.clone() for name, weight in trainer.model.named_parameters()}
     with pytest.raises(TrainingError, match="loss became nan at step 1; lower the learning rate"):
         trainer.train_step()
+    # The non-finite loss reached no weight and no optimizer state, and no model was written.
+    for name, weight in trainer.model.named_parameters():
+        assert torch.equal(weight, before[name]) or name == "wte.weight", name
+    assert not trainer.optimizer.state and trainer.step == 0
     assert not (tmp_path / "run" / "models").exists()
 
 
