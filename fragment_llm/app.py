@@ -3,12 +3,9 @@ use), logging, validation, signals in every phase, training, and the run's final
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
-import os
 import signal
-import tempfile
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import distributed
-from .checkpoint import find_resume_checkpoint, load_checkpoint
-from .config import Config, ConfigError, load_settings, resume_settings, to_plain
+from .checkpoint import find_init_checkpoint, find_resume_checkpoint, load_checkpoint
+from .config import Config, ConfigError, fine_tune_settings, load_settings, resume_settings, to_plain
 from .console import setup_logging
 from .errors import UserError
 from .files import file_problem, write_text
 from .outputs import RunOutputs
-from .records import holds_run, read_summary, run_choices
+from .records import read_summary, run_choices
+from .rundir import check_writable_folder, claim_run_directory
 from .signals import STOP_SIGNALS, handling
 from .trainer import Interrupted, TrainingError, train
 
@@ -40,15 +38,15 @@ def run_training(
 ) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
-    `overrides` are the command line's (they decide what a resumed run may change); `choices` the
-    config group options it was composed from (kept in summary.json, so that a run resumed from this
-    one knows them). Expected failures (a bad setting or corpus, divergence, out of memory, a bad
-    checkpoint, a file that cannot be read or written) end as one line on standard error and in
-    train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the
-    signal's number: during training after a checkpoint, before it at once; the summary is marked
-    interrupted. Any other error is marked failed too and raised; `in_sweep`, it is logged with its
-    traceback and returns +inf instead, so the sweep goes on (Hydra would stop a search and skip the
-    end-of-sweep report).
+    `overrides` are the command line's (they decide what a resumed or fine-tuned run may change);
+    `choices` the config group options it was composed from (kept in summary.json, so that a run
+    resumed or fine-tuned from this one knows them). Expected failures (a bad setting or corpus,
+    divergence, out of memory, a bad checkpoint, a file that cannot be read or written) end as one
+    line on standard error and in train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP
+    end the process with 128 + the signal's number: during training after a checkpoint, before it at
+    once; the summary is marked interrupted. Any other error is marked failed too and raised;
+    `in_sweep`, it is logged with its traceback and returns +inf instead, so the sweep goes on (Hydra
+    would stop a search and skip the end-of-sweep report).
 
     A directory that holds another run is refused (nothing in it is touched), and rank 0 holds the
     directory's lock for the run's life, so two processes never train into one directory.
@@ -72,20 +70,31 @@ def run_training(
             settings = load_settings(cfg)
             check_writable_folder("paths.cache", settings.paths.cache)
             log.info("Run directory: %s", run_dir)
-            checkpoint, checkpoint_path = None, None
+            checkpoint, checkpoint_path, parent, parent_path = None, None, None, None
+            if settings.train.resume and settings.train.init_from:
+                raise ConfigError(
+                    "train.init_from does not combine with train.resume: train.resume continues a run (its "
+                    "optimizer, schedule and step), train.init_from starts a new one from a run's weights; give one"
+                )
             if settings.train.resume:
                 checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
                 settings = resume_settings(cfg, checkpoint["config"], list(overrides))
                 log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
                 outputs.try_update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
                 choices = resumed_choices(checkpoint_path, choices, overrides)
-                if ranks.is_main:
-                    record_resumed_config(run_dir, settings, choices)
+            elif settings.train.init_from:
+                parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
+                settings = fine_tune_settings(cfg, parent["config"], list(overrides))
+                log.info("Fine-tuning from %s: its weights and tokenizer, a fresh optimizer and schedule", parent_path)
+                outputs.try_update(init_from=str(parent_path), init_from_tokenizer_hash=parent["tokenizer_hash"])
+                choices = fine_tuned_choices(parent_path, choices)
+            if ranks.is_main and (checkpoint_path or parent_path):
+                record_config(run_dir, settings, choices)
             outputs.try_update(choices=choices)
             if settings.hardware.nproc > 1 and not ranks.distributed:
-                return spawn_ranks(settings, run_dir, checkpoint_path)
+                return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
             distributed.init_process_group(ranks)
-            return train(settings, run_dir, checkpoint, ranks)
+            return train(settings, run_dir, checkpoint, ranks, parent)
         except (UserError, OSError) as error:  # an OSError (a full disk, a missing permission) names its file
             outputs.failed(error)
             return math.inf
@@ -100,21 +109,6 @@ def run_training(
             raise
         finally:
             distributed.shutdown()
-
-
-def check_writable_folder(key: str, folder: str) -> None:
-    """`folder` exists (it is made if missing) and a file can be written in it, or one ConfigError line."""
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={folder} is a file, not a folder; set {key} to a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise ConfigError(
-            f"{key}={folder} is not a writable folder ({error.strerror or error}); set {key} to a folder you can write"
-        ) from None
 
 
 def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
@@ -143,90 +137,11 @@ def stop_on_signals() -> Iterator[None]:
         yield
 
 
-LOCK_FILE = ".lock"
-
-
-def check_run_directory(run_dir: Path, resume: Optional[str]) -> None:
-    """Refuse a directory that holds another run, unless this run resumes it, and one that a live
-    process is training into (its lock is held; a lock file left by a dead process holds nothing)."""
-    claim_run_directory(run_dir, resume).release()
-
-
-def claim_run_directory(run_dir: Path, resume: Optional[str]) -> "RunLock":
-    """Check `run_dir` as check_run_directory does and return its lock, held until released."""
-    run_dir = Path(run_dir)
-    if holds_run(run_dir) and not resumes(run_dir, resume):
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with train.resume={run_dir} hydra.run.dir={run_dir}, "
-            "or leave hydra.run.dir out for a new directory"
-        )
-    return RunLock(run_dir).acquire()
-
-
-def resumes(run_dir: Path, resume: Optional[str]) -> bool:
-    """Whether `resume` (a run directory or a checkpoint file) is `run_dir` or inside it."""
-    if not resume:
-        return False
-    target = Path(resume).expanduser().resolve()
-    return Path(run_dir).resolve() in (target, *target.parents)
-
-
-class RunLock:
-    """An exclusive lock on <run>/.lock, removed when released. flock is released by the kernel when a
-    process dies, so the file a killed run leaves behind locks nothing; it holds the owner's pid for
-    the message."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self.handle = None
-
-    def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            handle = open(self.path, "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                handle.close()
-                raise ConfigError(
-                    f"{self.path.parent} is in use: another process (pid {owner}) is training into it; wait for "
-                    "it to end, or choose another directory"
-                ) from None
-            try:
-                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            handle.close()  # the owner released and removed this file as we locked it: lock the new one
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
-        return self
-
-    def release(self) -> None:
-        if self.handle is not None:
-            self.path.unlink(missing_ok=True)
-            self.handle.close()  # closing releases the lock
-            self.handle = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
     """The config group options a resumed run stands for: those of the run it continues (its
     summary.json keeps them; Hydra's .hydra/hydra.yaml may already hold this command's, when the run
     continues in its own directory), except the groups chosen on this command line."""
-    source = source_run(checkpoint_path)
-    earlier = read_summary(source).get("choices")
-    if not isinstance(earlier, dict):
-        earlier = run_choices(source)
+    earlier = recorded_choices(source_run(checkpoint_path))
     chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
     return {
         group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
@@ -234,9 +149,30 @@ def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: 
     }
 
 
-def record_resumed_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
-    """Make .hydra/config.yaml say what a resumed run trains with (the checkpoint's settings plus the
-    overrides), not what the command line alone composed, and .hydra/hydra.yaml's group choices
+# The config groups that set model keys only: a fine-tuned run stands for its parent's options of them.
+MODEL_GROUPS = ("model", "arch")
+
+
+def fine_tuned_choices(parent_path: Path, composed: dict[str, str]) -> dict[str, str]:
+    """The config group options a fine-tuned run stands for: its parent's for the model groups, this
+    command's for every other group."""
+    earlier = recorded_choices(source_run(parent_path))
+    return {
+        group: str(earlier[group]) if group in MODEL_GROUPS and group in earlier else option
+        for group, option in composed.items()
+    }
+
+
+def recorded_choices(run_dir: Path) -> dict:
+    """The config group options a past run stands for, as its summary.json keeps them (a resumed run's
+    are there), else as Hydra recorded them."""
+    choices = read_summary(run_dir).get("choices")
+    return choices if isinstance(choices, dict) else run_choices(run_dir)
+
+
+def record_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
+    """Make .hydra/config.yaml say what a resumed or fine-tuned run trains with (settings partly taken
+    from a checkpoint), not what the command line alone composed, and .hydra/hydra.yaml's group choices
     `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
     hydra_dir = Path(run_dir) / ".hydra"
     if not hydra_dir.is_dir():
@@ -263,8 +199,9 @@ def start_logging(run_dir: Path, ranks: distributed.Ranks) -> None:
         setup_logging(None, level=logging.WARNING)
 
 
-def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]) -> float:
-    """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`."""
+def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path], parent_path: Optional[Path]) -> float:
+    """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`. Each loads the
+    checkpoint it continues (`checkpoint_path`) or starts from (`parent_path`) itself."""
     nproc = settings.hardware.nproc
     log.info("Starting %d ranks (%s)", nproc, distributed.backend())
     try:
@@ -274,6 +211,7 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
             to_plain(settings),
             str(run_dir),
             None if checkpoint_path is None else str(checkpoint_path),
+            None if parent_path is None else str(parent_path),
             forward=STOP_SIGNALS,
         )
     except Exception as error:  # a rank failed or was stopped: rank 0 has said why in train.log and summary.json
@@ -287,7 +225,7 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     return read_summary(run_dir).get("best_val_loss", math.inf)
 
 
-def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str]) -> None:
+def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str], parent_path: Optional[str]) -> None:
     """One spawned rank: the same job as a torchrun rank, from plain (picklable) settings."""
     ranks = distributed.from_environment()
     run_dir = Path(run_dir)
@@ -296,8 +234,9 @@ def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str
     try:
         with stop_on_signals():
             checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path), for_resume=True)
+            parent = None if parent_path is None else find_init_checkpoint(Path(parent_path))[1]
             distributed.init_process_group(ranks)
-            train(load_settings(plain_settings), run_dir, checkpoint, ranks)
+            train(load_settings(plain_settings), run_dir, checkpoint, ranks, parent)
     except (UserError, OSError) as error:
         outputs.failed(error)
         raise SystemExit(1) from None

@@ -133,11 +133,14 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
         startup_seconds = seconds_since_process_start()  # until the first optimizer step is done
         device, dtype = trainer.device, trainer.precision.dtype or torch.float32
 
-        def trainer_step() -> None:  # an optimizer step of the real loop, with its TensorBoard scalars
+        def trainer_step() -> None:  # an optimizer step of the real loop, with its scalars and metrics row
             started = time.perf_counter()
             loss, grad_norm = trainer.train_step()
             tokens_per_sec = trainer.tokens_per_step / (time.perf_counter() - started)
-            trainer.outputs.log_step(trainer.step, loss, trainer.lr, grad_norm, tokens_per_sec)
+            tokens = trainer.step * trainer.tokens_per_step
+            trainer.outputs.log_step(
+                trainer.step, tokens, trainer.train_seconds, loss, trainer.lr, grad_norm, tokens_per_sec
+            )
 
         times, block = interleaved_rounds(
             trainer_step, bare_step_function(trainer), lambda: peak_matmul_flops(dtype, device), rounds, device

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded without unpickling code, found again for resume.
+"""Checkpoints: written atomically, loaded without unpickling code, found again for resume and for
+fine-tuning (a new run from a trained model).
 
 Every file is written to a temporary name, flushed and renamed (`files.atomic_path`), so a crash or
 a kill -9 leaves either the previous file or the new one under a final name. `checkpoints/last.pt`
@@ -25,6 +26,7 @@ import torch
 from .errors import UserError
 from .files import atomic_path
 from .model import CHOICES, GPTConfig
+from .records import BEST_MODEL, FINAL_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ RESUME_KEYS = (
     "best_val_loss",
     "best_val_bpb",
 )
+# What a new run started from a trained model needs: its weights, the settings it was trained with
+# (its model keys) and its tokenizer, which encodes the new text.
+INIT_KEYS = (*MODEL_KEYS, "config", "tokenizer", "tokenizer_hash")
 # model_config's fields and the values a model may have: anything else is a damaged or foreign file,
 # refused before a model is built (a vocabulary of 2e9 would try to allocate terabytes).
 MODEL_CONFIG_RANGES = {
@@ -173,12 +178,16 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
     held = sum(value.numel() for value in weights.values())
     if needed > held:
         return f"its model_config needs over {needed:,} weights and it holds {held:,}"
+    if "config" in keys and not (
+        isinstance(state["config"], dict) and all(isinstance(section, dict) for section in state["config"].values())
+    ):
+        return "its config is not what a run writes"
     if "step" in keys:
         for key in ("step", "data_position"):
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
                 return f"{key}={state[key]!r} is not a count"
-        if not isinstance(state["config"], dict) or not isinstance(state["rng_state"], list):
-            return "its config or rng_state is not what a run writes"
+        if not isinstance(state["rng_state"], list):
+            return "its rng_state is not what a run writes"
     return None
 
 
@@ -225,6 +234,34 @@ def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
             continue
         return candidate, checkpoint
     raise CheckpointError(f"train.resume={path}: every checkpoint is damaged ({', '.join(damaged)})")
+
+
+def find_init_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+    """Load the checkpoint a fine-tuned run starts from (`train.init_from`): `path` itself, or a run
+    directory's models/final_model.pt, the finished model that the tools use too. A run without one (it
+    was stopped, or is still training) is an error naming the checkpoints it has: starting from a
+    half-trained model is a choice to make by name."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / FINAL_MODEL).is_file():
+            named = [candidate for candidate in (path / "checkpoints" / LAST, path / BEST_MODEL) if candidate.is_file()]
+            if not named:
+                raise CheckpointError(
+                    f"train.init_from={path} holds no model ({FINAL_MODEL}) and no checkpoint; give a run "
+                    "directory or a checkpoint file (.pt)"
+                )
+            raise CheckpointError(
+                f"train.init_from={path} has no {FINAL_MODEL} (the run did not finish); start from one of "
+                f"its checkpoints by name: {' or '.join(f'train.init_from={candidate}' for candidate in named)}"
+            )
+        path = path / FINAL_MODEL
+    elif not path.exists():
+        raise CheckpointError(f"train.init_from={path} does not exist; give a run directory or a checkpoint file (.pt)")
+    state = load_checkpoint(path)
+    problem = checkpoint_problem(state, INIT_KEYS)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} cannot start a run: {problem}")
+    return path, state
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:

@@ -9,18 +9,21 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-import torch
 from rich.table import Table
+from rich.text import Text
 
 from .config import ConfigError, DataConfig, DataSource
 from .console import console, error_console
 from .errors import UserError
 from .files import file_problem
-from .generate import Sampling, generate_text
+from .groups import comparable, deciding_metric, group_runs, groups_view, names_key, override_key, verdict
+from .plot import X_AXES, PlotError, run_curve, write_curves
 from .records import (
+    METRIC_NAMES,
     describe_run,
+    failed_to_start,
     find_runs,
     holds_run,
     lookup,
@@ -30,8 +33,25 @@ from .records import (
     run_config,
     run_overrides,
 )
-from .tables import is_number, runs_table
-from .trained import TrainedModel, load_run
+from .tables import (
+    FORMATS,
+    column_key,
+    is_number,
+    print_view,
+    runs_csv,
+    runs_json,
+    runs_markdown,
+    runs_view,
+    stdout_console,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from .trained import TrainedModel
+
+# torch and the model's code load only for the commands that run a model (generate, eval, export,
+# bench): `runs`, `show`, `compare` and `plot` start in a fraction of a second.
 
 METRICS = (
     "status",
@@ -123,9 +143,26 @@ def sort_key(key: str):
     return value_of
 
 
+def chosen_columns(text: str, runs: list[dict[str, Any]]) -> list[str]:
+    """`--columns a,b,c` as keys of the runs' rows, each one that some run has."""
+    columns = [column_key(name) for name in text.split(",") if name.strip()]
+    if not columns:
+        raise CLIError(f"--columns {text!r} names no column; e.g. --columns run,overrides,bits/byte")
+    for key in columns:
+        if runs and not any(lookup(run, key)[0] for run in runs):
+            raise CLIError(
+                f"--columns: no run has a column {key}; use a column of the table (run, overrides, "
+                "best val loss, ...), a summary.json field (best_val_bpb) or a config key (optimizer.lr)"
+            )
+    return columns
+
+
 def command_runs(args: argparse.Namespace) -> int:
     root = existing_folder(args.dir)
     runs = [describe_run(run, root) for run in find_runs(root)]
+    hidden = 0 if args.all else sum(map(failed_to_start, runs))
+    if not args.all:
+        runs = [run for run in runs if not failed_to_start(run)]
     for key, value in map(parse_filter, args.filter):
         found = [(run, *lookup(run, key)) for run in runs]
         if runs and not any(has for _, has, _ in found):
@@ -140,10 +177,19 @@ def command_runs(args: argparse.Namespace) -> int:
         runs.sort(key=sort_key(args.sort), reverse=args.reverse)
     if args.limit is not None:
         runs = runs[: args.limit]
-    if args.json:
-        print(json.dumps(runs, indent=2))
+    columns = chosen_columns(args.columns, runs) if args.columns is not None else None
+    output_format = "json" if args.json else args.format
+    if output_format in ("csv", "json"):
+        if hidden:  # on standard error: standard output holds only the data
+            error_console.print(f"note: {hidden} more failed before training: --all lists them", markup=False)
+        sys.stdout.write(runs_json(runs, columns) + "\n" if output_format == "json" else runs_csv(runs, columns))
+        return 0
+    hidden_note = f"; {hidden} more failed before training: --all lists them" if hidden else ""
+    if output_format == "markdown":
+        sys.stdout.write(runs_markdown(runs_view(runs, "Runs in", root, columns, hidden_note=hidden_note)))
     else:
-        console.print(runs_table(runs, title=f"Runs in {root} ({len(runs)})"))
+        out = stdout_console()
+        print_view(runs_view(runs, "Runs in", root, columns, hidden_note=hidden_note, width=out.width), out)
     return 0
 
 
@@ -180,11 +226,42 @@ def command_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_runs(name: str, root: Path) -> list[Path]:
+    """A run (as `resolve_run` finds it), or every run in a folder of runs (a sweep's)."""
+    path = Path(name)
+    if path.is_dir() and not holds_run(path) and find_runs(path):
+        return find_runs(path)
+    return [resolve_run(name, root)]
+
+
+def compare_groups(runs: list[Path], root: Path, ignored: list[str]) -> int:
+    """`compare --ignore KEYS`: the runs pooled into groups that differ only in KEYS, each group's
+    mean and spread, and the best group against each other one."""
+    rows = [describe_run(run, root) for run in runs]
+    keys = sorted({override_key(item) for row in rows for item in row["overrides"]})
+    for name in ignored:
+        if not any(names_key(name, key) for key in keys):
+            raise CLIError(f"--ignore {name}: no run's overrides set it; they set {', '.join(keys) or 'nothing'}")
+    pooled = [row for row in rows if comparable(row)]
+    if not pooled:
+        raise CLIError("none of these runs completed with a validation loss; there is nothing to pool")
+    groups = group_runs(pooled, ignored)
+    metric = deciding_metric(groups)
+    groups.sort(key=lambda group: group.spread(metric).mean)
+    out = stdout_console()
+    print_view(groups_view(groups, ignored, left_out=len(rows) - len(pooled)), out)
+    for other in groups[1:]:
+        out.print(Text(verdict(groups[0], other, metric)))
+    return 0
+
+
 def command_compare(args: argparse.Namespace) -> int:
-    if len(args.runs) < 2:
-        raise CLIError("compare needs at least two runs")
     root = Path(args.root)
-    runs = [resolve_run(name, root) for name in args.runs]
+    runs = list(dict.fromkeys(run for name in args.runs for run in resolve_runs(name, root)))
+    if len(runs) < 2:
+        raise CLIError("compare needs at least two runs")
+    if args.ignore is not None:
+        return compare_groups(runs, root, [name.strip() for name in args.ignore.split(",") if name.strip()])
     configs = [run_config(run) for run in runs]
     summaries = [read_summary(run) for run in runs]
     keys = sorted(set().union(*configs))
@@ -211,12 +288,15 @@ def command_compare(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> TrainedModel:
     from .hardware import resolve_device
+    from .trained import load_run
 
     return load_run(Path(args.run), args.checkpoint and Path(args.checkpoint), resolve_device("auto"))
 
 
 def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, generator: torch.Generator) -> None:
     """Each sample: the prompt, then its continuation as it is produced."""
+    from .generate import Sampling, generate_text
+
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     for number in range(1, args.num_samples + 1):
         if args.num_samples > 1:
@@ -241,6 +321,8 @@ def read_prompt(read: Callable[[], str], source: str) -> str:
 
 
 def command_generate(args: argparse.Namespace) -> int:
+    import torch
+
     trained = _load(args)
     generator = torch.Generator().manual_seed(secrets.randbits(63) if args.seed is None else args.seed)
     if not args.interactive:
@@ -439,6 +521,21 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_plot(args: argparse.Namespace) -> int:
+    curves = []
+    for name in args.runs:
+        try:
+            curves.append(run_curve(resolve_run(name, Path(args.root)), name, args.metric, args.x))
+        except PlotError as error:
+            error_console.print(f"warning: {error}; skipped", markup=False, soft_wrap=True)
+    if not curves:
+        raise CLIError(f"none of the runs has {args.metric} values to draw")
+    write_curves(curves, args.metric, args.x, Path(args.out))
+    runs = f"{len(curves)} run{'s' if len(curves) > 1 else ''}"
+    console.print(f"Curves: {args.out} ({args.metric} against {args.x}, {runs})", markup=False, soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fragment-llm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -455,7 +552,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep runs whose KEY (status, model, model.n_embd, ...) equals VALUE; repeatable",
     )
     runs.add_argument("--limit", metavar="N", type=_in_range(0), help="show the first N runs (after sorting)")
-    runs.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    runs.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (default: fitted to the terminal, or to COLUMNS or 100 columns in a pipe), csv or json "
+        "(every field, full values, for scripts) or markdown (for notes)",
+    )
+    runs.add_argument("--json", action="store_true", help="the same as --format json")
+    runs.add_argument(
+        "--columns",
+        metavar="A,B,C",
+        help="show these columns: the table's (when, run, model, hardware, optimizer, overrides, steps, "
+        "tokens, best val loss, bits/byte, status, time), summary.json fields or config keys (optimizer.lr)",
+    )
+    runs.add_argument(
+        "--all", action="store_true", help="also list the single runs that failed before training (a bad setting)"
+    )
     runs.set_defaults(handler=command_runs)
 
     show = commands.add_parser("show", help="one run: config, overrides, metrics, checkpoints, the command")
@@ -463,8 +576,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--root", default="outputs", help="where to look for runs given by name (default: outputs)")
     show.set_defaults(handler=command_show)
 
-    compare = commands.add_parser("compare", help="the config keys that differ between runs, and their metrics")
-    compare.add_argument("runs", nargs="+", help="two or more run directories (or ends of their paths)")
+    compare = commands.add_parser(
+        "compare",
+        help="the config keys that differ between runs, and their metrics; or, with --ignore, groups of "
+        "repeated runs and whether they differ by more than their spread",
+    )
+    compare.add_argument(
+        "runs", nargs="+", help="two or more run directories (or ends of their paths), or folders of runs (a sweep)"
+    )
+    compare.add_argument(
+        "--ignore",
+        metavar="KEYS",
+        help="pool the runs that differ only in these override keys (comma-separated; the last part of a "
+        "key is enough: seed for train.seed), and show each group's mean, standard deviation and count of "
+        "best val loss and bits per byte, and whether the best group's lead over each other group is "
+        "larger than their spread (Welch's t-test, p < 0.05)",
+    )
     compare.add_argument("--root", default="outputs", help="where to look for runs given by name (default: outputs)")
     compare.set_defaults(handler=command_compare)
 
@@ -533,6 +660,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.set_defaults(handler=command_bench)
+
+    plot = commands.add_parser("plot", help="draw runs' curves (from their metrics.jsonl) on one chart, as an image")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or ends of their paths under --root)")
+    plot.add_argument("--metric", choices=METRIC_NAMES, default="val/bpb", help="what to draw (default: val/bpb)")
+    plot.add_argument("--x", choices=tuple(X_AXES), default="step", help="against what (default: step)")
+    plot.add_argument(
+        "--out",
+        metavar="PATH",
+        default="curves.png",
+        help="the image to write: .png, .svg, .pdf, ... (default: curves.png)",
+    )
+    plot.add_argument("--root", default="outputs", help="where to look for runs given by name (default: outputs)")
+    plot.set_defaults(handler=command_plot)
     return parser
 
 

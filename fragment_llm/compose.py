@@ -110,6 +110,16 @@ def run_stamp(part: str) -> str:
     return this_run_stamp()[("date", "time", "id").index(part)]
 
 
+def recipe(experiment: str | None, debug: str | None) -> str:
+    """The start of a run directory's name for the recipes it was composed with: the experiment's name
+    and `debug` for the debug overlay (`debug=fast`, or `experiment=debug`, which includes it), each
+    followed by `-` (`debug-`, `high_end_gpu-debug-`); empty without a recipe."""
+    names = [experiment] if experiment else []
+    if debug and "debug" not in names:
+        names.append("debug")
+    return "".join(f"{name}-" for name in names)
+
+
 def swept_keys(overrides: list[str]) -> str:
     """A readable name for a sweep: the last part of each swept key (`optimizer.lr=1e-3,3e-4 model=tiny,small`
     gives `lr-model`), or the chosen search (`hparams_search=optuna` gives `optuna`), else `sweep`."""
@@ -131,14 +141,15 @@ def this_sweeps_keys() -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/ uses: `${run_stamp:date|time|id}` and `${swept_keys:}` name run and sweep
-    directories; `${keys_help:}` lists the keys in `python run.py --help`.
+    """The resolvers conf/ uses: `${run_stamp:date|time|id}`, `${recipe:...}` and `${swept_keys:}` name
+    run and sweep directories; `${keys_help:}` lists the keys in `python run.py --help`.
 
     The first two are cached: Hydra resolves the sweep directory first, in the process that launched
     the sweep, and copies the cache into every job's config (and these resolvers into a launcher's job
     processes), so all jobs land in one directory."""
     OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("swept_keys", this_sweeps_keys, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("recipe", recipe, replace=True)
     OmegaConf.register_new_resolver("keys_help", keys_help, replace=True)
 
 
@@ -287,6 +298,8 @@ def prepare_torchrun(argv: list[str]) -> list[str]:
     """Under torchrun, before Hydra starts: refuse a sweep, agree with the other ranks on one run
     directory (rank 0's start time and id, in RUN_STAMP), and keep ranks above 0 from writing Hydra's
     files. Returns the arguments Hydra should see; without torchrun, `argv` unchanged."""
+    if "RANK" not in os.environ:  # torchrun sets it for every rank; without it, no torch import here
+        return argv
     import torch.distributed as dist
 
     from .distributed import from_environment, init_process_group

@@ -233,6 +233,11 @@ class TrainConfig(Section):
         "a run directory (its newest valid checkpoint) or a checkpoint file to "
         'continue from (see README, "Stopping and resuming"); null: a new run'
     )
+    init_from: Optional[str] = setting(
+        "a run directory (its `models/final_model.pt`) or a checkpoint file: a new run that starts from its "
+        "weights and tokenizer, at step 0 with a fresh optimizer and schedule, on this command's data; the "
+        'model keys are the parent\'s (see README, "Fine-tuning from a run"); null: random initial weights'
+    )
     log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
     sample_every: int = setting(
         "every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
@@ -472,19 +477,12 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
     """
     current = to_plain(load_settings(cfg))
     merged = OmegaConf.create(upgrade_saved_settings(saved, current))
-    composed = OmegaConf.create(current)
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        section = key.split(".")[0]
-        if section == "hydra":
-            continue
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"{override} does not combine with train.resume: a resumed run keeps the checkpoint's model, data "
-                "and tokenizer; give only the keys to change (e.g. train.max_iters=2000) or start a new run"
-            )
-        value = OmegaConf.select(composed, key)
-        if section in RESUME_LOCKED:
+    refusal = (
+        "train.resume: a resumed run keeps the checkpoint's model, data and tokenizer; give only the keys to "
+        "change (e.g. train.max_iters=2000) or start a new run"
+    )
+    for key, value in given_keys(overrides, current, refusal):
+        if key.split(".")[0] in RESUME_LOCKED:
             for leaf, wanted in _leaves(key, value):
                 saved_value = OmegaConf.select(merged, leaf)
                 if wanted != saved_value:
@@ -495,6 +493,64 @@ def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], ove
             continue
         OmegaConf.update(merged, key, value, force_add=True)
     return load_settings(OmegaConf.to_container(merged))
+
+
+# A run fine-tuned from another (train.init_from) takes these sections from its parent: the weights
+# fix the model, and the parent's tokenizer encodes the new text. Dropout is no part of the weights:
+# the command line may change it.
+PARENT_SECTIONS = ("model", "tokenizer")
+FREE_PARENT_KEYS = ("model.dropout",)
+
+
+def fine_tune_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
+    """The settings of a run that starts from a trained model (`train.init_from`): this command's, with
+    the model and tokenizer keys of the parent's checkpoint (`saved`, its settings).
+
+    A model or tokenizer key that the command-line `overrides` set (`model.n_embd=...`, `model=small`)
+    must equal the parent's, except model.dropout, which applies (else the parent's dropout does). The
+    parent's tokenizer is used as it is, so tokenizer.retrain is false.
+    """
+    current = to_plain(load_settings(cfg))
+    parent = {
+        "model": upgrade_saved_settings(saved, current)["model"],
+        "tokenizer": {**current["tokenizer"], **saved.get("tokenizer", {}), "retrain": False},
+    }
+    refusal = (
+        "train.init_from: a fine-tuned run takes its model from its parent; give the keys to change one by one "
+        "(e.g. optimizer.lr=3e-4 model.dropout=0.1)"
+    )
+    for key, value in given_keys(overrides, current, refusal):
+        if key.split(".")[0] not in PARENT_SECTIONS:
+            continue
+        for leaf, wanted in _leaves(key, value):
+            section, name = leaf.split(".", 1)
+            if leaf in FREE_PARENT_KEYS:
+                parent[section][name] = wanted
+            elif wanted != (kept := parent[section].get(name)):
+                raise ConfigError(
+                    f"{leaf}={wanted} conflicts with the model of train.init_from ({leaf}={kept}); "
+                    "a fine-tuned run keeps its parent's model and tokenizer (model.dropout may change): drop "
+                    "the override"
+                )
+    return load_settings({**current, **parent})
+
+
+def given_keys(overrides: list[str], settings: dict[str, Any], refusal: str) -> list[tuple[str, Any]]:
+    """The keys the command-line `overrides` set, each with its value in `settings` (`model=small`
+    gives `model`, the whole section). Hydra's own keys are left out. A group that is not a section
+    (`arch=`, `experiment=`) may set keys of any section: it is an error, `... does not combine with
+    {refusal}`."""
+    composed = OmegaConf.create(settings)
+    given = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        section = key.split(".")[0]
+        if section == "hydra":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{override} does not combine with {refusal}")
+        given.append((key, OmegaConf.select(composed, key)))
+    return given
 
 
 def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:

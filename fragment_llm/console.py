@@ -49,15 +49,18 @@ class LogFileHandler(logging.FileHandler):
 
 
 def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, level: int = logging.INFO) -> None:
-    """Route the package's log records (from `level` up) to the console and, when given, to `log_file`."""
+    """Route the package's log records (from `level` up) to the console and, when given, to `log_file`,
+    which also keeps the DEBUG records (details too many for the console, such as each checkpoint)."""
     logger = logging.getLogger("fragment_llm")
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG if log_file is not None else level)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     if console_output:
-        logger.addHandler(ConsoleHandler())
+        console_handler = ConsoleHandler()
+        console_handler.setLevel(level)
+        logger.addHandler(console_handler)
     if log_file is not None:
         try:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)

@@ -467,7 +467,8 @@ def prepare_data(
     tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedData:
     """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps.
-    A given `tokenizer` (a resumed checkpoint's own) is used as it is, whatever the cache holds."""
+    A given `tokenizer` (a resumed checkpoint's own, or a fine-tuned run's parent's) is used as it is,
+    whatever the cache holds."""
     started = time.perf_counter()
     documents = collect_documents(data)
     train_documents, val_documents = split_documents(documents, data.val_fraction)

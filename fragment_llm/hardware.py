@@ -6,6 +6,7 @@ bench` reports the measurements."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -75,9 +76,11 @@ def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, rep
     return 2 * size**3 / best
 
 
+@functools.cache
 def peak_matmul_flops(dtype: torch.dtype, device: torch.device) -> float:
     """The device's matmul peak for `dtype`: square matmuls big enough to reach it (4096 on CUDA, 1024
-    elsewhere), small enough to measure in well under a second."""
+    elsewhere), small enough to measure in well under a second. Measured once per process (a sweep's
+    jobs in one process share it)."""
     return matmul_flops(dtype, device, 4096 if device.type == "cuda" else 1024, repeats=3)
 
 

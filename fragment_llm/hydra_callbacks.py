@@ -1,7 +1,7 @@
 """Hydra callbacks, named in conf/config.yaml (`hydra.callbacks`) and loaded only by Hydra.
 
 With run.py and compose.py, the only modules that import Hydra: a callback must subclass Hydra's
-`Callback` (Hydra calls every hook on it). The work itself lives in tables.py and app.py.
+`Callback` (Hydra calls every hook on it). The work itself lives in tables.py, plot.py and app.py.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ from .tables import write_sweep_report
 
 
 class SweepReport(Callback):
-    """At the end of a sweep, print a table of its jobs and write it to <sweep>/sweep.txt."""
+    """At the end of a sweep, print a table of its jobs and write it to <sweep>/sweep.txt, and draw
+    their curves into <sweep>/curves.png (with matplotlib installed)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .plot import write_sweep_curves  # imports torch: not before a sweep's end
+
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():  # a sweep that launched no job has no directory
             write_sweep_report(sweep_dir)
+            write_sweep_curves(sweep_dir)
 
 
 class Preflight(Callback):
@@ -41,10 +45,9 @@ class Preflight(Callback):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import OmegaConfBaseException
 
-        from .app import check_run_directory, check_writable_folder
         from .config import ConfigError, unresolved
         from .console import error_console
-        from .distributed import from_environment
+        from .rundir import check_run_directory, check_writable_folder
 
         HydraConfig.instance().set_config(config)  # for `${hydra:...}` in the directory's name
         try:
@@ -62,8 +65,11 @@ class Preflight(Callback):
                     f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
                     "new sweep directory, or choose another"
                 )
-            if not sweep and from_environment().is_main:  # torchrun's other ranks share rank 0's directory
-                check_run_directory(directory, resume)
+            if not sweep:
+                from .distributed import from_environment  # imports torch, which a sweep's launcher needs not
+
+                if from_environment().is_main:  # torchrun's other ranks share rank 0's directory
+                    check_run_directory(directory, resume)
         except ConfigError as error:
             error_console.print(f"error: {error}", markup=False, soft_wrap=True)
             raise SystemExit(2) from None

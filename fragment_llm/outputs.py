@@ -1,12 +1,15 @@
-"""What a run reports besides its checkpoints: summary.json, TensorBoard (scalars, hyperparameters,
-samples), its tokenizer.json, and the lines of its progress on the console and in train.log."""
+"""What a run reports besides its checkpoints: summary.json, metrics.jsonl, TensorBoard (scalars,
+hyperparameters, samples), its tokenizer.json, and the lines of its progress on the console and in
+train.log."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -21,21 +24,33 @@ from .distributed import Ranks
 from .files import file_problem, write_text
 from .hardware import peak_matmul_flops
 from .model import GPTConfig
-from .records import SUMMARY_FILE, TOKENIZER_FILE, flatten, update_summary
+from .records import METRICS_FILE, SUMMARY_FILE, TOKENIZER_FILE, flatten, read_metrics, update_summary
 
 log = logging.getLogger(__name__)
 
 # The final metrics of a run in TensorBoard's HParams tab (as scalars `hparams/<name>`).
 HPARAM_METRICS = ("best_val_loss", "best_val_bpb", "val_loss", "train_loss", "tokens_per_sec")
+# Without a terminal (a log file, a batch job) there is no progress bar: a progress line this often.
+PROGRESS_LINE_SECONDS = 30.0
 
 
 def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
 
+def clock(seconds: float) -> str:
+    """`1:02:03`, as the progress bar shows times."""
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _finite(value: float) -> Optional[float]:
+    """JSON has no NaN or infinity (an fp16 step's gradient norm may be one): null instead."""
+    return value if math.isfinite(value) else None
+
+
 class RunOutputs:
-    """The one writer of a run's summary.json, TensorBoard events and progress lines. Only rank 0
-    writes: on the other ranks every method does nothing, so the loop reads the same on each.
+    """The one writer of a run's summary.json, metrics.jsonl, TensorBoard events and progress lines.
+    Only rank 0 writes: on the other ranks every method does nothing, so the loop reads the same on each.
 
     The job (app.py) marks the run's status with it from the start; the trainer opens TensorBoard
     once the settings and the model are known (`open_tensorboard`), and reports its progress."""
@@ -45,6 +60,9 @@ class RunOutputs:
         self.writes = ranks.is_main
         self.world_size = ranks.world_size
         self.writer = None  # TensorBoard's SummaryWriter, once opened
+        self.metrics_file = None  # metrics.jsonl, opened for appending at its first row
+        self.evaluated_step: Optional[int] = None
+        self.evaluation: dict[str, float] = {}  # the latest evaluation's val/loss and val/bpb
 
     def info(self, message: str, *args: Any) -> None:
         if self.writes:
@@ -142,10 +160,28 @@ class RunOutputs:
             model_config.block_size,
             f" x {self.world_size} ranks" if self.world_size > 1 else "",
         )
+        step_checkpoints = (
+            f"every {train_settings.save_interval} steps (the newest {train_settings.keep_checkpoints} kept) and "
+            if train_settings.save_interval
+            else ""
+        )
+        self.info(
+            "Checkpoints: %severy %d epochs, in %s (each one named in train.log)",
+            step_checkpoints,
+            train_settings.checkpoint_every_epochs,
+            self.run_dir / "checkpoints",
+        )
         self.update(status="running", params=params, device=str(device), precision=precision, **summary)
 
     def resumed(self, step: int, total_steps: Optional[int]) -> None:
+        """Say where the run resumes, and drop the rows of metrics.jsonl after `step` (the steps that
+        followed the checkpoint are trained again, and write their rows again) and a last line that a
+        crash cut short (the next row would be appended to it)."""
         self.info("Resuming at step %d%s", step, "" if total_steps is None else f" of {total_steps}")
+        rows = read_metrics(self.run_dir) if self.writes else None
+        if rows is not None:
+            kept = "".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+            write_text(self.run_dir / METRICS_FILE, kept)
 
     def run_finished(self, seconds: float, final: Path, metrics: dict[str, float], summary: dict[str, Any]) -> None:
         """summary.json marked completed, with `summary`; the run's last line; its final `metrics` (a value
@@ -162,6 +198,7 @@ class RunOutputs:
             summary["best_step"],
             final,
         )
+        self.close_metrics()
         if self.writer is not None:
             self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
             self.writer.file_writer.add_summary(self.hparams_end)
@@ -179,21 +216,55 @@ class RunOutputs:
         (not for every trainer built: a test builds many, and most never log)."""
         return peak_matmul_flops(self.dtype, self.device)
 
-    def log_step(self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
-        """TensorBoard scalars of the optimizer steps since the last call (their throughput and MFU)."""
+    def log_step(
+        self, step: int, tokens: int, seconds: float, loss: float, lr: float, grad_norm: float, tokens_per_sec: float
+    ) -> None:
+        """The optimizer steps since the last call (their throughput and MFU) as TensorBoard scalars, and
+        `step`'s row of metrics.jsonl, with the evaluation at `step` if there was one (`seconds`: the
+        training time so far)."""
+        values = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec}
         if self.writer is not None:
             mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.world_size)
-            self.scalars(
-                step,
-                {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec, "mfu": mfu},
-            )
+            self.scalars(step, {**values, "mfu": mfu})
+        if self.evaluated_step == step:
+            values.update(self.evaluation)
+        self.write_metrics({"step": step, "tokens": tokens, "elapsed_s": round(seconds, 3), **values})
+
+    def write_metrics(self, row: dict[str, Any]) -> None:
+        """One row to metrics.jsonl, flushed, so that a crash loses none and the file can be watched."""
+        if not self.writes:
+            return
+        path = self.run_dir / METRICS_FILE
+        try:
+            if self.metrics_file is None:
+                self.metrics_file = open(path, "a", encoding="utf-8")
+            row = {key: _finite(value) if isinstance(value, float) else value for key, value in row.items()}
+            self.metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+            self.metrics_file.flush()
+        except OSError as error:  # like any file the run cannot write: the run ends with one line naming it
+            self.close_metrics()
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+    def close_metrics(self) -> None:
+        if self.metrics_file is not None:
+            try:
+                self.metrics_file.close()
+            except OSError:  # what the failed write left buffered cannot be written either
+                pass
+            self.metrics_file = None
 
     def epoch_started(self, epoch: int, epochs: Optional[int]) -> None:
         self.info("Epoch %d%s", epoch, "" if epochs is None else f"/{epochs}")
 
-    def evaluated(self, step: int, val_loss: float, val_bpb: float) -> None:
+    def evaluated(self, step: int, val_loss: float, val_bpb: float, summary: dict[str, Any]) -> None:
+        """An evaluation: its line, its TensorBoard scalars, and summary.json brought up to `summary`, so
+        that a running run shows how far it is. Its row of metrics.jsonl is its step's (log_step)."""
         self.info("Step %d: val loss %.4f (%.3f bits per byte)", step, val_loss, val_bpb)
         self.scalars(step, {"val/loss": val_loss, "val/bpb": val_bpb})
+        self.evaluated_step, self.evaluation = step, {"val/loss": val_loss, "val/bpb": val_bpb}
+        if step == 0:  # the model a run starts from: no optimizer step reports it, so it is a row of its own
+            self.write_metrics({"step": 0, "tokens": 0, "elapsed_s": 0.0, **self.evaluation})
+        self.update(**summary)
 
     def epoch_ended(self, train_loss: float, val_loss: float, val_bpb: float) -> None:
         self.info("Train loss: %.4f", train_loss)
@@ -207,7 +278,9 @@ class RunOutputs:
             self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), step)
 
     def checkpoint_saved(self, path: Path) -> None:
-        self.info("Checkpoint: %s", path)
+        """Named in train.log only: run_started said on the console how often checkpoints are written."""
+        if self.writes:
+            log.debug("Checkpoint: %s", path)
 
     def early_stopped(self, evaluations: int) -> None:
         self.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)", evaluations)
@@ -215,9 +288,11 @@ class RunOutputs:
     @contextmanager
     def progress_bar(
         self, total: float, completed: float, tokens_per_step: int, in_seconds: bool
-    ) -> Iterator[Callable[[float, float, float], None]]:
-        """A bar over the whole run (`total` steps, or seconds of a time budget), on rank 0's terminal;
-        yields `advance(completed, loss, lr)`, called once per optimizer step."""
+    ) -> Iterator[Callable[[float, int, float, float, Optional[float]], None]]:
+        """A bar over the whole run (`total` steps, or seconds of a time budget), on rank 0's terminal, or
+        without a terminal a progress line every PROGRESS_LINE_SECONDS; yields `advance(completed, step,
+        loss, lr, eta_seconds)`, called once per optimizer step."""
+        bar_shown = self.writes and console.is_terminal
         with Progress(
             TextColumn("Training"),
             BarColumn(),
@@ -226,15 +301,24 @@ class RunOutputs:
             TimeRemainingColumn(),
             TextColumn("{task.fields[stats]}"),
             console=console,
-            disable=not (self.writes and console.is_terminal),
+            disable=not bar_shown,
         ) as progress:
             task = progress.add_task("run", total=total, completed=completed, stats="")
-            started, steps = time.perf_counter(), 0
+            started = line_printed = time.perf_counter()
+            steps = 0
 
-            def advance(completed: float, loss: float, lr: float) -> None:
-                nonlocal steps
+            def advance(completed: float, step: int, loss: float, lr: float, eta_seconds: Optional[float]) -> None:
+                nonlocal steps, line_printed
                 steps += 1
-                rate = steps * tokens_per_step / max(time.perf_counter() - started, 1e-9)
+                now = time.perf_counter()
+                rate = steps * tokens_per_step / max(now - started, 1e-9)
                 progress.update(task, completed=completed, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+                if self.writes and not bar_shown and now - line_printed >= PROGRESS_LINE_SECONDS:
+                    line_printed = now
+                    where = f" ({clock(completed)} of {clock(total)})" if in_seconds else f"/{total}"
+                    val = f", val {self.evaluation['val/loss']:.4f}" if self.evaluation else ""
+                    eta = "" if eta_seconds is None else f", ETA {clock(eta_seconds)}"
+                    line = f"Step {step}{where}: loss {loss:.4f}{val}, {rate:,.0f} tok/s{eta}"
+                    console.print(line, markup=False, soft_wrap=True)
 
             yield advance

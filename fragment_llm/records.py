@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -23,6 +23,10 @@ TOKENIZER_FILE = "tokenizer.json"
 FINAL_MODEL = Path("models") / "final_model.pt"
 BEST_MODEL = Path("models") / "best_model.pt"  # the lowest validation loss of the run
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# One JSON object per logged step: `step`, `tokens`, `elapsed_s` (training time), then METRIC_NAMES
+# (TensorBoard's tags), the val/ ones at the steps with an evaluation.
+METRICS_FILE = "metrics.jsonl"
+METRIC_NAMES = ("train/loss", "val/loss", "val/bpb", "lr", "grad_norm", "tokens_per_sec")
 
 
 class RunError(UserError, ValueError):
@@ -186,10 +190,24 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "tokens": summary.get("tokens"),
         "best_val_loss": summary.get("best_val_loss"),
         "val_bpb": summary.get("val_bpb"),
+        "best_val_bpb": summary.get("best_val_bpb"),
         "status": "damaged" if damage else summary.get("status"),
         "wall_time_s": summary.get("wall_time_s"),
+        "in_sweep": _mode(records[HYDRA_RECORD]) == "MULTIRUN",
         "damaged": damage,
     }
+
+
+def _mode(hydra_record: Any) -> Any:
+    hydra = hydra_record.get("hydra") if isinstance(hydra_record, dict) else None
+    return hydra.get("mode") if isinstance(hydra, dict) else None
+
+
+def failed_to_start(run: dict[str, Any]) -> bool:
+    """Whether a `describe_run` row is a single run that failed before its first step (a bad setting,
+    a missing corpus: status failed and no steps in its summary), which is clutter once its command
+    is fixed. A sweep's job that failed so is one of the sweep's results, not clutter."""
+    return run["status"] == "failed" and run["steps"] is None and not run["in_sweep"]
 
 
 def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
@@ -200,3 +218,20 @@ def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
         if key in source:
             return True, source[key]
     return False, None
+
+
+def read_metrics(run_dir: Path) -> Optional[list[dict[str, Any]]]:
+    """The rows of the run's metrics.jsonl, in order; None when it has none (a run from before runs kept
+    one). A line that is not a JSON object (cut short by a crash) is left out."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return None
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows

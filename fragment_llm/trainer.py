@@ -88,7 +88,7 @@ def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
     if tokenizer is None or tokenizer_hash(tokenizer) != checkpoint["tokenizer_hash"]:
         raise CheckpointError(
             "the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
-            "resume from another checkpoint of the run"
+            "use another checkpoint of the run"
         )
     return tokenizer
 
@@ -112,6 +112,16 @@ def check_resumable(checkpoint: dict, data: PreparedData) -> None:
         )
 
 
+def load_weights(model: GPT, checkpoint: dict, fix: str) -> None:
+    """The checkpoint's weights into `model`, or a CheckpointError ending with `fix`."""
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit its model settings: {str(error).splitlines()[0]}; {fix}"
+        ) from None
+
+
 class Due(NamedTuple):
     """What follows an optimizer step (see Trainer.due)."""
 
@@ -127,14 +137,24 @@ class Trainer:
     """Owns the model, optimizer, data stream and run directory of one training run.
 
     Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
-    learning-rate schedule, the position in the data order and every random state.
+    learning-rate schedule, the position in the data order and every random state. Given a `parent`
+    (a trained model's checkpoint, `train.init_from`), it starts a new run from that model's weights
+    and tokenizer: the new text is encoded with the parent's tokenizer, and the optimizer, the
+    schedule and the step start afresh.
 
     With several ranks (torch.distributed), the same loop runs in each: the model is wrapped in
     DistributedDataParallel, gradients are averaged once per optimizer step, each rank reads its own
     slice of every micro-batch, and only rank 0 writes (its RunOutputs and its checkpoints).
     """
 
-    def __init__(self, settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()):
+    def __init__(
+        self,
+        settings: Config,
+        run_dir: Path,
+        checkpoint: Optional[dict] = None,
+        ranks: Ranks = Ranks(),
+        parent: Optional[dict] = None,
+    ):
         self.settings = settings
         self.ranks = ranks
         self.run_dir = Path(run_dir)
@@ -151,7 +171,7 @@ class Trainer:
             settings.tokenizer.min_frequency,
             settings.tokenizer.retrain,
             Path(settings.paths.cache),
-            tokenizer=checkpoint_tokenizer(checkpoint),
+            tokenizer=checkpoint_tokenizer(checkpoint if checkpoint is not None else parent),
         )
         if checkpoint is not None:
             check_resumable(checkpoint, self.data)
@@ -160,6 +180,8 @@ class Trainer:
         seed_everything(train_settings.seed)  # the same initial weights on every rank
         self.model_config = GPTConfig(**{**to_plain(settings)["model"], "vocab_size": self.data.vocab_size})
         self.model = GPT(self.model_config).to(self.device)
+        if parent is not None:
+            load_weights(self.model, parent, "start from a checkpoint that fragment-llm wrote")
         seed_everything(train_settings.seed + ranks.rank)  # each rank its own dropout
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
@@ -212,13 +234,7 @@ class Trainer:
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
         resume); the schedule is rebuilt for the current length and replayed up to the step."""
-        try:
-            self.model.load_state_dict(checkpoint["model_state_dict"])
-        except RuntimeError as error:
-            raise CheckpointError(
-                f"the checkpoint's weights do not fit its model settings: "
-                f"{str(error).splitlines()[0]}; resume from a checkpoint this run wrote"
-            ) from None
+        load_weights(self.model, checkpoint, "resume from a checkpoint this run wrote")
         saved = checkpoint["config"]["optimizer"]
         saved_optimizer = (saved["name"], saved.get("cautious_weight_decay", False))
         wanted = (self.settings.optimizer.name.value, self.settings.optimizer.cautious_weight_decay)
@@ -271,13 +287,16 @@ class Trainer:
                 epoch_losses.append(loss)
                 window_steps += 1
                 due = self.due()
-                if due.log:
-                    tokens_per_sec = window_steps * self.tokens_per_step / (time.perf_counter() - window_started)
-                    self.outputs.log_step(self.step, loss, self.lr, grad_norm, tokens_per_sec)
-                    window_started, window_steps = time.perf_counter(), 0
-                advance(self.position(), loss, self.lr)
                 if due.evaluation:
                     self.evaluate()
+                if due.log:  # after the evaluation: its values go into the step's row of metrics.jsonl
+                    tokens_per_sec = window_steps * self.tokens_per_step / (time.perf_counter() - window_started)
+                    tokens = self.step * self.tokens_per_step
+                    self.outputs.log_step(
+                        self.step, tokens, self.train_seconds, loss, self.lr, grad_norm, tokens_per_sec
+                    )
+                    window_started, window_steps = time.perf_counter(), 0
+                advance(self.position(), self.step, loss, self.lr, self.eta_seconds())
                 if due.epoch_end:
                     train_loss, epoch_losses = sum(epoch_losses) / len(epoch_losses), []
                     self.outputs.epoch_ended(train_loss, self.last_val_loss, self.last_val_bpb)
@@ -299,13 +318,15 @@ class Trainer:
 
     def due(self) -> Due:
         """What follows the optimizer step just taken, as the settings schedule it. The run's last step
-        also logs, evaluates and ends its epoch; the final model, saved after it, is its checkpoint."""
+        also evaluates and ends its epoch, and a step with an evaluation also logs (metrics.jsonl keeps
+        them together); the final model, saved after the last step, is its checkpoint."""
         train_settings, step = self.settings.train, self.step
         last, epoch_end = self.finished(), step % self.steps_per_epoch == 0
         epoch = step // self.steps_per_epoch
+        evaluation = step % train_settings.eval_interval == 0 or epoch_end or last
         return Due(
-            log=step % train_settings.log_interval == 0 or last,
-            evaluation=step % train_settings.eval_interval == 0 or epoch_end or last,
+            log=step % train_settings.log_interval == 0 or evaluation,
+            evaluation=evaluation,
             epoch_end=epoch_end or last,
             sample=bool(train_settings.sample_every) and step % train_settings.sample_every == 0 and self.ranks.is_main,
             epoch_checkpoint=(
@@ -328,6 +349,15 @@ class Trainer:
 
     def finished(self) -> bool:
         return self.position() >= self.length
+
+    def eta_seconds(self) -> Optional[float]:
+        """Training time left: a time budget's rest, or the steps left at the pace so far (evaluations and
+        checkpoints included); None before the first step."""
+        if self.finished() or self.early_stopped:
+            return 0.0
+        if self.budget:
+            return self.budget - self.train_seconds
+        return (self.total_steps - self.step) * self.train_seconds / self.step if self.step else None
 
     def early_stop_due(self) -> bool:
         patience = self.settings.train.early_stop_patience
@@ -359,7 +389,7 @@ class Trainer:
         )
         if self.step == 0:
             initial_val_loss = self.evaluate()
-            self.outputs.update(**self.summary(), initial_val_loss=initial_val_loss)
+            self.outputs.update(initial_val_loss=initial_val_loss)
         else:
             self.outputs.resumed(self.step, self.total_steps)
         self.model.train()
@@ -387,7 +417,6 @@ class Trainer:
                 "train_loss": train_loss,
                 "tokens_per_sec": round(tokens_per_sec, 1),
                 "startup_seconds": round(self.loop_started - self.started, 2),
-                "train_seconds": round(self.train_seconds, 2),
                 "final_seconds": round(time.perf_counter() - ending_started, 2),
                 "early_stopped": self.early_stopped,
             },
@@ -405,6 +434,8 @@ class Trainer:
             "best_val_bpb": None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
             "best_step": self.best_step,
             "wall_time_s": round(time.perf_counter() - self.started, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "eta_seconds": None if (eta := self.eta_seconds()) is None else round(eta, 1),
         }
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -498,7 +529,7 @@ class Trainer:
                 self.save_best_model()
         else:
             self.evaluations_without_gain += 1
-        self.outputs.evaluated(self.step, val_loss, self.last_val_bpb)
+        self.outputs.evaluated(self.step, val_loss, self.last_val_bpb, self.summary())
         return val_loss
 
     def sample(self) -> None:
@@ -607,10 +638,17 @@ class Trainer:
         )
 
 
-def train(settings: Config, run_dir: Path, checkpoint: Optional[dict] = None, ranks: Ranks = Ranks()) -> float:
-    """Train one model into `run_dir` (continuing `checkpoint` if given); returns the best validation loss."""
+def train(
+    settings: Config,
+    run_dir: Path,
+    checkpoint: Optional[dict] = None,
+    ranks: Ranks = Ranks(),
+    parent: Optional[dict] = None,
+) -> float:
+    """Train one model into `run_dir` (continuing `checkpoint`, or starting from `parent`'s weights and
+    tokenizer, if given); returns the best validation loss."""
     try:
-        trainer = Trainer(settings, run_dir, checkpoint, ranks)
+        trainer = Trainer(settings, run_dir, checkpoint, ranks, parent)
         with trainer.stop_on_signals():
             best_val_loss = trainer.fit()
     except (RuntimeError, MemoryError) as error:

@@ -1,0 +1,122 @@
+"""Training curves as pictures: runs' metrics.jsonl drawn on one chart with matplotlib (the `plot`
+extra), for `fragment-llm plot` and the end of a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+from .console import console, error_console
+from .errors import UserError
+from .files import atomic_path, file_problem
+from .records import METRICS_FILE, describe_run, find_runs, read_metrics
+from .tables import is_number, varying_overrides
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# The x axes a curve can be drawn against: each a field of metrics.jsonl, and its label.
+X_AXES = {
+    "step": ("step", "optimizer step"),
+    "tokens": ("tokens", "tokens"),
+    "time": ("elapsed_s", "training time (s)"),
+}
+SWEEP_CURVES_FILE = "curves.png"
+
+
+class PlotError(UserError):
+    """Curves that cannot be drawn (matplotlib missing, no run with the metric): one line."""
+
+
+class Curve(NamedTuple):
+    label: str
+    xs: list[float]
+    ys: list[float]
+
+
+def run_curve(run_dir: Path, label: str, metric: str, x_axis: str) -> Curve:
+    """`metric` against `x_axis` (a key of X_AXES) from the run's metrics.jsonl; a PlotError saying why
+    when the run has no such curve."""
+    try:
+        rows = read_metrics(run_dir)
+    except OSError as error:
+        raise PlotError(f"could not read {file_problem(error)}") from None
+    if rows is None:
+        raise PlotError(f"{run_dir} has no {METRICS_FILE} (it was trained before runs kept one)")
+    field = X_AXES[x_axis][0]
+    points = [(row[field], row[metric]) for row in rows if is_number(row.get(field)) and is_number(row.get(metric))]
+    if not points:
+        raise PlotError(f"{run_dir} has no {metric} values in its {METRICS_FILE}")
+    xs, ys = zip(*points)
+    return Curve(label, list(xs), list(ys))
+
+
+def curves_figure(curves: list[Curve], metric: str, x_axis: str) -> Figure:
+    """One chart: a line per curve, its label in the legend below it (labels can be long: a sweep's
+    overrides), the chart taller by a legend line per curve."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotError("drawing curves needs matplotlib: pip install 'fragment-llm[plot]'") from None
+    figure = Figure(figsize=(8, 4.5 + 0.2 * len(curves)), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg draws without a display, on any machine
+    axes = figure.add_subplot()
+    sparse = metric.startswith("val/")  # a point per evaluation: marked, so that each shows
+    for curve in curves:
+        axes.plot(curve.xs, curve.ys, label=curve.label, marker="o" if sparse else None, markersize=3)
+    axes.set_xlabel(X_AXES[x_axis][1])
+    if x_axis != "time":  # steps and tokens are whole numbers
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", fontsize="small")
+    return figure
+
+
+def write_curves(curves: list[Curve], metric: str, x_axis: str, out: Path) -> None:
+    """The chart of `curves` as an image file, its format named by `out`'s suffix (png, svg, pdf, ...)."""
+    figure = curves_figure(curves, metric, x_axis)
+    image_format = out.suffix.lstrip(".").lower() or "png"
+    if image_format not in figure.canvas.get_supported_filetypes():
+        known = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
+        raise PlotError(f"--out {out}: matplotlib cannot write .{image_format} files; end the name with one of {known}")
+    with atomic_path(out) as temporary:
+        figure.savefig(temporary, format=image_format, dpi=120)
+
+
+def shortened(override: str) -> str:
+    """`key=value` with a number of many digits (a search's draw) cut to 4 significant ones."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if len(value) > 6 else override
+
+
+def write_sweep_curves(sweep_dir: Path) -> Optional[Path]:
+    """<sweep>/curves.png: its jobs' val/bpb against step, each named by its number and the overrides
+    that vary between jobs. Nothing (None) without matplotlib, or when no job has a curve (they all
+    failed before their first evaluation); a file that cannot be written is a warning: the sweep is done."""
+    jobs = [describe_run(run, sweep_dir) for run in find_runs(sweep_dir)]
+    varying = varying_overrides(jobs)
+    curves = []
+    for job in jobs:
+        label = " ".join([job["name"], *(shortened(item) for item in job["overrides"] if item in varying)])
+        try:
+            curves.append(run_curve(Path(job["path"]), label, "val/bpb", "step"))
+        except PlotError:
+            continue  # a failed job: the sweep's table says why
+    if not curves:
+        return None
+    path = Path(sweep_dir) / SWEEP_CURVES_FILE
+    try:
+        write_curves(curves, "val/bpb", "step", path)
+    except PlotError:  # no matplotlib: the sweep's table is its report
+        return None
+    except OSError as error:
+        error_console.print(f"warning: could not write {file_problem(error, path)}", markup=False, soft_wrap=True)
+        return None
+    console.print(f"Curves: {path}", markup=False, soft_wrap=True)
+    return path

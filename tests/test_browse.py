@@ -1,0 +1,285 @@
+"""Browsing runs: the runs table fitted to 80 columns and to a pipe with every `key=value` whole, CSV
+and JSON that read back as the runs' summaries, Markdown, chosen columns, runs that failed before
+training hidden, the sweep report, and the names of recipes' run directories."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF_DIR, ROOT, compose_config, tiny_overrides
+
+from fragment_llm.app import run_training
+from fragment_llm.cli import main
+from fragment_llm.tables import SWEEP_REPORT_FILE, write_sweep_report
+
+SHARED = [
+    "data=text",
+    "data.path=/home/someone/books/the_collected_works_of_someone.txt",
+    "model.n_layer=1",
+    "model.n_embd=64",
+    "train.max_iters=60",
+]
+SWEEP = "multirun/2026-11-25/08-14-44_lr-seed_5c1e"
+
+
+def write_run(folder, overrides, summary, mode="MULTIRUN", choices=None):
+    """A run directory as run.py leaves it: summary.json and Hydra's records of it."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    choices = choices or {"model": "tiny", "hardware": "cpu", "optimizer": "adamw"}
+    lines = "".join(f"      {group}: {option}\n" for group, option in choices.items())
+    (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {mode}\n  runtime:\n    choices:\n{lines}")
+    return folder
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    """A sweep of six completed jobs (three learning rates x two seeds) with long shared overrides."""
+    root = tmp_path / "outputs"
+    for job, (lr, seed) in enumerate((lr, seed) for lr in ("0.003", "0.001", "0.0003") for seed in (1, 2)):
+        loss = 3.1 + job / 10 + seed / 1000
+        summary = {
+            "status": "completed",
+            "started_at": f"2026-11-25T08:14:{50 + job}+00:00",
+            "steps": 60,
+            "tokens": 61440,
+            "best_val_loss": loss,
+            "val_bpb": loss / 2.1,
+            "best_val_bpb": loss / 2.1,
+            "wall_time_s": 12.5,
+        }
+        write_run(root / SWEEP / str(job), [f"optimizer.lr={lr}", f"train.seed={seed}", *SHARED], summary)
+    return root
+
+
+def call(argv, capsys):
+    try:
+        code = main([str(word) for word in argv])
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_fits(text, width, whole):
+    """No line of `text` is wider than `width`, and each of `whole` (a `key=value`) is on one line."""
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width, text
+    for item in whole:
+        assert any(re.search(rf"(^|\s){re.escape(item)}(\s|$)", line) for line in lines), (item, text)
+
+
+def test_at_80_columns_every_override_stays_whole(outputs, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = call(["runs", outputs], capsys)
+    assert code == 0, err
+    varying = [f"optimizer.lr={lr}" for lr in ("0.003", "0.001", "0.0003")] + ["train.seed=1", "train.seed=2"]
+    assert_fits(out, 80, [*varying, *SHARED])
+    assert sum(line.count("data.path=") for line in out.splitlines()) == 1  # the shared part, once, above
+    assert out.startswith("Runs in ") and "(6 runs)" in out and f"/{SWEEP.split('/')[-1]}" in out
+    assert "Every run: model=tiny hardware=cpu optimizer=adamw status=completed" in out
+
+
+def test_the_sweep_report_follows_the_same_rules(outputs, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    write_sweep_report(outputs / SWEEP)
+    printed = capsys.readouterr().out
+    report = (outputs / SWEEP / SWEEP_REPORT_FILE).read_text()
+    assert printed == report
+    assert_fits(report, 80, ["optimizer.lr=0.0003", "train.seed=2"])
+    assert "data.path" not in report and "Not shown: the 5 overrides every job shares" in report
+
+
+def test_piped_output_is_100_columns_wide_without_columns(outputs):
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "fragment_llm", "runs", str(outputs), "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert_fits(result.stdout, 100, ["optimizer.lr=0.0003", "train.seed=1", *SHARED])
+    assert max(len(line) for line in result.stdout.splitlines()) > 80  # not rich's 80 for a pipe
+
+
+def test_csv_and_json_read_back_as_the_runs_summaries(outputs, capsys):
+    summaries = {path.parent.name: json.loads(path.read_text()) for path in outputs.rglob("summary.json")}
+    code, out, _ = call(["runs", outputs, "--format", "csv"], capsys)
+    assert code == 0
+    from_csv = list(csv.DictReader(io.StringIO(out)))
+    code, out, _ = call(["runs", outputs, "--format", "json"], capsys)
+    assert code == 0
+    from_json = json.loads(out)
+    assert len(from_csv) == len(from_json) == 6
+    for row, record in zip(from_csv, from_json):
+        summary = summaries[row["name"].rsplit("/", 1)[-1]]
+        for key in ("best_val_loss", "val_bpb", "best_val_bpb", "wall_time_s"):
+            assert float(row[key]) == record[key] == summary[key]
+        assert int(row["steps"]) == record["steps"] == summary["steps"]
+        assert row["status"] == record["status"] == "completed"
+        assert shlex.split(row["overrides"]) == record["overrides"] and SHARED[1] in record["overrides"]
+        assert row.keys() == record.keys()
+
+
+def test_columns_pick_what_every_format_shows(outputs, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = call(["runs", outputs, "--columns", "run,best val loss,best_val_bpb", "--json"], capsys)
+    assert code == 0 and list(json.loads(out)[0]) == ["name", "best_val_loss", "best_val_bpb"]
+    code, out, _ = call(["runs", outputs, "--columns", "run,bits/byte", "--format", "markdown"], capsys)
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[:2] == ["| run | bits/byte |", "| --- | ---: |"] and len(table) == 2 + 6
+    code, out, _ = call(["runs", outputs, "--columns", "run,overrides"], capsys)
+    header = next(line for line in out.splitlines() if line.startswith("run"))
+    assert header.split() == ["run", "overrides"]
+    code, _, err = call(["runs", outputs, "--columns", "run,colour"], capsys)
+    assert code == 2 and err.startswith("error: --columns: no run has a column colour") and err.count("\n") == 1
+
+
+def test_runs_that_failed_before_training_are_hidden_unless_all(outputs, tmp_path, corpus, capsys):
+    typo = outputs / "2026-11-25" / "09-00-00_tiny-cpu_aaaa"
+    logger = logging.getLogger("fragment_llm")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    try:  # a bad setting, as run.py records it
+        run_training(compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})), typo)
+    finally:
+        for handler in set(logger.handlers) - set(handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.handlers[:], logger.propagate = handlers, propagate
+    assert json.loads((typo / "summary.json").read_text())["status"] == "failed"
+    failed_job = {"status": "failed", "started_at": "2026-11-25T08:15:00+00:00", "error": "out of range"}
+    write_run(outputs / SWEEP / "6", ["optimizer.lr=1.0", "train.seed=1", *SHARED], failed_job)
+
+    code, out, _ = call(["runs", outputs], capsys)
+    # The heading wraps where the width (100 here) falls in it: compare its words.
+    assert code == 0 and "(7 runs; 1 more failed before training: --all lists them)" in " ".join(out.split())
+    assert "aaaa" not in out and "optimizer.lr=1.0" in out  # a sweep's failed job is one of its results
+    code, out, err = call(["runs", outputs, "--json"], capsys)
+    assert len(json.loads(out)) == 7 and err == "note: 1 more failed before training: --all lists them\n"
+    code, out, _ = call(["runs", outputs, "--all", "--json"], capsys)
+    assert {run["name"] for run in json.loads(out)} >= {"2026-11-25/09-00-00_tiny-cpu_aaaa", f"{SWEEP}/6"}
+
+
+@pytest.mark.parametrize(
+    "overrides,name",
+    [
+        ([], "tiny-cpu"),
+        (["experiment=debug"], "debug-tiny-cpu"),
+        (["debug=fast"], "debug-tiny-cpu"),
+        (["experiment=debug", "debug=fast"], "debug-tiny-cpu"),
+        (["experiment=mid_range_gpu", "debug=fast"], "mid_range_gpu-debug-small-gpu"),
+    ],
+)
+def test_a_run_directory_names_its_recipe(overrides, name):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from fragment_llm.compose import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    assert re.fullmatch(rf"\d\d-\d\d-\d\d_{name}_[0-9a-f]{{4}}", os.path.basename(cfg.hydra.run.dir))
+
+
+def seeded_runs(root, bits_per_byte, statuses=None):
+    """A sweep over optimizer x train.seed, each job's best bits per byte as given (by optimizer)."""
+    job = 0
+    for optimizer, values in bits_per_byte.items():
+        for seed, bpb in enumerate(values, start=1):
+            summary = {
+                "status": (statuses or {}).get(job, "completed"),
+                "steps": 60,
+                "best_val_loss": bpb * 2.1,
+                "best_val_bpb": bpb,
+            }
+            write_run(root / str(job), [f"train.seed={seed}", f"optimizer={optimizer}", "model.n_layer=1"], summary)
+            job += 1
+    return root
+
+
+SEPARATED = {"adamw": [1.60, 1.61, 1.59], "muon": [1.50, 1.52, 1.49]}
+OVERLAPPING = {"adamw": [1.50, 1.60, 1.55], "muon": [1.52, 1.58, 1.54]}
+
+
+def test_groups_pool_the_seeds_with_their_mean_and_spread(tmp_path):
+    from fragment_llm.groups import BEST_VAL_LOSS, BITS_PER_BYTE, deciding_metric, group_runs
+    from fragment_llm.records import describe_run, find_runs
+
+    root = seeded_runs(tmp_path, {**SEPARATED, "sgd": [1.9]})
+    groups = group_runs([describe_run(run, root) for run in find_runs(root)], ["seed"])
+    assert [group.label for group in groups] == ["optimizer=adamw", "optimizer=muon", "optimizer=sgd"]
+    assert deciding_metric(groups) is BITS_PER_BYTE
+    for group, values in zip(groups, SEPARATED.values()):
+        spread = group.spread(BITS_PER_BYTE)
+        assert spread.count == 3 and len(group.runs) == 3
+        assert spread.mean == pytest.approx(statistics.mean(values))
+        assert spread.std == pytest.approx(statistics.stdev(values))
+        assert group.spread(BEST_VAL_LOSS).std == pytest.approx(statistics.stdev([value * 2.1 for value in values]))
+    assert groups[2].spread(BITS_PER_BYTE).count == 1 and math.isnan(groups[2].spread(BITS_PER_BYTE).std)
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        (
+            SEPARATED,
+            "optimizer=muon is better than optimizer=adamw by 0.097 bits/byte, p=0.0015 (Welch t-test, n=3 vs 3)",
+        ),
+        (
+            OVERLAPPING,
+            "optimizer=muon is lower than optimizer=adamw by 0.003 bits/byte, but the difference is within the "
+            "spread: p=0.93 (Welch t-test, n=3 vs 3)",
+        ),
+        (
+            {"adamw": [1.6], "muon": [1.5]},
+            "optimizer=muon is lower than optimizer=adamw by 0.100 bits/byte, but with n=1 vs 1 and no spread "
+            "measured the difference cannot be told from chance",
+        ),
+    ],
+    ids=["separated", "overlapping", "one run each"],
+)
+def test_compare_says_whether_the_best_group_leads_by_more_than_the_spread(values, expected, tmp_path, capsys):
+    from scipy.stats import ttest_ind
+
+    seeded_runs(tmp_path / "sweep", values)
+    code, out, err = call(["compare", tmp_path / "sweep", "--ignore", "seed"], capsys)
+    assert code == 0, err
+    assert expected in " ".join(out.split())
+    if len(values["adamw"]) > 1:
+        p_value = ttest_ind(values["muon"], values["adamw"], equal_var=False).pvalue
+        assert f"p={p_value:.2g}" in out
+    assert "Runs that differ only in seed, pooled: 2 groups of" in " ".join(out.split())
+
+
+def test_compare_leaves_out_runs_that_did_not_complete_and_refuses_a_key_no_run_sets(tmp_path, capsys):
+    seeded_runs(tmp_path / "sweep", SEPARATED, statuses={0: "failed"})
+    code, out, _ = call(["compare", tmp_path / "sweep", "--ignore", "train.seed"], capsys)
+    assert code == 0 and "2 groups of 5 runs; 1 more did not complete" in " ".join(out.split())
+    assert "n=3 vs 2" in out  # muon, then adamw without its failed job
+    code, _, err = call(["compare", tmp_path / "sweep", "--ignore", "sed"], capsys)
+    assert code == 2 and err.startswith("error: --ignore sed: no run's overrides set it") and err.count("\n") == 1
+
+
+def test_browsing_starts_without_torch():
+    # `runs`, `show`, `compare` and `plot` read files: importing torch would cost them seconds each.
+    check = "import sys, fragment_llm.cli; print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
