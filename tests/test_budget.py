@@ -4,7 +4,7 @@ one that advances a fixed time per optimizer step, so that what the trainer deci
 from __future__ import annotations
 
 import pytest
-from conftest import RUN, run_cli, settings_for, tiny_overrides
+from conftest import RUN, run_in_process, settings_for, tiny_overrides
 
 from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
 from fragment_llm.config import ConfigError
@@ -141,10 +141,12 @@ def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(
 
 def test_the_tools_take_checkpoint_best(tmp_path, corpus):
     keys = {"train.max_iters": 20, "train.eval_interval": 5}
-    run = run_cli([RUN, *tiny_overrides(tmp_path, corpus, **keys), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    run = run_in_process(
+        [RUN, *tiny_overrides(tmp_path, corpus, **keys), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     step = read_summary(tmp_path / "run")["best_step"]
     assert load_run(tmp_path / "run", "best").checkpoint_path == tmp_path / "run" / BEST_MODEL
-    result = run_cli(["-m", "fragment_llm", "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
+    result = run_in_process(["-m", "fragment_llm", "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
     assert result.returncode == 0 and "best_model.pt" in result.stdout
     assert load_checkpoint(tmp_path / "run" / BEST_MODEL)["step"] == step

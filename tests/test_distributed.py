@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RUN, run_cli, tiny_overrides
+from conftest import RUN, run_cli, run_in_process, tiny_overrides
 
 from fragment_llm.checkpoint import load_checkpoint
 from fragment_llm.records import read_summary
@@ -22,23 +22,16 @@ def only_run(outputs):
 
 
 def train_cli(tmp_path, corpus, name, *extra, launcher=(), **keys):
-    """`python [launcher...] run.py <tiny overrides> extra...`, sharing one token cache between runs."""
+    """`python [launcher...] run.py <tiny overrides> extra...`, sharing one token cache between runs.
+    Without a launcher run.py runs in this process (the ranks it spawns are processes of their own)."""
     overrides = tiny_overrides(tmp_path / name, corpus, **keys)
     overrides[overrides.index(f"paths.cache={tmp_path / name / 'cache'}")] = f"paths.cache={tmp_path / 'cache'}"
-    result = run_cli([*launcher, RUN, *overrides, *extra], cwd=tmp_path)
+    if launcher:
+        result = run_cli([*launcher, RUN, *overrides, *extra], cwd=tmp_path)
+    else:
+        result = run_in_process([RUN, *overrides, *extra], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return only_run(tmp_path / name / "outputs"), result
-
-
-def test_spawned_ranks_share_one_run_directory_and_learn(tmp_path, corpus):
-    run_dir, result = train_cli(tmp_path, corpus, "spawned", **DDP, **{"train.max_iters": 30, "train.batch_size": 2})
-    summary = read_summary(run_dir)
-    assert summary["status"] == "completed" and summary["best_val_loss"] < summary["initial_val_loss"] - 0.3
-    assert summary["tokens"] == 30 * 2 * 128 * 2  # batch per rank x ranks
-    log = (run_dir / "train.log").read_text()
-    assert "Starting 2 ranks (gloo)" in log and "x 2 ranks" in log
-    assert log.count("Epoch 1/") == 1  # rank 1 writes nothing
-    assert load_checkpoint(run_dir / "models" / "final_model.pt")["step"] == 30
 
 
 def test_torchrun_ranks_agree_on_one_run_directory(tmp_path, corpus):
@@ -49,9 +42,13 @@ def test_torchrun_ranks_agree_on_one_run_directory(tmp_path, corpus):
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 10
     assert result.stdout.count("Epoch 1/1") == 1
 
-    refused = run_cli([*torchrun, RUN, "-m", *tiny_overrides(tmp_path / "sweep", corpus)], cwd=tmp_path)
-    assert refused.returncode != 0
-    assert "error: -m (multirun) does not combine with torchrun" in refused.stderr
+
+def test_a_sweep_under_torchrun_is_refused_before_anything_is_written(tmp_path, corpus, monkeypatch):
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():  # as torchrun sets them
+        monkeypatch.setenv(name, value)
+    refused = run_in_process([RUN, "-m", *tiny_overrides(tmp_path / "sweep", corpus)], cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: -m (multirun) does not combine with torchrun")
     assert not (tmp_path / "sweep" / "outputs").exists()
 
 
@@ -66,9 +63,23 @@ def test_two_ranks_take_the_same_first_step_as_one_process_with_their_global_bat
         torch.testing.assert_close(two_weights[key], one_weights[key], rtol=1e-5, atol=1e-6)
 
 
-def test_a_ddp_run_resumes_exactly_per_rank_and_in_one_process(tmp_path, corpus):
-    keys = {**DDP, "model.dropout": 0.1, "train.max_iters": 12, "train.save_interval": 6, "train.batch_size": 2}
+def test_spawned_ranks_share_one_run_directory_learn_and_resume_exactly_per_rank_and_in_one_process(tmp_path, corpus):
+    keys = {
+        **DDP,
+        "model.dropout": 0.1,
+        "train.max_iters": 30,
+        "train.batch_size": 2,
+        "train.save_interval": 6,
+        "train.keep_checkpoints": 5,
+    }
     whole, _ = train_cli(tmp_path, corpus, "whole", **keys)
+    summary = read_summary(whole)
+    assert summary["status"] == "completed" and summary["best_val_loss"] < summary["initial_val_loss"] - 0.3
+    assert summary["tokens"] == 30 * 2 * 128 * 2  # batch per rank x ranks
+    log = (whole / "train.log").read_text()
+    assert "Starting 2 ranks (gloo)" in log and "x 2 ranks" in log
+    assert log.count("Epoch 1/") == 1  # rank 1 writes nothing
+    assert load_checkpoint(whole / "models" / "final_model.pt")["step"] == 30
     step_6 = whole / "checkpoints" / "step_6.pt"
     assert len(load_checkpoint(step_6)["rng_state"]) == 2  # one random state per rank
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_tiny_run
 
 from fragment_llm.cli import main
 from fragment_llm.config import DataConfig, DataSource
@@ -22,14 +21,8 @@ BLOCK = 128  # conftest's tiny model
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("trained")
-    return train_tiny_run(root, corpus, **{"train.max_iters": 60})
-
-
-@pytest.fixture(scope="module")
-def trained(run_dir):
-    return load_run(run_dir)
+def trained(trained_run):
+    return load_run(trained_run)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +145,8 @@ def figures(out: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_eval_with_a_stride_prints_both_figures_side_by_side(run_dir, trained, val_documents, capsys):
-    assert main(["eval", str(run_dir), "--stride", "32"]) == 0
+def test_eval_with_a_stride_prints_both_figures_side_by_side(trained_run, trained, val_documents, capsys):
+    assert main(["eval", str(trained_run), "--stride", "32"]) == 0
     out = capsys.readouterr().out
     flat = evaluate_documents(trained.model, trained.tokenizer, val_documents)
     sliding = evaluate_documents(trained.model, trained.tokenizer, val_documents, stride=32)
@@ -164,7 +157,7 @@ def test_eval_with_a_stride_prints_both_figures_side_by_side(run_dir, trained, v
     assert rows["Bits per byte"] == [f"{flat.bits_per_byte:.4f}", f"{sliding.bits_per_byte:.4f}"]
     assert f"{flat.tokens:,} tokens" in out
 
-    assert main(["eval", str(run_dir)]) == 0  # without a stride: one figure each, as before
+    assert main(["eval", str(trained_run)]) == 0  # without a stride: one figure each, as before
     out = capsys.readouterr().out
     assert f"Loss: {flat.loss:.4f} nats per token\n" in out and "|" not in out
 
@@ -182,9 +175,9 @@ def test_eval_with_a_stride_prints_both_figures_side_by_side(run_dir, trained, v
         ),
     ],
 )
-def test_a_bad_stride_is_one_error_line_and_a_non_zero_exit(stride, code, needle, run_dir, capsys):
+def test_a_bad_stride_is_one_error_line_and_a_non_zero_exit(stride, code, needle, trained_run, capsys):
     try:
-        returned = main(["eval", str(run_dir), "--stride", stride])
+        returned = main(["eval", str(trained_run), "--stride", stride])
     except SystemExit as exit:  # argparse's errors exit from inside parse_args
         returned = exit.code
     assert returned == code

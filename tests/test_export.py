@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import train_tiny_run
 from safetensors.torch import load_model
 
 from fragment_llm.cli import main
@@ -52,13 +51,6 @@ LAYOUTS = {
 REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    # vocab 500: the embedding has 12 padding rows, which the export leaves out; the modern layout,
-    # which only our own code computes.
-    return train_tiny_run(tmp_path_factory.mktemp("trained"), corpus, **{"model.vocab_size": 500, "arch": "modern"})
-
-
 def load_hf(folder, remote: bool) -> transformers.PreTrainedModel:
     return transformers.AutoModelForCausalLM.from_pretrained(
         folder, local_files_only=True, trust_remote_code=remote
@@ -97,15 +89,15 @@ def our_greedy(model: GPT, prompt: list[int], new_tokens: int, end_of_text: int,
     )
 
 
-def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(run_dir, tmp_path, capsys):
+def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(trained_run, tmp_path, capsys):
     out = tmp_path / "hf"
-    assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    assert main(["export", str(trained_run), "--format", "hf", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "as our own code (FragmentForCausalLM, load with trust_remote_code=True)" in printed
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", *REMOTE_FILES} <= {
         path.name for path in out.iterdir()
     }
-    trained = load_run(run_dir)
+    trained = load_run(trained_run)
     text = "The import statement is executed in two steps."
     ids = trained.tokenizer.encode(text, add_special_tokens=False).ids
     # AutoTokenizer reads config.json too, so it needs trust_remote_code as well.
@@ -121,9 +113,9 @@ def test_transformers_loads_the_hf_export_with_our_logits_and_tokenizer(run_dir,
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_each_layout_exports_as_its_architecture_with_our_logits_and_greedy_text(name, run_dir, tmp_path):
+def test_each_layout_exports_as_its_architecture_with_our_logits_and_greedy_text(name, trained_run, tmp_path):
     layout, architecture = LAYOUTS[name]
-    trained = load_run(run_dir)
+    trained = load_run(trained_run)
     vocab, end_of_text = trained.config.vocab_size, end_of_text_id(trained.tokenizer)
     model = tiny_model(vocab, **layout)
     remote = architecture == "FragmentForCausalLM"
@@ -148,8 +140,10 @@ def test_each_layout_exports_as_its_architecture_with_our_logits_and_greedy_text
     assert hf_greedy(hf, prompt, 20, end_of_text) == expected
 
 
-def test_the_remote_export_refuses_a_long_input_and_generates_past_the_context_in_a_sliding_window(run_dir, tmp_path):
-    trained = load_run(run_dir)
+def test_the_remote_export_refuses_a_long_input_and_generates_past_the_context_in_a_sliding_window(
+    trained_run, tmp_path
+):
+    trained = load_run(trained_run)
     vocab, end_of_text = trained.config.vocab_size, end_of_text_id(trained.tokenizer)
     model = tiny_model(vocab, **MODERN)
     export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path)
@@ -185,12 +179,12 @@ def test_only_layouts_a_transformers_architecture_computes_exactly_are_written_a
         assert architecture(**{**LLAMA, **part}) == "remote", part  # Llama's layout with a part of GPT-2's
 
 
-def test_the_safetensors_export_rebuilds_the_same_model(run_dir, tmp_path):
-    trained = load_run(run_dir)
+def test_the_safetensors_export_rebuilds_the_same_model(trained_run, tmp_path):
+    trained = load_run(trained_run)
     export_safetensors(trained.model, trained.tokenizer_path, tmp_path)
     model = GPT(GPTConfig(**json.loads((tmp_path / "config.json").read_text())))
     load_model(model, str(tmp_path / "model.safetensors"))
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     assert (model.lm_head.weight is model.wte.weight) == trained.config.tie_embeddings
-    assert (tmp_path / "tokenizer.json").read_text() == (run_dir / "tokenizer.json").read_text()
+    assert (tmp_path / "tokenizer.json").read_text() == (trained_run / "tokenizer.json").read_text()

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import train_tiny_run
 
 from fragment_llm.config import DataConfig, DataSource
 from fragment_llm.data import collect_documents, split_documents
@@ -21,15 +20,8 @@ GREEDY = Sampling(temperature=0)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("trained")
-    # vocab 500: the embedding is padded to 512 rows, 12 of them no tokens.
-    return train_tiny_run(root, corpus, **{"model.vocab_size": 500, "train.max_iters": 40, "train.sample_every": 20})
-
-
-@pytest.fixture(scope="module")
-def trained(run_dir):
-    return load_run(run_dir)
+def trained(trained_run):
+    return load_run(trained_run)
 
 
 def tokens(trained, prompt, count, sampling=GREEDY, seed=0, use_cache=True):
@@ -68,8 +60,8 @@ def test_top_k_and_top_p_keep_only_the_likeliest_tokens():
     assert top_p == {0, 1}
 
 
-def test_padded_vocabulary_rows_are_never_sampled(run_dir):
-    trained = load_run(run_dir)
+def test_padded_vocabulary_rows_are_never_sampled(trained_run):
+    trained = load_run(trained_run)
     vocab = trained.config.vocab_size
     assert trained.model.wte.num_embeddings > vocab
     boost = torch.zeros(trained.model.wte.num_embeddings)
@@ -102,29 +94,29 @@ def test_generated_text_is_the_tokens_up_to_the_end_of_the_document(trained):
     assert empty == expected and empty
 
 
-def test_training_reports_bits_per_byte_and_writes_samples(run_dir):
-    summary = json.loads((run_dir / "summary.json").read_text())
+def test_training_reports_bits_per_byte_and_writes_samples(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["best_val_bpb"] == pytest.approx(
-        bits_per_byte(summary["best_val_loss"], summary["val_tokens"], val_bytes(run_dir))
+        bits_per_byte(summary["best_val_loss"], summary["val_tokens"], val_bytes(trained_run))
     )
-    log = (run_dir / "train.log").read_text()
+    log = (trained_run / "train.log").read_text()
     assert "bits per byte" in log
     assert "Step 20 sample:" in log and "Step 40 sample:" in log
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     assert "val/bpb" in events.Tags()["scalars"]
     bpb = events.Scalars("val/bpb")[-1].value
     loss = events.Scalars("val/loss")[-1].value
-    assert bpb == pytest.approx(loss / math.log(2) * summary["val_tokens"] / val_bytes(run_dir), rel=1e-5)
+    assert bpb == pytest.approx(loss / math.log(2) * summary["val_tokens"] / val_bytes(trained_run), rel=1e-5)
     assert summary["val_bpb"] == pytest.approx(bpb, rel=1e-5)
     assert "sample/text_summary" in events.Tags()["tensors"]
 
 
-def val_bytes(run_dir) -> int:
-    data = load_run(run_dir).settings["data"]
+def val_bytes(trained_run) -> int:
+    data = load_run(trained_run).settings["data"]
     settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
     return sum(document.size for document in split_documents(collect_documents(settings), settings.val_fraction)[1])
 
@@ -133,12 +125,12 @@ def test_bits_per_byte_is_nats_per_token_times_tokens_per_byte_over_ln2():
     assert bits_per_byte(math.log(2), tokens=100, text_bytes=400) == pytest.approx(0.25)
 
 
-def test_evaluation_of_the_validation_split_matches_training(run_dir, trained):
+def test_evaluation_of_the_validation_split_matches_training(trained_run, trained):
     documents = split_documents(collect_documents(DataConfig(DataSource.text, trained.settings["data"]["path"])), 0.1)[
         1
     ]
     result = evaluate_documents(trained.model, trained.tokenizer, documents)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((trained_run / "summary.json").read_text())
     assert result.tokens == summary["val_tokens"]
     # Training measures a subset of the windows: close, not equal.
     assert result.loss == pytest.approx(summary["val_loss"], rel=0.05)
@@ -146,11 +138,11 @@ def test_evaluation_of_the_validation_split_matches_training(run_dir, trained):
     assert result.bits_per_byte == pytest.approx(bits_per_byte(result.loss, result.tokens, result.text_bytes))
 
 
-def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, run_dir):
+def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_run):
     with pytest.raises(RunError, match="is not a run directory"):
         load_run(tmp_path)
     with pytest.raises(RunError, match="is not a directory"):
         load_run(tmp_path / "missing")
-    (tmp_path / "tokenizer.json").write_text((run_dir / "tokenizer.json").read_text())
+    (tmp_path / "tokenizer.json").write_text((trained_run / "tokenizer.json").read_text())
     with pytest.raises(RunError, match="has no models/final_model.pt.*--checkpoint"):
         load_run(tmp_path)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import RUN, compose_config, run_cli, settings_for, tiny_overrides
+from conftest import RUN, compose_config, run_in_process, settings_for, tiny_overrides
 
 from fragment_llm import checkpoint as checkpoint_module
 from fragment_llm.app import run_training
@@ -226,7 +226,7 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, cor
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == summary["steps"]
 
-    resumed = run_cli(
+    resumed = run_in_process(
         [
             RUN,
             *tiny_overrides(tmp_path / "second", corpus),
@@ -276,7 +276,7 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, corpus
             previous = run_dir
     assert previous is not None
     step = find_resume_checkpoint(previous)[1]["step"]
-    result = run_cli(
+    result = run_in_process(
         [
             RUN,
             *tiny_overrides(tmp_path / "final", corpus),

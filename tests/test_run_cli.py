@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import RUN, run_cli, tiny_overrides
+from conftest import RUN, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
@@ -22,7 +22,9 @@ def run_dirs(outputs):
 
 
 def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 1000, "train.epochs": 2})
+    short = tmp_path / "short.txt"  # two epochs of about 18 steps
+    short.write_text(corpus.read_text()[:25_000])
+    overrides = tiny_overrides(tmp_path, short, **{"train.max_iters": 1000, "train.epochs": 2})
     result = run_cli([RUN, "train.checkpoint_every_epochs=1", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
@@ -95,31 +97,43 @@ def bad_files(tmp_path_factory):
     }
 
 
-def test_bad_input_fails_with_one_line_and_writes_no_checkpoint(tmp_path, corpus, bad_files):
-    # Each bad run is its own process: the first that printed a traceback or a second line fails.
-    for index, (extra, needle) in enumerate(BAD_RUNS):
-        extra = [item.format(**bad_files) for item in extra]
-        outputs = tmp_path / f"case{index}"
-        overrides = tiny_overrides(outputs, corpus) + extra
-        result = run_cli([RUN, *overrides], cwd=tmp_path)
-        assert result.returncode != 0, extra
-        assert "Traceback" not in result.stderr, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (extra, result.stderr)
-        (run_dir,) = run_dirs(outputs / "outputs")
-        assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "summary.json", "train.log"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "failed" and needle in summary["error"]
-        assert needle in (run_dir / "train.log").read_text()
-        assert not (outputs / "cache" / "tokens").exists()
+def assert_one_line_and_no_checkpoint(result, outputs, extra, needle):
+    assert result.returncode != 0, extra
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (extra, result.stderr)
+    (run_dir,) = run_dirs(outputs / "outputs")
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "summary.json", "train.log"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and needle in summary["error"]
+    assert needle in (run_dir / "train.log").read_text()
+    assert not (outputs / "cache" / "tokens").exists()
+
+
+@pytest.mark.parametrize("extra,needle", BAD_RUNS, ids=[" ".join(extra) for extra, _ in BAD_RUNS])
+def test_bad_input_fails_with_one_line_and_writes_no_checkpoint(extra, needle, tmp_path, corpus, bad_files):
+    # `python run.py` as a process runs it (one such process below shows they agree), without the seconds
+    # of a new Python each: a traceback or a second line fails.
+    extra = [item.format(**bad_files) for item in extra]
+    outputs = tmp_path / "case"
+    overrides = tiny_overrides(outputs, corpus) + extra
+    result = run_in_process([RUN, *overrides], cwd=tmp_path)
+    assert_one_line_and_no_checkpoint(result, outputs, extra, needle)
+
+
+def test_bad_input_in_a_process_of_its_own_is_the_same_one_line(tmp_path, corpus, bad_files):
+    extra, needle = BAD_RUNS[0]
+    extra = [item.format(**bad_files) for item in extra]
+    result = run_cli([RUN, *tiny_overrides(tmp_path, corpus), *extra], cwd=tmp_path)
+    assert_one_line_and_no_checkpoint(result, tmp_path, extra, needle)
 
 
 def test_cfg_job_and_help_show_the_composed_config(tmp_path):
-    shown = run_cli([RUN, "--cfg", "job", "model=small", "optimizer.lr=3e-4"], cwd=tmp_path)
+    shown = run_in_process([RUN, "--cfg", "job", "model=small", "optimizer.lr=3e-4"], cwd=tmp_path)
     assert shown.returncode == 0
     config = OmegaConf.create(shown.stdout)
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
-    help_text = run_cli([RUN, "--help"], cwd=tmp_path).stdout
+    help_text = run_in_process([RUN, "--help"], cwd=tmp_path).stdout
     assert (
         "model: large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
     )
@@ -154,7 +168,7 @@ def test_other_groups_compose_and_run(tmp_path, corpus):
             "train.grad_accum_steps": 2,
         },
     )
-    result = run_cli([RUN, *overrides], cwd=tmp_path)
+    result = run_in_process([RUN, *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert run_dir.name.split("_")[1] == "tiny-gpu"
@@ -162,17 +176,17 @@ def test_other_groups_compose_and_run(tmp_path, corpus):
 
 def test_fragment_llm_runs_lists_past_runs(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 2})
-    assert run_cli([RUN, *overrides], cwd=tmp_path).returncode == 0
-    listing = run_cli(["-m", "fragment_llm", "runs", str(tmp_path / "outputs")], cwd=tmp_path)
+    assert run_in_process([RUN, *overrides], cwd=tmp_path).returncode == 0
+    listing = run_in_process(["-m", "fragment_llm", "runs", str(tmp_path / "outputs")], cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     assert "completed" in listing.stdout and "tiny" in listing.stdout and "adamw" in listing.stdout
-    missing = run_cli(["-m", "fragment_llm", "runs", str(tmp_path / "nowhere")], cwd=tmp_path)
+    missing = run_in_process(["-m", "fragment_llm", "runs", str(tmp_path / "nowhere")], cwd=tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
 
 
 def test_a_multirun_gives_each_job_its_own_run_directory(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": "2,3"})
-    result = run_cli([RUN, "-m", *overrides], cwd=tmp_path)
+    result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = run_dirs(tmp_path / "outputs" / "multirun")
     assert [json.loads((run / "summary.json").read_text())["steps"] for run in runs] == [2, 3]

@@ -8,7 +8,7 @@ import math
 import re
 
 import pytest
-from conftest import RUN, run_cli, tiny_overrides
+from conftest import RUN, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 
 from fragment_llm.app import run_training
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def fragment_llm(*args, cwd):
-    return run_cli(["-m", "fragment_llm", *map(str, args)], cwd=cwd)
+    return run_in_process(["-m", "fragment_llm", *map(str, args)], cwd=cwd)
 
 
 def runs_json(folder, *args, cwd):
@@ -32,7 +32,7 @@ def all_files(folder):
 
 def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "model.dropout": "0.0,2.0"})
-    result = run_cli([RUN, "-m", *overrides], cwd=tmp_path)
+    result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert re.fullmatch(r"\d\d-\d\d-\d\d_dropout_[0-9a-f]{4}", sweep_dir.name)
@@ -102,7 +102,7 @@ def test_the_training_function_returns_a_finite_best_loss_or_inf(tmp_path, corpu
 def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monkeypatch):
     from conftest import compose_config
 
-    def broken_train(settings, run_dir, checkpoint=None, ranks=None):
+    def broken_train(*args, **kwargs):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("fragment_llm.app.train", broken_train)
@@ -137,8 +137,9 @@ def test_an_optuna_search_runs_its_trials_and_finds_the_best(tmp_path, corpus):
     sweep_dir = tmp_path / "search"
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "model.n_embd": "choice(64,128)"})
     overrides = [item for item in overrides if not item.startswith("optimizer.lr=")]  # searched, not fixed
-    # No -m: a search is a sweep (hparams_search=optuna sets hydra.mode).
-    result = run_cli(
+    # No -m: a search is a sweep (hparams_search=optuna sets hydra.mode). Its trials run one after
+    # another in the process that searches, here this one.
+    result = run_in_process(
         [RUN, "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}", *overrides],
         cwd=tmp_path,
     )

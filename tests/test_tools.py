@@ -9,7 +9,7 @@ import shlex
 import shutil
 
 import pytest
-from conftest import ROOT, run_cli, train_tiny_run
+from conftest import ROOT, run_cli, run_in_process
 
 from fragment_llm.cli import main
 
@@ -27,14 +27,6 @@ def readme_tool_commands() -> list[tuple[str | None, str]]:
     return commands
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("trained")
-    return train_tiny_run(
-        root, corpus, **{"train.checkpoint_every_epochs": 1, "train.epochs": 1, "train.max_iters": 1000}
-    )
-
-
 def test_the_readme_shows_every_tool():
     used = {args.split()[0] for _, args in readme_tool_commands()}
     assert used == {"generate", "eval", "export"}
@@ -42,11 +34,11 @@ def test_the_readme_shows_every_tool():
 
 
 @pytest.mark.parametrize("stdin,arguments", readme_tool_commands(), ids=lambda value: value or "")
-def test_readme_tool_command_runs(stdin, arguments, run_dir, corpus, tmp_path, monkeypatch, capsys):
+def test_readme_tool_command_runs(stdin, arguments, trained_run, corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     shutil.copyfile(corpus, tmp_path / "held_out.txt")
     monkeypatch.setattr("sys.stdin", io.StringIO("" if stdin is None else stdin + "\n"))  # echo adds the newline
-    argv = [word.replace("outputs/<run>", str(run_dir)) for word in shlex.split(arguments)]
+    argv = [word.replace("outputs/<run>", str(trained_run)) for word in shlex.split(arguments)]
     assert main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     samples = re.split(r"--- sample \d+/\d+ ---\n", out)
@@ -80,8 +72,8 @@ def test_readme_tool_command_runs(stdin, arguments, run_dir, corpus, tmp_path, m
         (["export", "{run}", "--format", "onnx", "--out", "x"], "argument --format: invalid choice: 'onnx'"),
     ],
 )
-def test_bad_input_is_one_line_and_a_non_zero_exit(arguments, needle, run_dir, tmp_path, capsys):
-    values = {"run": str(run_dir), "missing": str(tmp_path / "missing"), "empty": str(tmp_path)}
+def test_bad_input_is_one_line_and_a_non_zero_exit(arguments, needle, trained_run, tmp_path, capsys):
+    values = {"run": str(trained_run), "missing": str(tmp_path / "missing"), "empty": str(tmp_path)}
     argv = [argument.format(**values) for argument in arguments]
     try:
         code = main(argv)
@@ -94,17 +86,17 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(arguments, needle, run_dir, t
 
 
 @pytest.mark.slow
-def test_generate_end_to_end_streams_seeds_and_reads_stdin(run_dir, tmp_path):
-    command = ["-m", "fragment_llm", "generate", str(run_dir), "--max-new-tokens", "40", "--seed", "5"]
+def test_generate_end_to_end_streams_seeds_and_reads_stdin(trained_run, tmp_path):
+    command = ["-m", "fragment_llm", "generate", str(trained_run), "--max-new-tokens", "40", "--seed", "5"]
     first = run_cli([*command, "--prompt", "The"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("The") and len(first.stdout) > len("The\n")
-    assert run_cli([*command, "--prompt", "The"], cwd=tmp_path).stdout == first.stdout
-    assert run_cli([*command, "--prompt", "The", "--seed", "6"], cwd=tmp_path).stdout != first.stdout
+    assert run_in_process([*command, "--prompt", "The"], cwd=tmp_path).stdout == first.stdout
+    assert run_in_process([*command, "--prompt", "The", "--seed", "6"], cwd=tmp_path).stdout != first.stdout
 
-    from_stdin = run_cli(command, cwd=tmp_path, stdin="The\n")  # as from echo: the newline ends the input
+    from_stdin = run_in_process(command, cwd=tmp_path, stdin="The\n")  # as from echo: the newline ends the input
     assert from_stdin.returncode == 0 and from_stdin.stdout == first.stdout
-    interactive = run_cli([*command, "--interactive"], cwd=tmp_path, stdin="The\nA list\n")
+    interactive = run_in_process([*command, "--interactive"], cwd=tmp_path, stdin="The\nA list\n")
     assert interactive.returncode == 0, interactive.stderr
     assert interactive.stdout.count("> ") == 3  # two prompts answered, then end of input
 

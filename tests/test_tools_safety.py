@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT
 
 from fragment_llm.cli import main
 from fragment_llm.export import WEIGHTS_FILE, export_hf
@@ -53,15 +53,10 @@ DAMAGED_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    return train_tiny_run(tmp_path_factory.mktemp("trained"), corpus)
-
-
-def copy_run(run_dir, folder, name="run"):
+def copy_run(trained_run, folder, name="run"):
     """A copy of the trained run with Hydra's records, as `run.py` leaves them."""
     copy = folder / name
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
     for record, text in RECORDS.items():
         (copy / record).parent.mkdir(exist_ok=True)
         (copy / record).write_text(text)
@@ -94,8 +89,8 @@ def assert_one_error_line(code, err, *needles):
 
 
 @pytest.mark.parametrize("name,kind", DAMAGED_FILES, ids=[f"{name}-{kind}" for name, kind in DAMAGED_FILES])
-def test_a_damaged_run_is_listed_as_damaged_beside_the_others(name, kind, run_dir, tmp_path, capsys):
-    good, bad = copy_run(run_dir, tmp_path, "good"), copy_run(run_dir, tmp_path, "bad")
+def test_a_damaged_run_is_listed_as_damaged_beside_the_others(name, kind, trained_run, tmp_path, capsys):
+    good, bad = copy_run(trained_run, tmp_path, "good"), copy_run(trained_run, tmp_path, "bad")
     damage(bad / name, kind)
 
     code, out, err = call(["runs", tmp_path, "--json"], capsys)
@@ -116,16 +111,16 @@ def test_a_damaged_run_is_listed_as_damaged_beside_the_others(name, kind, run_di
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_an_unreadable_summary_is_damaged(run_dir, tmp_path, capsys):
-    run = copy_run(run_dir, tmp_path)
+def test_an_unreadable_summary_is_damaged(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
     (run / "summary.json").chmod(0)
     code, out, _ = call(["runs", tmp_path, "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["damaged"] == "summary.json: Permission denied"
 
 
 @pytest.mark.parametrize("kind", ["truncated json", "json list", "binary"])
-def test_training_replaces_a_damaged_summary_instead_of_failing(kind, run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
+def test_training_replaces_a_damaged_summary_instead_of_failing(kind, trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
     damage(run / "summary.json", kind)
     assert update_summary(run, status="failed") == {"status": "failed"}
     assert json.loads((run / "summary.json").read_text()) == {"status": "failed"}
@@ -143,9 +138,9 @@ ODD_VALUES = {
 
 
 @pytest.mark.parametrize("key", [*ODD_VALUES, "model.n_embd"])
-def test_sorting_and_filtering_take_values_of_any_type(key, run_dir, tmp_path, capsys):
-    copy_run(run_dir, tmp_path, "plain")
-    odd = copy_run(run_dir, tmp_path, "odd")
+def test_sorting_and_filtering_take_values_of_any_type(key, trained_run, tmp_path, capsys):
+    copy_run(trained_run, tmp_path, "plain")
+    odd = copy_run(trained_run, tmp_path, "odd")
     summary = json.loads((odd / "summary.json").read_text())
     (odd / "summary.json").write_text(json.dumps({**summary, **ODD_VALUES}))
     code, out, err = call(["runs", tmp_path, "--sort", key], capsys)
@@ -174,18 +169,18 @@ def test_infinite_logits_are_certain_and_nan_logits_an_error():
             sample_next(torch.tensor(broken), Sampling(1.0), generator)
 
 
-def test_generate_with_a_tiny_temperature_writes_the_greedy_text(run_dir, capsys):
-    command = ["generate", run_dir, "--prompt", "The", "--max-new-tokens", "30", "--top-k", "100000"]
+def test_generate_with_a_tiny_temperature_writes_the_greedy_text(trained_run, capsys):
+    command = ["generate", trained_run, "--prompt", "The", "--max-new-tokens", "30", "--top-k", "100000"]
     greedy = call([*command, "--temperature", "0"], capsys)
     assert greedy[0] == 0 and len(greedy[1]) > len("The\n")
     assert call([*command, "--temperature", "1e-40", "--top-p", "1e-300"], capsys) == greedy
 
 
-def test_a_model_with_nan_weights_is_one_error_line(run_dir, tmp_path, capsys):
-    state = torch.load(run_dir / "models" / "final_model.pt", weights_only=True)
+def test_a_model_with_nan_weights_is_one_error_line(trained_run, tmp_path, capsys):
+    state = torch.load(trained_run / "models" / "final_model.pt", weights_only=True)
     state["model_state_dict"]["ln_f.weight"].fill_(torch.nan)
     torch.save(state, tmp_path / "nan.pt")
-    code, _, err = call(["generate", run_dir, "--checkpoint", tmp_path / "nan.pt", "--prompt", "The"], capsys)
+    code, _, err = call(["generate", trained_run, "--checkpoint", tmp_path / "nan.pt", "--prompt", "The"], capsys)
     assert_one_error_line(code, err, "logits are NaN")
 
 
@@ -193,10 +188,10 @@ TOKENIZER_DAMAGES = ["truncated", "not json", "json, not a tokenizer", "json lis
 
 
 @pytest.mark.parametrize("kind", TOKENIZER_DAMAGES)
-def test_a_damaged_tokenizer_is_one_error_line(kind, run_dir, tmp_path, capsys):
+def test_a_damaged_tokenizer_is_one_error_line(kind, trained_run, tmp_path, capsys):
     from tokenizers import Tokenizer, models
 
-    run = copy_run(run_dir, tmp_path)
+    run = copy_run(trained_run, tmp_path)
     path = run / "tokenizer.json"
     text = path.read_text()
     path.unlink()
@@ -235,8 +230,8 @@ def checkpoint_variants(state):
     "kind",
     ["a directory", "missing", "not a checkpoint", *checkpoint_variants({"model_config": {}, "model_state_dict": {}})],
 )
-def test_a_bad_checkpoint_is_one_error_line(kind, run_dir, tmp_path, capsys):
-    state = torch.load(run_dir / "models" / "final_model.pt", weights_only=True)
+def test_a_bad_checkpoint_is_one_error_line(kind, trained_run, tmp_path, capsys):
+    state = torch.load(trained_run / "models" / "final_model.pt", weights_only=True)
     path = tmp_path / "checkpoint.pt"
     if kind == "a directory":
         path.mkdir()
@@ -244,28 +239,28 @@ def test_a_bad_checkpoint_is_one_error_line(kind, run_dir, tmp_path, capsys):
         path.write_bytes(b"\x80\x04junk" * 100)
     elif kind != "missing":
         torch.save(checkpoint_variants(state)[kind], path)
-    code, _, err = call(["generate", run_dir, "--checkpoint", path, "--prompt", "The"], capsys)
+    code, _, err = call(["generate", trained_run, "--checkpoint", path, "--prompt", "The"], capsys)
     assert_one_error_line(code, err, path)
     if kind == "a directory":
         assert "is a directory; pass a .pt file" in err
 
 
 @pytest.mark.parametrize("contents", [b"\xff\xfe\x00\x01" * 50, b"", None], ids=["binary", "empty", "no text files"])
-def test_eval_on_data_that_is_not_text_is_one_error_line(contents, run_dir, tmp_path, capsys):
+def test_eval_on_data_that_is_not_text_is_one_error_line(contents, trained_run, tmp_path, capsys):
     data = tmp_path / "data.txt"
     if contents is None:
         data.mkdir()
     else:
         data.write_bytes(contents)
-    code, _, err = call(["eval", run_dir, "--data", data], capsys)
+    code, _, err = call(["eval", trained_run, "--data", data], capsys)
     assert_one_error_line(code, err, data.name)
 
 
-def test_a_prompt_that_is_not_text_is_one_error_line(run_dir, monkeypatch, capsys):
-    code, _, err = call(["generate", run_dir, "--prompt", "\udcff"], capsys)  # a byte that is not UTF-8, from argv
+def test_a_prompt_that_is_not_text_is_one_error_line(trained_run, monkeypatch, capsys):
+    code, _, err = call(["generate", trained_run, "--prompt", "\udcff"], capsys)  # a byte that is not UTF-8, from argv
     assert_one_error_line(code, err, "--prompt is not UTF-8 text")
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe"), encoding="utf-8"))
-    code, _, err = call(["generate", run_dir], capsys)
+    code, _, err = call(["generate", trained_run], capsys)
     assert_one_error_line(code, err, "standard input is not UTF-8 text")
 
 
@@ -277,26 +272,26 @@ def test_a_prompt_that_is_not_text_is_one_error_line(run_dir, monkeypatch, capsy
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"),
     ],
 )
-def test_out_of_memory_is_one_error_line(error, run_dir, monkeypatch, capsys):
+def test_out_of_memory_is_one_error_line(error, trained_run, monkeypatch, capsys):
     def exhausted(*args, **kwargs):
         raise error
 
     monkeypatch.setattr("fragment_llm.evaluate.evaluate_documents", exhausted)
-    code, _, err = call(["eval", run_dir, "--data", run_dir / "train.log"], capsys)
+    code, _, err = call(["eval", trained_run, "--data", trained_run / "train.log"], capsys)
     assert_one_error_line(code, err, "out of memory")
 
 
-def test_other_runtime_errors_are_not_taken_for_out_of_memory(run_dir, monkeypatch):
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(trained_run, monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("fragment_llm.evaluate.evaluate_documents", bug)
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["eval", str(run_dir), "--data", str(run_dir / "train.log")])
+        main(["eval", str(trained_run), "--data", str(trained_run / "train.log")])
 
 
-def test_export_never_writes_into_a_run(run_dir, tmp_path, capsys):
-    run = copy_run(run_dir, tmp_path)
+def test_export_never_writes_into_a_run(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     for out in (run, run / "exported", run / "models"):
         code, _, err = call(["export", run, "--out", out, "--force"], capsys)
@@ -305,16 +300,16 @@ def test_export_never_writes_into_a_run(run_dir, tmp_path, capsys):
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
 
 
-def test_export_replaces_files_only_with_force_and_keeps_the_users_own(run_dir, tmp_path, capsys):
+def test_export_replaces_files_only_with_force_and_keeps_the_users_own(trained_run, tmp_path, capsys):
     out = tmp_path / "exported"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / WEIGHTS_FILE).write_bytes(b"an old export")
-    code, _, err = call(["export", run_dir, "--out", out], capsys)
+    code, _, err = call(["export", trained_run, "--out", out], capsys)
     assert_one_error_line(code, err, f"--out {out} is not empty; pass --force")
     assert (out / WEIGHTS_FILE).read_bytes() == b"an old export"
 
-    code, _, err = call(["export", run_dir, "--out", out, "--force"], capsys)
+    code, _, err = call(["export", trained_run, "--out", out, "--force"], capsys)
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
     from safetensors.torch import load_file
@@ -322,7 +317,7 @@ def test_export_replaces_files_only_with_force_and_keeps_the_users_own(run_dir, 
     assert any(name.endswith("wte.weight") for name in load_file(out / WEIGHTS_FILE))  # a new export, not the old bytes
 
 
-def test_an_interrupted_export_leaves_the_old_files_whole(run_dir, tmp_path, monkeypatch):
+def test_an_interrupted_export_leaves_the_old_files_whole(trained_run, tmp_path, monkeypatch):
     out = tmp_path / "exported"
     out.mkdir()
     (out / WEIGHTS_FILE).write_bytes(b"an old export")
@@ -333,30 +328,40 @@ def test_an_interrupted_export_leaves_the_old_files_whole(run_dir, tmp_path, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr("fragment_llm.export.save_file", interrupted)
-    trained = load_run(run_dir)
+    trained = load_run(trained_run)
     with pytest.raises(KeyboardInterrupt):
         export_hf(trained.model, trained.tokenizer, trained.tokenizer_path, out)
     assert [path.name for path in out.iterdir()] == [WEIGHTS_FILE]
     assert (out / WEIGHTS_FILE).read_bytes() == b"an old export"
 
 
-def test_an_export_that_cannot_be_written_is_one_error_line(run_dir, tmp_path, capsys):
+def test_an_export_that_cannot_be_written_is_one_error_line(trained_run, tmp_path, capsys):
     (tmp_path / "a file").write_text("")
     out = tmp_path / "a file" / "exported"
-    code, _, err = call(["export", run_dir, "--out", out], capsys)
+    code, _, err = call(["export", trained_run, "--out", out], capsys)
     assert_one_error_line(code, err, f"could not export to {out}: ")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["hf", "safetensors"])
-def test_an_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(export_format, run_dir, tmp_path):
+def test_an_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(export_format, trained_run, tmp_path):
     def full_disk():  # files stop growing at 20 kB (Python ignores SIGXFSZ: writes fail with EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     out = tmp_path / "exported"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, "-m", "fragment_llm", "export", str(run_dir), "--format", export_format, "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "fragment_llm",
+            "export",
+            str(trained_run),
+            "--format",
+            export_format,
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -372,8 +377,8 @@ def test_an_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(export_
     [["runs", "{root}"], ["runs", "{root}", "--json"], ["generate", "{run}", "--prompt", "The"]],
     ids=lambda command: " ".join(command[:3]),
 )
-def test_output_into_a_closed_pipe_ends_quietly(command, run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
+def test_output_into_a_closed_pipe_ends_quietly(command, trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
     reader, writer = os.pipe()
     os.close(reader)  # the reader is gone before the first write, as after `| head -1` has its line
     argv = [word.format(root=tmp_path, run=run) for word in command]
@@ -392,14 +397,14 @@ def test_output_into_a_closed_pipe_ends_quietly(command, run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_into_head_ends_quietly(run_dir, tmp_path):
+def test_generate_into_head_ends_quietly(trained_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     command = [
         sys.executable,
         "-m",
         "fragment_llm",
         "generate",
-        str(run_dir),
+        str(trained_run),
         "--prompt",
         "The",
         "--num-samples",
