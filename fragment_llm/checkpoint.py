@@ -116,8 +116,10 @@ def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; pass a .pt file such as {path / LAST}")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():  # a device, a FIFO: torch.load would read it forever or fail obscurely
+        raise CheckpointError(f"checkpoint {path} is not a file; pass a .pt file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

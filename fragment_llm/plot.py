@@ -81,8 +81,11 @@ def write_curves(curves: list[Curve], metric: str, x_axis: str, out: Path) -> No
     if image_format not in figure.canvas.get_supported_filetypes():
         known = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
         raise PlotError(f"--out {out}: matplotlib cannot write .{image_format} files; end the name with one of {known}")
-    with atomic_path(out) as temporary:
-        figure.savefig(temporary, format=image_format, dpi=120)
+    try:
+        with atomic_path(out) as temporary:
+            figure.savefig(temporary, format=image_format, dpi=120)
+    except OSError as error:  # named by the file asked for, not the temporary one written first
+        raise OSError(error.errno, error.strerror, str(out)) from None
 
 
 def shortened(override: str) -> str:

@@ -136,3 +136,10 @@ def test_a_sweeps_report_draws_its_jobs_curves(tmp_path, drawn, capsys):
     assert png_size(sweep / "curves.png") == (960, 588)
     assert list(plotted(drawn[0])) == ["0 optimizer.lr=0.0003342", "1 optimizer.lr=0.003"]
     assert f"Curves: {sweep / 'curves.png'}" in capsys.readouterr().out
+
+
+def test_an_image_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys):
+    run = fake_run(tmp_path / "run", rows_of(1.0))
+    assert main(["plot", str(run), "--out", "/proc/curves.png"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: /proc/curves.png: ") and err.count("\n") == 1, err

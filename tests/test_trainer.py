@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,6 +192,8 @@ def test_damaged_and_missing_checkpoints_are_one_line_errors(tmp_path):
         load_checkpoint(damaged)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="/dev/null is not a file; pass a .pt file"):
+        load_checkpoint(Path("/dev/null"))
 
 
 class Payload:
