@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -64,17 +65,25 @@ def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
 
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
-    logger = logging.getLogger("fragment_llm")
-    handlers, propagate = list(logger.handlers), logger.propagate
-    setup_logging(run_dir / "train.log", console_output=False)
-    try:
+    with package_logging_restored():
+        setup_logging(run_dir / "train.log", console_output=False)
         train(settings_for(tiny_overrides(root, corpus, **keys)), run_dir)
+    return run_dir
+
+
+@contextlib.contextmanager
+def package_logging_restored() -> Iterator[None]:
+    """Around a run in a test, which sets the package logger up for itself (train.log, the console):
+    its handlers are closed afterwards and the logger is as it was before (for caplog, and the next run)."""
+    logger = logging.getLogger("fragment_llm")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    try:
+        yield
     finally:
-        for handler in list(logger.handlers):
+        for handler in set(logger.handlers) - set(handlers):
             logger.removeHandler(handler)
             handler.close()
-        logger.handlers[:], logger.propagate = handlers, propagate
-    return run_dir
+        logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:

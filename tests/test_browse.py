@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -17,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF_DIR, ROOT, compose_config, tiny_overrides
+from conftest import CONF_DIR, ROOT, compose_config, package_logging_restored, tiny_overrides
 
 from fragment_llm.app import run_training
 from fragment_llm.cli import main
@@ -153,15 +152,8 @@ def test_columns_pick_what_every_format_shows(outputs, monkeypatch, capsys):
 
 def test_runs_that_failed_before_training_are_hidden_unless_all(outputs, tmp_path, corpus, capsys):
     typo = outputs / "2026-11-25" / "09-00-00_tiny-cpu_aaaa"
-    logger = logging.getLogger("fragment_llm")
-    handlers, propagate = list(logger.handlers), logger.propagate
-    try:  # a bad setting, as run.py records it
+    with package_logging_restored():  # a bad setting, as run.py records it
         run_training(compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})), typo)
-    finally:
-        for handler in set(logger.handlers) - set(handlers):
-            logger.removeHandler(handler)
-            handler.close()
-        logger.handlers[:], logger.propagate = handlers, propagate
     assert json.loads((typo / "summary.json").read_text())["status"] == "failed"
     failed_job = {"status": "failed", "started_at": "2026-11-25T08:15:00+00:00", "error": "out of range"}
     write_run(outputs / SWEEP / "6", ["optimizer.lr=1.0", "train.seed=1", *SHARED], failed_job)

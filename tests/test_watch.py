@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, settings_for, tiny_overrides
+from conftest import compose_config, package_logging_restored, settings_for, tiny_overrides
 
 from fragment_llm import outputs
 from fragment_llm.app import run_training
@@ -45,20 +44,12 @@ def watched(tmp_path_factory, corpus):
         seen_mid_run.append(read_summary(self.run_dir))
         sampled(self, step, text)
 
-    logger = logging.getLogger("fragment_llm")
-    handlers, propagate = list(logger.handlers), logger.propagate
     printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed):
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed), package_logging_restored():
         patch.setattr(outputs, "PROGRESS_LINE_SECONDS", 0.0)
         patch.setattr(RunOutputs, "sampled", read_summary_then_sample)
         setup_logging(run_dir / "train.log")
-        try:
-            train(settings_for(tiny_overrides(root, corpus, **KEYS)), run_dir)
-        finally:
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                handler.close()
-            logger.handlers[:], logger.propagate = handlers, propagate
+        train(settings_for(tiny_overrides(root, corpus, **KEYS)), run_dir)
     return run_dir, printed.getvalue(), seen_mid_run
 
 
