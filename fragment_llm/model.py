@@ -256,6 +256,16 @@ class GPT(nn.Module):
         if not config.tie_embeddings:
             nn.init.zeros_(self.lm_head.weight)  # an untied head starts at uniform predictions
 
+    def set_dropout(self, probability: float) -> None:
+        """Dropout, everywhere it applies, from the next forward on (it has no weights: a trainer may
+        choose it once it knows how many epochs the run makes)."""
+        self.config.dropout = probability
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = probability
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = probability
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -282,6 +282,16 @@ class RunOutputs:
         if self.writes:
             log.debug("Checkpoint: %s", path)
 
+    def dropout_chosen(self, probability: float, epochs: float, step: int, budgeted: bool) -> None:
+        """model.dropout=null chose the dropout: said when there is some, or when a time budget chose."""
+        if probability or budgeted:
+            self.info(
+                "Dropout %s%s for about %.0f epochs (model.dropout=null chooses it by the epochs; a number fixes it)",
+                probability,
+                f" from step {step}" if step else "",
+                epochs,
+            )
+
     def early_stopped(self, evaluations: int) -> None:
         self.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)", evaluations)
 

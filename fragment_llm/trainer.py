@@ -25,7 +25,7 @@ from .checkpoint import (
     save_checkpoint,
     save_step_checkpoint,
 )
-from .config import Config, ConfigError, to_plain
+from .config import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, Config, ConfigError, dropout_for_epochs, to_plain
 from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
 from .distributed import Ranks, all_gather, all_reduce_sum, barrier
 from .errors import UserError
@@ -178,7 +178,16 @@ class Trainer:
         self.outputs.save_tokenizer(self.data.tokenizer)
 
         seed_everything(train_settings.seed)  # the same initial weights on every rank
-        self.model_config = GPTConfig(**{**to_plain(settings)["model"], "vocab_size": self.data.vocab_size})
+        # model.dropout=null: none until the run's epochs are known (below, or once a time budget's pace is).
+        self.dropout_pending = model_settings.dropout is None
+        self.dropout_epochs: Optional[float] = None  # the epochs it was chosen for
+        self.model_config = GPTConfig(
+            **{
+                **to_plain(settings)["model"],
+                "vocab_size": self.data.vocab_size,
+                "dropout": model_settings.dropout or 0.0,
+            }
+        )
         self.model = GPT(self.model_config).to(self.device)
         if parent is not None:
             load_weights(self.model, parent, "start from a checkpoint that fragment-llm wrote")
@@ -204,6 +213,8 @@ class Trainer:
         self.total_steps = None if self.budget else steps
         self.epochs = None if self.budget else math.ceil(self.total_steps / self.steps_per_epoch)
         self.length = self.budget or self.total_steps  # in seconds of the budget, or in steps
+        if self.dropout_pending and not self.budget:
+            self.choose_dropout(self.total_steps / self.steps_per_epoch)
         self.step = 0
         self.train_seconds = 0.0  # training time before this process (a resumed run's), then the loop's so far
         self.best_val_loss = self.best_val_bpb = math.inf
@@ -258,6 +269,9 @@ class Trainer:
         self.best_step = checkpoint.get("best_step")
         self.evaluations_without_gain = checkpoint.get("evaluations_without_gain", 0)
         self.train_seconds = checkpoint.get("train_seconds", 0.0)
+        if self.dropout_pending and checkpoint.get("dropout_chosen"):  # a time budget's choice stands
+            self.model.set_dropout(checkpoint["model_config"]["dropout"])
+            self.dropout_pending = False
         self.batches.position = checkpoint["data_position"]
         rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
         if self.ranks.rank < len(rng_states):
@@ -286,6 +300,9 @@ class Trainer:
                 loss, grad_norm = self.train_step()
                 epoch_losses.append(loss)
                 window_steps += 1
+                if self.dropout_pending and self.pace_known(start_step):
+                    self.choose_dropout(self.budget / self.train_seconds * self.step / self.steps_per_epoch)
+                    self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, self.step, True)
                 due = self.due()
                 if due.evaluation:
                     self.evaluate()
@@ -339,6 +356,17 @@ class Trainer:
             and not last,
         )
 
+    def pace_known(self, start_step: int) -> bool:
+        """Whether a time-budgeted run has trained long enough to project the epochs its budget allows."""
+        return self.step - start_step >= DROPOUT_PACE_STEPS and self.train_seconds >= DROPOUT_PACE_SHARE * self.budget
+
+    def choose_dropout(self, epochs: float) -> None:
+        """model.dropout=null: set dropout by the epochs the run makes (or, on a time budget, will make
+        at its pace so far). Every rank sees the same steps and rank 0's clock, so all choose alike."""
+        self.model.set_dropout(dropout_for_epochs(epochs))
+        self.dropout_pending = False
+        self.dropout_epochs = epochs
+
     def position(self) -> float:
         """How far the run is, in the unit of its length: seconds of its time budget spent, or steps done."""
         return self.train_seconds if self.budget else self.step
@@ -387,6 +415,8 @@ class Trainer:
                 "time_budget_s": self.budget,
             },
         )
+        if self.dropout_epochs is not None and not self.budget:
+            self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, 0, False)
         if self.step == 0:
             initial_val_loss = self.evaluate()
             self.outputs.update(initial_val_loss=initial_val_loss)
@@ -433,6 +463,7 @@ class Trainer:
             "val_bpb": None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
             "best_val_bpb": None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
             "best_step": self.best_step,
+            "dropout": self.model_config.dropout,
             "wall_time_s": round(time.perf_counter() - self.started, 2),
             "train_seconds": round(self.train_seconds, 2),
             "eta_seconds": None if (eta := self.eta_seconds()) is None else round(eta, 1),
@@ -572,6 +603,7 @@ class Trainer:
             "best_step": self.best_step,
             "evaluations_without_gain": self.evaluations_without_gain,
             "train_seconds": self.train_seconds,
+            "dropout_chosen": self.settings.model.dropout is None and not self.dropout_pending,
         }
 
     def save_best_model(self) -> None:

@@ -1,13 +1,17 @@
-"""Training to a time budget, the best model and early stopping, on tiny runs. The clock is replaced by
-one that advances a fixed time per optimizer step, so that what the trainer decides is exact."""
+"""Training to a time budget, dropout chosen by the epochs, the best model and early stopping, on tiny
+runs. The clock is replaced by one that advances a fixed time per optimizer step, so that what the
+trainer decides is exact."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 from conftest import RUN, run_in_process, settings_for, tiny_overrides
 
 from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
-from fragment_llm.config import ConfigError
+from fragment_llm.config import ConfigError, dropout_for_epochs
 from fragment_llm.records import BEST_MODEL, read_summary
 from fragment_llm.trained import load_run
 from fragment_llm.trainer import Trainer
@@ -150,3 +154,60 @@ def test_the_tools_take_checkpoint_best(tmp_path, corpus):
     result = run_in_process(["-m", "fragment_llm", "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
     assert result.returncode == 0 and "best_model.pt" in result.stdout
     assert load_checkpoint(tmp_path / "run" / BEST_MODEL)["step"] == step
+
+
+@pytest.mark.parametrize(
+    "epochs, dropout", [(1, 0.0), (11.9, 0.0), (12, 0.1), (23.9, 0.1), (24, 0.2), (48, 0.3), (1000, 0.3)]
+)
+def test_dropout_grows_with_the_epochs_from_twelve(epochs, dropout):
+    assert dropout_for_epochs(epochs) == dropout
+
+
+def dropouts(model) -> set[float]:
+    """Every dropout probability the model applies: its Dropout modules' and attention's own."""
+    found = {module.p for module in model.modules() if isinstance(module, torch.nn.Dropout)}
+    return found | {block.attn.dropout for block in model.blocks}
+
+
+def test_null_dropout_is_chosen_by_the_epochs_of_a_step_run(tmp_path, corpus):
+    long = trainer_for(
+        tmp_path, corpus, "long", **{"model.dropout": "null", "train.epochs": 32, "train.max_iters": 10**6}
+    )
+    assert long.total_steps == 32 * long.steps_per_epoch
+    assert dropouts(long.model) == {0.2} and long.model_config.dropout == 0.2
+    short = trainer_for(
+        tmp_path, corpus, "short", **{"model.dropout": "null", "train.epochs": 2, "train.max_iters": 10**6}
+    )
+    assert dropouts(short.model) == {0.0}
+    fixed = trainer_for(
+        tmp_path, corpus, "fixed", **{"model.dropout": 0.05, "train.epochs": 32, "train.max_iters": 10**6}
+    )
+    assert dropouts(fixed.model) == {0.05}
+
+
+def test_a_time_budget_chooses_dropout_from_its_pace_and_a_resume_keeps_it(tmp_path, corpus, step_clock, caplog):
+    # 20 s at 0.5 s a step: the pace is known after 10 steps (5 s), which projects 40 steps.
+    keys = {"model.dropout": "null", "train.time_budget": "20s", "train.batch_size": 64, "train.save_interval": 4}
+    caplog.set_level(logging.INFO, logger="fragment_llm")
+    first = trainer_for(tmp_path, corpus, "first", **keys)
+    expected = dropout_for_epochs(40 / first.steps_per_epoch)
+    assert expected > 0 and dropouts(first.model) == {0.0}
+    original_step = first.train_step
+
+    def stop_after_twelve():
+        result = original_step()
+        assert dropouts(first.model) == {0.0 if first.step <= 10 else expected}  # chosen after step 10
+        if first.step == 12:
+            first.stop_agreed, first.stop_signal = True, 15
+        return result
+
+    first.train_step = stop_after_twelve
+    with pytest.raises(BaseException, match="stopped at step 12"):
+        first.fit()
+    assert f"Dropout {expected} from step 10" in caplog.text
+    _, checkpoint = find_resume_checkpoint(tmp_path / "first")
+    assert checkpoint["step"] == 12 and checkpoint["model_config"]["dropout"] == expected
+    resumed = Trainer(first.settings, tmp_path / "first", checkpoint)
+    assert dropouts(resumed.model) == {expected} and not resumed.dropout_pending
+    resumed.fit()
+    assert read_summary(tmp_path / "first")["dropout"] == expected
