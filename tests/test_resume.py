@@ -271,6 +271,11 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, corpus
         extra = [f"train.resume={previous}"] if previous else []
         process = start_run(tmp_path, corpus, f"attempt{attempt}", *extra, **keys)
         run_dir = wait_for_training(process, tmp_path / f"attempt{attempt}")
+        # From the first step checkpoint on (a loaded machine may take seconds to reach it), a kill lands
+        # anywhere in the steps and the saves every second step.
+        deadline = time.time() + 120
+        while not list(run_dir.rglob("step_*.pt")) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
         time.sleep(moments.uniform(0.2, 2.0))
         process.kill()
         process.wait(timeout=30)
