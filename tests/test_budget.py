@@ -43,6 +43,23 @@ def trainer_for(tmp_path, corpus, name="run", **keys) -> Trainer:
     return Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
 
 
+def fit_stopped_at(trainer: Trainer, stop_step: int, after_each_step=lambda: None) -> None:
+    """Fit until `stop_step`, where the trainer stops as on a signal (SIGTERM: a checkpoint, then the
+    stop's exception); `after_each_step` checks the trainer after every optimizer step."""
+    original_step = trainer.train_step
+
+    def step_then_stop():
+        result = original_step()
+        after_each_step()
+        if trainer.step == stop_step:
+            trainer.stop_agreed, trainer.stop_signal = True, 15
+        return result
+
+    trainer.train_step = step_then_stop
+    with pytest.raises(BaseException, match=f"stopped at step {stop_step}"):
+        trainer.fit()
+
+
 def fit_recording_lrs(trainer: Trainer) -> list[float]:
     """Train, and return the learning rate set after each optimizer step."""
     lrs = []
@@ -72,18 +89,7 @@ def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, s
 def test_a_resumed_run_spends_what_is_left_of_its_budget(tmp_path, corpus, step_clock):
     keys = {"train.time_budget": "10s", "train.save_interval": 4, "train.eval_interval": 100}
     first = trainer_for(tmp_path, corpus, "first", **keys)
-    first.stop_signal = None
-    original_step = first.train_step
-
-    def stop_after_eight():
-        result = original_step()
-        if first.step == 8:
-            first.stop_agreed, first.stop_signal = True, 15
-        return result
-
-    first.train_step = stop_after_eight
-    with pytest.raises(BaseException, match="stopped at step 8"):
-        first.fit()
+    fit_stopped_at(first, 8)
     path, checkpoint = find_resume_checkpoint(tmp_path / "first")
     assert checkpoint["step"] == 8 and checkpoint["train_seconds"] == 4.0
     resumed = trainer_for(tmp_path, corpus, "resumed", **keys)
@@ -192,18 +198,11 @@ def test_a_time_budget_chooses_dropout_from_its_pace_and_a_resume_keeps_it(tmp_p
     first = trainer_for(tmp_path, corpus, "first", **keys)
     expected = dropout_for_epochs(40 / first.steps_per_epoch)
     assert expected > 0 and dropouts(first.model) == {0.0}
-    original_step = first.train_step
 
-    def stop_after_twelve():
-        result = original_step()
-        assert dropouts(first.model) == {0.0 if first.step <= 10 else expected}  # chosen after step 10
-        if first.step == 12:
-            first.stop_agreed, first.stop_signal = True, 15
-        return result
+    def dropout_chosen_after_step_10():
+        assert dropouts(first.model) == {0.0 if first.step <= 10 else expected}
 
-    first.train_step = stop_after_twelve
-    with pytest.raises(BaseException, match="stopped at step 12"):
-        first.fit()
+    fit_stopped_at(first, 12, dropout_chosen_after_step_10)
     assert f"Dropout {expected} from step 10" in caplog.text
     _, checkpoint = find_resume_checkpoint(tmp_path / "first")
     assert checkpoint["step"] == 12 and checkpoint["model_config"]["dropout"] == expected
