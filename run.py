@@ -19,7 +19,7 @@ def _quit(signum: int, frame) -> None:
 
 
 # A signal before the run starts (imports, composing the config) or after it ends quits quietly with
-# 128 + its number; the run itself (fragment_llm.app) handles signals while it runs.
+# 128 + its number; the run itself (fragment_llm.launch.job) handles signals while it runs.
 for _signum in STOP_SIGNALS:
     signal.signal(_signum, _quit)
 
@@ -28,9 +28,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fragment_llm.app import run_training  # noqa: E402
-from fragment_llm.compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
-from fragment_llm.config import ConfigError  # noqa: E402
+from fragment_llm.config.schema import ConfigError  # noqa: E402
+from fragment_llm.launch.compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
+from fragment_llm.launch.job import run_training  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

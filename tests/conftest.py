@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fragment_llm.config import Config, load_settings
+from fragment_llm.config.schema import Config, load_settings
 from fragment_llm.signals import STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
     """Train a tiny model in-process into `root`/run and return the run directory (a few seconds).
     Its log goes to the run's train.log only; the package logger is restored afterwards (for caplog)."""
     from fragment_llm.console import setup_logging
-    from fragment_llm.trainer import train
+    from fragment_llm.train.trainer import train
 
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
@@ -103,8 +103,8 @@ def run_in_process(args: list[str], cwd: Path, stdin: str | None = None) -> subp
     logging, Hydra's global state, the run stamp) is put back afterwards."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from fragment_llm.cli import main as fragment_llm_main
-    from fragment_llm.compose import this_run_stamp
+    from fragment_llm.commands.cli import main as fragment_llm_main
+    from fragment_llm.launch.compose import this_run_stamp
 
     out, err = io.StringIO(), io.StringIO()
     handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}

@@ -7,7 +7,7 @@ import json
 
 from conftest import tiny_overrides
 
-from fragment_llm.cli import main
+from fragment_llm.commands.cli import main
 
 JSON_KEYS = [
     ("train", "tokens_per_sec"),

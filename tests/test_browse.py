@@ -18,9 +18,9 @@ import sys
 import pytest
 from conftest import CONF_DIR, ROOT, compose_config, package_logging_restored, tiny_overrides
 
-from fragment_llm.app import run_training
-from fragment_llm.cli import main
-from fragment_llm.tables import SWEEP_REPORT_FILE, write_sweep_report
+from fragment_llm.commands.cli import main
+from fragment_llm.launch.job import run_training
+from fragment_llm.runs.tables import SWEEP_REPORT_FILE, write_sweep_report
 
 SHARED = [
     "data=text",
@@ -182,7 +182,7 @@ def test_a_run_directory_names_its_recipe(overrides, name):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from fragment_llm.compose import register_resolvers
+    from fragment_llm.launch.compose import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -212,8 +212,8 @@ OVERLAPPING = {"adamw": [1.50, 1.60, 1.55], "muon": [1.52, 1.58, 1.54]}
 
 
 def test_groups_pool_the_seeds_with_their_mean_and_spread(tmp_path):
-    from fragment_llm.groups import BEST_VAL_LOSS, BITS_PER_BYTE, deciding_metric, group_runs
-    from fragment_llm.records import describe_run, find_runs
+    from fragment_llm.runs.records import describe_run, find_runs
+    from fragment_llm.runs.stats import BEST_VAL_LOSS, BITS_PER_BYTE, deciding_metric, group_runs
 
     root = seeded_runs(tmp_path, {**SEPARATED, "sgd": [1.9]})
     groups = group_runs([describe_run(run, root) for run in find_runs(root)], ["seed"])
@@ -272,6 +272,9 @@ def test_compare_leaves_out_runs_that_did_not_complete_and_refuses_a_key_no_run_
 
 def test_browsing_starts_without_torch():
     # `runs`, `show`, `compare` and `plot` read files: importing torch would cost them seconds each.
-    check = "import sys, fragment_llm.cli; print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch'))"
+    check = (
+        "import sys, fragment_llm.commands.cli; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch'))"
+    )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

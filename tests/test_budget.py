@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import RUN, run_in_process, settings_for, tiny_overrides
 
-from fragment_llm.checkpoint import find_resume_checkpoint, load_checkpoint
-from fragment_llm.config import ConfigError, dropout_for_epochs
-from fragment_llm.records import BEST_MODEL, read_summary
-from fragment_llm.trained import load_run
-from fragment_llm.trainer import Trainer
+from fragment_llm.config.schema import ConfigError, dropout_for_epochs
+from fragment_llm.runs.records import BEST_MODEL, read_summary
+from fragment_llm.train.checkpoint import find_resume_checkpoint, load_checkpoint
+from fragment_llm.train.from_run import load_run
+from fragment_llm.train.trainer import Trainer
 
 SECONDS_PER_STEP = 0.5
 
@@ -124,7 +124,7 @@ def fixed_losses(monkeypatch, losses):
     """Validation losses, in order, instead of measured ones."""
     import torch
 
-    from fragment_llm import trainer as trainer_module
+    from fragment_llm.train import trainer as trainer_module
 
     values = iter(losses)
     monkeypatch.setattr(trainer_module, "loss_sum", lambda *args: (torch.tensor(next(values)), 1))

@@ -10,8 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from fragment_llm.compose import check_overrides, command_line, key_table, launches_sweep, swept_keys
-from fragment_llm.config import (
+from fragment_llm.config.schema import (
     ConfigError,
     DataSource,
     OptimizerName,
@@ -22,6 +21,7 @@ from fragment_llm.config import (
     resume_settings,
     to_plain,
 )
+from fragment_llm.launch.compose import check_overrides, command_line, key_table, launches_sweep, swept_keys
 
 
 def options(group: str) -> list[str]:
@@ -217,7 +217,7 @@ def test_the_readme_key_table_is_the_schemas():
     readme = (ROOT / "README.md").read_text()
     assert key_table() in readme, (
         "README's key table differs from the schema; paste the output of "
-        "python -c 'from fragment_llm.compose import key_table; print(key_table())'"
+        "python -c 'from fragment_llm.launch.compose import key_table; print(key_table())'"
     )
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fragment_llm import data as data_module
-from fragment_llm.config import ConfigError, DataConfig, DataSource
-from fragment_llm.data import (
+from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
+from fragment_llm.data import corpus as data_module
+from fragment_llm.data.corpus import (
     Document,
     TrainBatches,
     collect_documents,
@@ -19,7 +19,7 @@ from fragment_llm.data import (
     prepare_data,
     split_documents,
 )
-from fragment_llm.tokenizer import END_OF_TEXT
+from fragment_llm.data.tokenizer import END_OF_TEXT
 
 
 def text_config(path, val_fraction: float = 0.1) -> DataConfig:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from tokenizers import pre_tokenizers
 
-from fragment_llm import data as data_module
-from fragment_llm.config import ConfigError, DataConfig, DataSource
-from fragment_llm.data import collect_documents, fingerprint, prepare_data, text_documents
-from fragment_llm.tokenizer import MAX_RUN, byte_level_pre_tokenizer, train_tokenizer
+from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
+from fragment_llm.data import corpus as data_module
+from fragment_llm.data.corpus import collect_documents, fingerprint, prepare_data, text_documents
+from fragment_llm.data.tokenizer import MAX_RUN, byte_level_pre_tokenizer, train_tokenizer
 
 
 def text_config(path) -> DataConfig:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import RUN, run_cli, run_in_process, tiny_overrides
 
-from fragment_llm.checkpoint import load_checkpoint
-from fragment_llm.records import read_summary
+from fragment_llm.runs.records import read_summary
+from fragment_llm.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

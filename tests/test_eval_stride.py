@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fragment_llm.cli import main
-from fragment_llm.config import DataConfig, DataSource
-from fragment_llm.data import collect_documents, split_documents
-from fragment_llm.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
-from fragment_llm.trained import load_run
+from fragment_llm.commands.cli import main
+from fragment_llm.config.schema import DataConfig, DataSource
+from fragment_llm.data.corpus import collect_documents, split_documents
+from fragment_llm.model.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
+from fragment_llm.train.from_run import load_run
 
 BLOCK = 128  # conftest's tiny model
 

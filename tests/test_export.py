@@ -11,13 +11,13 @@ import torch
 import transformers
 from safetensors.torch import load_model
 
-from fragment_llm.cli import main
-from fragment_llm.export import export_hf, export_safetensors, hf_architecture
-from fragment_llm.generate import Sampling, generate_tokens
-from fragment_llm.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
-from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.tokenizer import end_of_text_id
-from fragment_llm.trained import load_run
+from fragment_llm.commands.cli import main
+from fragment_llm.data.tokenizer import end_of_text_id
+from fragment_llm.export.hf import export_hf, export_safetensors, hf_architecture
+from fragment_llm.export.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
+from fragment_llm.model.generate import Sampling, generate_tokens
+from fragment_llm.model.gpt import GPT, GPTConfig
+from fragment_llm.train.from_run import load_run
 
 LLAMA = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}
 MODERN = {

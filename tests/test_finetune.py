@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import RUN, compose_config, run_in_process, tiny_overrides, train_tiny_run
 
-from fragment_llm.app import run_training
-from fragment_llm.checkpoint import CheckpointError, find_init_checkpoint, load_checkpoint
-from fragment_llm.config import ConfigError, fine_tune_settings
-from fragment_llm.records import read_summary
+from fragment_llm.config.schema import ConfigError, fine_tune_settings
+from fragment_llm.launch.job import run_training
+from fragment_llm.runs.records import read_summary
+from fragment_llm.train.checkpoint import CheckpointError, find_init_checkpoint, load_checkpoint
 
 
 def fine_tune_overrides(root, corpus, parent, **keys) -> list[str]:

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from fragment_llm.config import DataConfig, DataSource
-from fragment_llm.data import collect_documents, split_documents
-from fragment_llm.evaluate import bits_per_byte, evaluate_documents
-from fragment_llm.generate import Sampling, TextStream, generate_text, generate_tokens, sample_next
-from fragment_llm.records import RunError
-from fragment_llm.tokenizer import end_of_text_id
-from fragment_llm.trained import load_run
+from fragment_llm.config.schema import DataConfig, DataSource
+from fragment_llm.data.corpus import collect_documents, split_documents
+from fragment_llm.data.tokenizer import end_of_text_id
+from fragment_llm.model.evaluate import bits_per_byte, evaluate_documents
+from fragment_llm.model.generate import Sampling, TextStream, generate_text, generate_tokens, sample_next
+from fragment_llm.runs.records import RunError
+from fragment_llm.train.from_run import load_run
 
 GREEDY = Sampling(temperature=0)
 

@@ -7,7 +7,13 @@ import platform
 
 import torch
 
-from fragment_llm.hardware import attention_kernel, cpu_bf16_speedup, keep_freed_memory, matmul_flops, physical_cores
+from fragment_llm.train.hardware import (
+    attention_kernel,
+    cpu_bf16_speedup,
+    keep_freed_memory,
+    matmul_flops,
+    physical_cores,
+)
 
 
 def test_physical_cores_are_at_most_the_logical_ones():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fragment_llm.model import GPT, GPTConfig, padded_vocab_size
+from fragment_llm.model.gpt import GPT, GPTConfig, padded_vocab_size
 
 
 def make(**keys) -> GPT:

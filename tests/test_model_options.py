@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import settings_for
 
-from fragment_llm.checkpoint import checkpoint_problem
-from fragment_llm.config import ConfigError
-from fragment_llm.generate import Sampling, generate_tokens
-from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.optim import CautiousWeightDecay, build_optimizer
+from fragment_llm.config.schema import ConfigError
+from fragment_llm.model.generate import Sampling, generate_tokens
+from fragment_llm.model.gpt import GPT, GPTConfig
+from fragment_llm.train.checkpoint import checkpoint_problem
+from fragment_llm.train.optim import CautiousWeightDecay, build_optimizer
 
 SHAPE = dict(vocab_size=300, block_size=16, n_layer=3, n_head=2, n_embd=64)
 ALL_ON = dict(
@@ -206,7 +206,7 @@ def test_cautious_weight_decay_decays_only_weights_the_update_moves_towards_zero
 
 
 def test_our_muon_steps_as_torchs_but_orthogonalises_in_fp32_on_a_cpu():
-    from fragment_llm.optim import Muon, orthogonalise
+    from fragment_llm.train.optim import Muon, orthogonalise
 
     torch.manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(96, 32) * 0.02), torch.nn.Parameter(torch.randn(32, 64) * 0.02)]

@@ -20,14 +20,14 @@ import torch
 from conftest import ROOT, RUN, compose_config, run_in_process, settings_for, tiny_overrides, train_tiny_run
 from omegaconf import OmegaConf
 
-from fragment_llm import config as config_module
-from fragment_llm.app import run_training
-from fragment_llm.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, save_checkpoint
-from fragment_llm.compose import check_overrides
-from fragment_llm.config import ConfigError
+from fragment_llm.config import schema as config_module
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.files import FILE_MODE, atomic_path, write_json
-from fragment_llm.records import read_summary
-from fragment_llm.rundir import RunLock
+from fragment_llm.launch.compose import check_overrides
+from fragment_llm.launch.job import run_training
+from fragment_llm.runs.claim import RunLock
+from fragment_llm.runs.records import read_summary
+from fragment_llm.train.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, save_checkpoint
 
 
 def one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -90,7 +90,7 @@ def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, co
         [
             sys.executable,
             "-c",
-            "import sys, time; from fragment_llm.rundir import RunLock; "
+            "import sys, time; from fragment_llm.runs.claim import RunLock; "
             f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -129,7 +129,7 @@ def test_resume_picks_the_highest_step_not_the_newest_file(tmp_path, corpus):
 
 
 def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds(tmp_path, corpus):
-    from fragment_llm.tokenizer import load_tokenizer, tokenizer_hash
+    from fragment_llm.data.tokenizer import load_tokenizer, tokenizer_hash
 
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
     (cached,) = (tmp_path / "cache" / "tokenizers").glob("*.json")
@@ -210,7 +210,7 @@ def test_pickle_free_data_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_pa
 
 
 def test_a_model_checkpoint_cannot_be_resumed_and_a_folder_is_not_a_checkpoint(tmp_path):
-    from fragment_llm.model import GPT, GPTConfig
+    from fragment_llm.model.gpt import GPT, GPTConfig
 
     path = tmp_path / "model.pt"
     torch.save({"model_state_dict": GPT(GPTConfig(**MODEL_CONFIG)).state_dict(), "model_config": MODEL_CONFIG}, path)

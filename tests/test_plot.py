@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fragment_llm import plot
-from fragment_llm.cli import main
-from fragment_llm.hydra_callbacks import SweepReport
-from fragment_llm.records import METRICS_FILE
+from fragment_llm.commands.cli import main
+from fragment_llm.launch.callbacks import SweepReport
+from fragment_llm.runs import plot
+from fragment_llm.runs.records import METRICS_FILE
 
 
 def fake_run(folder: Path, rows: list[dict], overrides: tuple[str, ...] = ()) -> Path:

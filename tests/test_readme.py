@@ -9,7 +9,7 @@ import shlex
 import pytest
 from conftest import ROOT, settings_for
 
-from fragment_llm.compose import check_overrides
+from fragment_llm.launch.compose import check_overrides
 
 COMMAND = re.compile(r"^(?:\$ )?python run\.py(.*?)(?:\s+#.*)?$")
 
@@ -63,6 +63,6 @@ def readme_tool_commands() -> list[list[str]]:
 
 @pytest.mark.parametrize("arguments", readme_tool_commands(), ids=" ".join)
 def test_readme_fragment_llm_command_parses(arguments):
-    from fragment_llm.cli import build_parser
+    from fragment_llm.commands.cli import build_parser
 
     build_parser().parse_args(arguments)  # argparse exits on an unknown command or option

@@ -12,7 +12,7 @@ from conftest import RUN, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
-from fragment_llm.checkpoint import load_checkpoint
+from fragment_llm.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import RUN, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 
-from fragment_llm.app import run_training
+from fragment_llm.launch.job import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monk
     def broken_train(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("fragment_llm.app.train", broken_train)
+    monkeypatch.setattr("fragment_llm.launch.job.train", broken_train)
     cfg = compose_config(tiny_overrides(tmp_path, corpus))
     assert run_training(cfg, tmp_path / "job", in_sweep=True) == math.inf
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from fragment_llm.cli import main
-from fragment_llm.export import WEIGHTS_FILE, export_hf
-from fragment_llm.generate import Sampling, SamplingError, sample_next
-from fragment_llm.records import update_summary
-from fragment_llm.trained import load_run
+from fragment_llm.commands.cli import main
+from fragment_llm.export.hf import WEIGHTS_FILE, export_hf
+from fragment_llm.model.generate import Sampling, SamplingError, sample_next
+from fragment_llm.runs.records import update_summary
+from fragment_llm.train.from_run import load_run
 
 RECORDS = {
     ".hydra/config.yaml": "model:\n  n_embd: 64\noptimizer:\n  lr: 0.003\n",
@@ -276,7 +276,7 @@ def test_out_of_memory_is_one_error_line(error, trained_run, monkeypatch, capsys
     def exhausted(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("fragment_llm.evaluate.evaluate_documents", exhausted)
+    monkeypatch.setattr("fragment_llm.model.evaluate.evaluate_documents", exhausted)
     code, _, err = call(["eval", trained_run, "--data", trained_run / "train.log"], capsys)
     assert_one_error_line(code, err, "out of memory")
 
@@ -285,7 +285,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(trained_run, monke
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("fragment_llm.evaluate.evaluate_documents", bug)
+    monkeypatch.setattr("fragment_llm.model.evaluate.evaluate_documents", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["eval", str(trained_run), "--data", str(trained_run / "train.log")])
 
@@ -327,7 +327,7 @@ def test_an_interrupted_export_leaves_the_old_files_whole(trained_run, tmp_path,
             handle.write(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fragment_llm.export.save_file", interrupted)
+    monkeypatch.setattr("fragment_llm.export.hf.save_file", interrupted)
     trained = load_run(trained_run)
     with pytest.raises(KeyboardInterrupt):
         export_hf(trained.model, trained.tokenizer, trained.tokenizer_path, out)

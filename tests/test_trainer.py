@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import settings_for, tiny_overrides
 
-from fragment_llm.checkpoint import CheckpointError, load_checkpoint
-from fragment_llm.config import ConfigError, SchedulerConfig, SchedulerName
-from fragment_llm.hardware import physical_cores, resolve_device
-from fragment_llm.model import GPT, GPTConfig
-from fragment_llm.optim import build_optimizer, lr_factor
-from fragment_llm.records import read_summary
-from fragment_llm.trainer import Trainer, TrainingError, oom_advice, train
+from fragment_llm.config.schema import ConfigError, SchedulerConfig, SchedulerName
+from fragment_llm.model.gpt import GPT, GPTConfig
+from fragment_llm.runs.records import read_summary
+from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
+from fragment_llm.train.hardware import physical_cores, resolve_device
+from fragment_llm.train.optim import build_optimizer, lr_factor
+from fragment_llm.train.trainer import Trainer, TrainingError, oom_advice, train
 
 
 def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:
@@ -95,7 +95,7 @@ def test_other_optimizers_train(tmp_path, corpus, optimizer):
 
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
-    monkeypatch.setattr("fragment_llm.hardware.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
+    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
     # bf16 matmuls are hundreds of times slower on a CPU without native bf16, as CI's may be: no
     # TensorBoard, whose MFU would measure the bf16 matmul peak, and two evaluation batches.
     keys = {"train.max_iters": 2, "train.eval_iters": 1, "logging.tensorboard": False}
@@ -106,7 +106,7 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
 
 
 def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus, monkeypatch, caplog):
-    monkeypatch.setattr("fragment_llm.hardware.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
+    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
     trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True})
     assert trainer.precision.name == "fp32" and trainer.precision.dtype is None
     assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text

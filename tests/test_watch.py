@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from conftest import compose_config, package_logging_restored, settings_for, tiny_overrides
 
-from fragment_llm import outputs
-from fragment_llm.app import run_training
-from fragment_llm.checkpoint import load_checkpoint
 from fragment_llm.console import setup_logging
-from fragment_llm.outputs import RunOutputs
-from fragment_llm.records import METRICS_FILE, read_summary
-from fragment_llm.trainer import Trainer, train
+from fragment_llm.launch.job import run_training
+from fragment_llm.runs.records import METRICS_FILE, read_summary
+from fragment_llm.train import outputs
+from fragment_llm.train.checkpoint import load_checkpoint
+from fragment_llm.train.outputs import RunOutputs
+from fragment_llm.train.trainer import Trainer, train
 
 KEYS = {"train.max_iters": 30, "train.eval_interval": 10, "train.save_interval": 10, "train.sample_every": 20}
 TOKENS_PER_STEP = 4 * 128  # tiny_overrides: batch 4, block 128

@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import save_file, save_model
 from tokenizers import Tokenizer
 
-from . import hf_remote
-from .files import atomic_path, write_json
-from .model import GPT, NORM_EPS, ROPE_BASE, GPTConfig
-from .records import TOKENIZER_FILE
-from .tokenizer import END_OF_TEXT
+from ..data.tokenizer import END_OF_TEXT
+from ..export import hf_remote
+from ..files import atomic_path, write_json
+from ..model.gpt import GPT, NORM_EPS, ROPE_BASE, GPTConfig
+from ..runs.records import TOKENIZER_FILE
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

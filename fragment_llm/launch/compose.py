@@ -20,9 +20,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import SECTIONS, Config, ConfigError, describe_keys, load_settings, unknown_key
+from ..config.schema import SECTIONS, Config, ConfigError, describe_keys, load_settings, unknown_key
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_settings(overrides: list[str]) -> Config:
@@ -302,7 +302,7 @@ def prepare_torchrun(argv: list[str]) -> list[str]:
         return argv
     import torch.distributed as dist
 
-    from .distributed import from_environment, init_process_group
+    from ..train.distributed import from_environment, init_process_group
 
     ranks = from_environment()
     if not ranks.distributed:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
-from .files import atomic_path
-from .model import CHOICES, GPTConfig
-from .records import BEST_MODEL, FINAL_MODEL
+from ..errors import UserError
+from ..files import atomic_path
+from ..model.gpt import CHOICES, GPTConfig
+from ..runs.records import BEST_MODEL, FINAL_MODEL
 
 log = logging.getLogger(__name__)
 

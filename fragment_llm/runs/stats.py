@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .tables import RunsView
+from ..runs.tables import RunsView
 
 # A difference counts as larger than the spread below this p-value (the usual 5%).
 SIGNIFICANCE = 0.05

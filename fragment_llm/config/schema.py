@@ -29,7 +29,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -586,7 +586,7 @@ def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> di
     and lack keys added since: a model key takes GPTConfig's default, the layout every model had before
     the key existed; a key of a section a resumed run may change takes this command's value. Where
     outputs and caches live is this machine's business: `paths` is always this command's."""
-    from .model import GPTConfig
+    from ..model.gpt import GPTConfig
 
     upgraded = copy.deepcopy(saved)
     for old, new in RENAMED_KEYS.items():

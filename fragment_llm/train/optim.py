@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .config import OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName
+from ..config.schema import OptimizerConfig, OptimizerName, SchedulerConfig, SchedulerName
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # the quintic iteration's coefficients (Keller Jordan's Muon)
 

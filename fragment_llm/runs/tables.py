@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .console import console
-from .records import describe_run, find_runs, lookup
+from ..console import console
+from ..runs.records import describe_run, find_runs, lookup
 
 SWEEP_REPORT_FILE = "sweep.txt"
 FORMATS = ("table", "csv", "json", "markdown")

@@ -14,17 +14,17 @@ from typing import Iterator, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import distributed
-from .checkpoint import find_init_checkpoint, find_resume_checkpoint, load_checkpoint
-from .config import Config, ConfigError, fine_tune_settings, load_settings, resume_settings, to_plain
-from .console import setup_logging
-from .errors import UserError
-from .files import file_problem, write_text
-from .outputs import RunOutputs
-from .records import read_summary, run_choices
-from .rundir import check_writable_folder, claim_run_directory
-from .signals import STOP_SIGNALS, handling
-from .trainer import Interrupted, TrainingError, train
+from ..config.schema import Config, ConfigError, fine_tune_settings, load_settings, resume_settings, to_plain
+from ..console import setup_logging
+from ..errors import UserError
+from ..files import file_problem, write_text
+from ..runs.claim import check_writable_folder, claim_run_directory
+from ..runs.records import read_summary, run_choices
+from ..signals import STOP_SIGNALS, handling
+from ..train import distributed
+from ..train.checkpoint import find_init_checkpoint, find_resume_checkpoint, load_checkpoint
+from ..train.outputs import RunOutputs
+from ..train.trainer import Interrupted, TrainingError, train
 
 log = logging.getLogger(__name__)
 

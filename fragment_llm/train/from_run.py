@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import load_checkpoint
-from .model import GPT, GPTConfig
-from .records import BEST_MODEL, FINAL_MODEL, TOKENIZER_FILE, RunError
-from .tokenizer import TokenizerError, load_tokenizer, tokenizer_hash
+from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_hash
+from ..model.gpt import GPT, GPTConfig
+from ..runs.records import BEST_MODEL, FINAL_MODEL, TOKENIZER_FILE, RunError
+from ..train.checkpoint import load_checkpoint
 
 
 @dataclass

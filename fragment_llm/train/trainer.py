@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import (
+from ..config.schema import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, Config, ConfigError, dropout_for_epochs, to_plain
+from ..data.corpus import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
+from ..data.tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
+from ..errors import UserError
+from ..model.evaluate import bits_per_byte, loss_sum
+from ..model.generate import Sampling, generate_text
+from ..model.gpt import GPT, GPTConfig
+from ..runs.records import BEST_MODEL, FINAL_MODEL
+from ..signals import handling
+from ..train.checkpoint import (
     CheckpointError,
     capture_rng_state,
     point_last,
@@ -25,19 +34,10 @@ from .checkpoint import (
     save_checkpoint,
     save_step_checkpoint,
 )
-from .config import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, Config, ConfigError, dropout_for_epochs, to_plain
-from .data import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
-from .distributed import Ranks, all_gather, all_reduce_sum, barrier
-from .errors import UserError
-from .evaluate import bits_per_byte, loss_sum
-from .generate import Sampling, generate_text
-from .hardware import Precision, is_out_of_memory, prepare_device
-from .model import GPT, GPTConfig
-from .optim import build_optimizer, lr_factor, set_lr
-from .outputs import RunOutputs, format_seconds
-from .records import BEST_MODEL, FINAL_MODEL
-from .signals import handling
-from .tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
+from ..train.distributed import Ranks, all_gather, all_reduce_sum, barrier
+from ..train.hardware import Precision, is_out_of_memory, prepare_device
+from ..train.optim import build_optimizer, lr_factor, set_lr
+from ..train.outputs import RunOutputs, format_seconds
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import UserError
-from .files import write_json
+from ..errors import UserError
+from ..files import write_json
 
 SUMMARY_FILE = "summary.json"
 CONFIG_RECORD = ".hydra/config.yaml"

@@ -18,13 +18,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
-from .config import Config, TrainConfig, to_plain
-from .console import console
-from .distributed import Ranks
-from .files import file_problem, write_text
-from .hardware import peak_matmul_flops
-from .model import GPTConfig
-from .records import METRICS_FILE, SUMMARY_FILE, TOKENIZER_FILE, flatten, read_metrics, update_summary
+from ..config.schema import Config, TrainConfig, to_plain
+from ..console import console
+from ..files import file_problem, write_text
+from ..model.gpt import GPTConfig
+from ..runs.records import METRICS_FILE, SUMMARY_FILE, TOKENIZER_FILE, flatten, read_metrics, update_summary
+from ..train.distributed import Ranks
+from ..train.hardware import peak_matmul_flops
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .records import SUMMARY_FILE
-from .tables import write_sweep_report
+from ..runs.records import SUMMARY_FILE
+from ..runs.tables import write_sweep_report
 
 
 class SweepReport(Callback):
@@ -21,7 +21,7 @@ class SweepReport(Callback):
     their curves into <sweep>/curves.png (with matplotlib installed)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from .plot import write_sweep_curves  # imports torch: not before a sweep's end
+        from ..runs.plot import write_sweep_curves  # imports torch: not before a sweep's end
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():  # a sweep that launched no job has no directory
@@ -45,9 +45,9 @@ class Preflight(Callback):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import OmegaConfBaseException
 
-        from .config import ConfigError, unresolved
-        from .console import error_console
-        from .rundir import check_run_directory, check_writable_folder
+        from ..config.schema import ConfigError, unresolved
+        from ..console import error_console
+        from ..runs.claim import check_run_directory, check_writable_folder
 
         HydraConfig.instance().set_config(config)  # for `${hydra:...}` in the directory's name
         try:
@@ -66,7 +66,7 @@ class Preflight(Callback):
                     "new sweep directory, or choose another"
                 )
             if not sweep:
-                from .distributed import from_environment  # imports torch, which a sweep's launcher needs not
+                from ..train.distributed import from_environment  # imports torch, which a sweep's launcher needs not
 
                 if from_environment().is_main:  # torchrun's other ranks share rank 0's directory
                     check_run_directory(directory, resume)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .signals import handling
+from ..signals import handling
 
 
 @dataclass(frozen=True)

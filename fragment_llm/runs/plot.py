@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from .console import console, error_console
-from .errors import UserError
-from .files import atomic_path, file_problem
-from .records import METRICS_FILE, describe_run, find_runs, read_metrics
-from .tables import is_number, varying_overrides
+from ..console import console, error_console
+from ..errors import UserError
+from ..files import atomic_path, file_problem
+from ..runs.records import METRICS_FILE, describe_run, find_runs, read_metrics
+from ..runs.tables import is_number, varying_overrides
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

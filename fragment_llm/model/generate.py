@@ -8,9 +8,9 @@ from typing import Iterator
 import torch
 from tokenizers import Tokenizer
 
-from .errors import UserError
-from .model import GPT, KVCache
-from .tokenizer import end_of_text_id
+from ..data.tokenizer import end_of_text_id
+from ..errors import UserError
+from ..model.gpt import GPT, KVCache
 
 
 @dataclass

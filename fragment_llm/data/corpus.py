@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .config import ConfigError, DataConfig, DataSource
-from .files import atomic_path, write_json, write_text
-from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
+from ..config.schema import ConfigError, DataConfig, DataSource
+from ..data.tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
+from ..files import atomic_path, write_json, write_text
 
 log = logging.getLogger(__name__)
 

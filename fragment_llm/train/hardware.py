@@ -18,8 +18,8 @@ from typing import ContextManager, Optional
 
 import torch
 
-from .config import ConfigError, HardwareConfig
-from .distributed import Ranks
+from ..config.schema import ConfigError, HardwareConfig
+from ..train.distributed import Ranks
 
 log = logging.getLogger(__name__)
 

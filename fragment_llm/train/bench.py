@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from .config import Config, DataConfig, DataSource
-from .data import collect_documents
-from .generate import Sampling, generate_tokens
-from .hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
-from .model import GPT
-from .optim import build_optimizer
-from .tokenizer import train_tokenizer
-from .trainer import Trainer
+from ..config.schema import Config, DataConfig, DataSource
+from ..data.corpus import collect_documents
+from ..data.tokenizer import train_tokenizer
+from ..model.generate import Sampling, generate_tokens
+from ..model.gpt import GPT
+from ..train.hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
+from ..train.optim import build_optimizer
+from ..train.trainer import Trainer
 
 GENERATED_TOKENS = 256
 WARMUP_STEPS = 2

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 from rich.table import Table
 from rich.text import Text
 
-from .config import ConfigError, DataConfig, DataSource
-from .console import console, error_console
-from .errors import UserError
-from .files import file_problem
-from .groups import comparable, deciding_metric, group_runs, groups_view, names_key, override_key, verdict
-from .plot import X_AXES, PlotError, run_curve, write_curves
-from .records import (
+from ..config.schema import ConfigError, DataConfig, DataSource
+from ..console import console, error_console
+from ..errors import UserError
+from ..files import file_problem
+from ..runs.plot import X_AXES, PlotError, run_curve, write_curves
+from ..runs.records import (
     METRIC_NAMES,
     describe_run,
     failed_to_start,
@@ -33,7 +32,8 @@ from .records import (
     run_config,
     run_overrides,
 )
-from .tables import (
+from ..runs.stats import comparable, deciding_metric, group_runs, groups_view, names_key, override_key, verdict
+from ..runs.tables import (
     FORMATS,
     column_key,
     is_number,
@@ -48,7 +48,7 @@ from .tables import (
 if TYPE_CHECKING:
     import torch
 
-    from .trained import TrainedModel
+    from ..train.from_run import TrainedModel
 
 # torch and the model's code load only for the commands that run a model (generate, eval, export,
 # bench): `runs`, `show`, `compare` and `plot` start in a fraction of a second.
@@ -287,15 +287,15 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> TrainedModel:
-    from .hardware import resolve_device
-    from .trained import load_run
+    from ..train.from_run import load_run
+    from ..train.hardware import resolve_device
 
     return load_run(Path(args.run), args.checkpoint and Path(args.checkpoint), resolve_device("auto"))
 
 
 def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, generator: torch.Generator) -> None:
     """Each sample: the prompt, then its continuation as it is produced."""
-    from .generate import Sampling, generate_text
+    from ..model.generate import Sampling, generate_text
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     for number in range(1, args.num_samples + 1):
@@ -345,8 +345,8 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from .data import collect_documents, split_documents, text_documents
-    from .evaluate import document_tokens, evaluate_documents, evaluate_tokens
+    from ..data.corpus import collect_documents, split_documents, text_documents
+    from ..model.evaluate import document_tokens, evaluate_documents, evaluate_tokens
 
     trained = _load(args)
     block_size = trained.model.config.block_size
@@ -420,7 +420,7 @@ def check_export_folder(out: Path, force: bool) -> None:
 def command_export(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from .export import export_hf, export_safetensors
+    from ..export.hf import export_hf, export_safetensors
 
     out = Path(args.out)
     check_export_folder(out, args.force)
@@ -469,8 +469,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-    from .compose import compose_settings
+    from ..launch.compose import compose_settings
+    from ..train.bench import run_bench
 
     settings = compose_settings(args.overrides)
     error_console.print(
@@ -514,7 +514,7 @@ def command_bench(args: argparse.Namespace) -> int:
         table.add_row(*row)
     console.print(table)
     if args.json:
-        from .files import write_json
+        from ..files import write_json
 
         write_json(Path(args.json), result)
         console.print(f"JSON: {args.json}", markup=False)
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         return fail(file_problem(error))
     except (RuntimeError, MemoryError) as error:
-        from .hardware import is_out_of_memory
+        from ..train.hardware import is_out_of_memory
 
         if not is_out_of_memory(error):
             raise

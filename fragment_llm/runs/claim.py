@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError
-from .records import holds_run
+from ..config.schema import ConfigError
+from ..runs.records import holds_run
 
 
 def check_writable_folder(key: str, folder: str) -> None:

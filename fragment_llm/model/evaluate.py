@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from .config import ConfigError
-from .data import Document, fingerprint, to_device, token_arrays
-from .model import GPT
+from ..config.schema import ConfigError
+from ..data.corpus import Document, fingerprint, to_device, token_arrays
+from ..model.gpt import GPT
 
 EVAL_BATCH_SIZE = 8
 

@@ -61,7 +61,7 @@ class FragmentConfig(PretrainedConfig):
 
 MODELING_SOURCE = '''\
 """A Fragment LLM GPT in transformers: `FragmentForCausalLM` holds the GPT of fragment_model.py (a copy of
-fragment_llm/model.py) as `.model` and gives transformers' causal-LM interface around it.
+fragment_llm/model/gpt.py) as `.model` and gives transformers' causal-LM interface around it.
 
 - Logits are cut to `config.vocab_size`, the tokenizer's tokens: the embedding and the head keep the
   rows that pad them to a multiple of 64, which are never tokens.
@@ -148,8 +148,8 @@ class FragmentForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 def model_source() -> str:
-    """fragment_llm/model.py, which the remote code imports as fragment_model.py."""
-    return resources.files(__package__).joinpath("model.py").read_text(encoding="utf-8")
+    """fragment_llm/model/gpt.py, which the remote code imports as fragment_model.py."""
+    return resources.files("fragment_llm.model").joinpath("gpt.py").read_text(encoding="utf-8")
 
 
 def remote_files() -> dict[str, str]:

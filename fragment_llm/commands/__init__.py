@@ -1,0 +1,1 @@
+"""The `fragment-llm` command: one module per subcommand, its arguments beside its handler."""

@@ -1,0 +1,1 @@
+"""The Hydra edge: composing conf/, checking a command line, the callbacks Hydra calls, the training job."""

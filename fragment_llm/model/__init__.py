@@ -1,0 +1,1 @@
+"""The GPT (one definition of its shape and layout), sampling from it and scoring it (loss, bits per byte)."""
