@@ -9,9 +9,9 @@ import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -133,6 +133,18 @@ class Due(NamedTuple):
     step_checkpoint: bool
 
 
+@dataclass
+class Loop:
+    """What the loop's steps carry from one to the next (see Trainer.step_and_report)."""
+
+    advance: Callable[[float, int, float, float, Optional[float]], None]  # the progress bar's
+    start_step: int
+    window_started: float  # the steps since the last metrics row: their throughput
+    window_steps: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    train_loss: float = math.nan  # the last epoch's mean
+
+
 class Trainer:
     """Owns the model, optimizer, data stream and run directory of one training run.
 
@@ -229,8 +241,8 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
-        # The loop's clock (train_step reads it): fit restarts it; a step taken without fit (the bench)
-        # counts from here.
+        # The loop's clock (train_step reads it): begin_loop restarts it; a step taken outside the loop (a
+        # test's) counts from here.
         self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
@@ -286,52 +298,57 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
         """Train to the run's end (its steps, or its time budget) or an early stop, then save the final
-        model; returns the best validation loss. What follows each optimizer step is `due`'s to say."""
+        model; returns the best validation loss."""
         self.start()
-        start_step, self.seconds_before = self.step, self.train_seconds
-        self.loop_started = window_started = time.perf_counter()
-        window_steps, epoch_losses, train_loss = 0, [], math.nan
         with self.outputs.progress_bar(
             self.length, self.position(), self.tokens_per_step, bool(self.budget)
         ) as advance:
-            while not self.finished():
-                if self.step % self.steps_per_epoch == 0 or self.step == start_step:
-                    self.outputs.epoch_started(self.step // self.steps_per_epoch + 1, self.epochs)
-                loss, grad_norm = self.train_step()
-                epoch_losses.append(loss)
-                window_steps += 1
-                if self.dropout_pending and self.pace_known(start_step):
-                    self.choose_dropout(self.budget / self.train_seconds * self.step / self.steps_per_epoch)
-                    self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, self.step, True)
-                due = self.due()
-                if due.evaluation:
-                    self.evaluate()
-                if due.log:  # after the evaluation: its values go into the step's row of metrics.jsonl
-                    tokens_per_sec = window_steps * self.tokens_per_step / (time.perf_counter() - window_started)
-                    tokens = self.step * self.tokens_per_step
-                    self.outputs.log_step(
-                        self.step, tokens, self.train_seconds, loss, self.lr, grad_norm, tokens_per_sec
-                    )
-                    window_started, window_steps = time.perf_counter(), 0
-                advance(self.position(), self.step, loss, self.lr, self.eta_seconds())
-                if due.epoch_end:
-                    train_loss, epoch_losses = sum(epoch_losses) / len(epoch_losses), []
-                    self.outputs.epoch_ended(train_loss, self.last_val_loss, self.last_val_bpb)
-                if due.sample:
-                    self.sample()
-                if due.epoch_checkpoint:
-                    self.save_checkpoint(due.epoch_checkpoint)
-                    self.outputs.checkpoint_saved(due.epoch_checkpoint)
-                if due.step_checkpoint:
-                    self.outputs.checkpoint_saved(self.save_step_checkpoint())
-                if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
-                    self.stop_here()
-                if self.early_stop_due():
-                    self.early_stopped = True
-                    self.outputs.early_stopped(self.evaluations_without_gain)
-                    break
-        self.finish(start_step, train_loss)
+            loop = self.begin_loop(advance)
+            while not self.finished() and not self.early_stopped:
+                self.step_and_report(loop)
+        self.finish(loop.start_step, loop.train_loss)
         return self.best_val_loss
+
+    def begin_loop(self, advance: Callable[[float, int, float, float, Optional[float]], None]) -> Loop:
+        """Start the loop's clock; `advance` is the progress bar's (RunOutputs.progress_bar)."""
+        self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
+        return Loop(advance, self.step, self.loop_started)
+
+    def step_and_report(self, loop: Loop) -> None:
+        """One optimizer step and all that a run does after it (`due`'s to say): its metrics row and
+        progress, and when due an evaluation, a sample, a checkpoint, a stop. The bench times this."""
+        if self.step % self.steps_per_epoch == 0 or self.step == loop.start_step:
+            self.outputs.epoch_started(self.step // self.steps_per_epoch + 1, self.epochs)
+        loss, grad_norm = self.train_step()
+        loop.epoch_losses.append(loss)
+        loop.window_steps += 1
+        if self.dropout_pending and self.pace_known(loop.start_step):
+            self.choose_dropout(self.budget / self.train_seconds * self.step / self.steps_per_epoch)
+            self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, self.step, True)
+        due = self.due()
+        if due.evaluation:
+            self.evaluate()
+        if due.log:  # after the evaluation: its values go into the step's row of metrics.jsonl
+            tokens_per_sec = loop.window_steps * self.tokens_per_step / (time.perf_counter() - loop.window_started)
+            tokens = self.step * self.tokens_per_step
+            self.outputs.log_step(self.step, tokens, self.train_seconds, loss, self.lr, grad_norm, tokens_per_sec)
+            loop.window_started, loop.window_steps = time.perf_counter(), 0
+        loop.advance(self.position(), self.step, loss, self.lr, self.eta_seconds())
+        if due.epoch_end:
+            loop.train_loss, loop.epoch_losses = sum(loop.epoch_losses) / len(loop.epoch_losses), []
+            self.outputs.epoch_ended(loop.train_loss, self.last_val_loss, self.last_val_bpb)
+        if due.sample:
+            self.sample()
+        if due.epoch_checkpoint:
+            self.save_checkpoint(due.epoch_checkpoint)
+            self.outputs.checkpoint_saved(due.epoch_checkpoint)
+        if due.step_checkpoint:
+            self.outputs.checkpoint_saved(self.save_step_checkpoint())
+        if self.stop_agreed:  # not stop_signal: one set after this step's exchange would split the ranks
+            self.stop_here()
+        if self.early_stop_due():
+            self.early_stopped = True
+            self.outputs.early_stopped(self.evaluations_without_gain)
 
     def due(self) -> Due:
         """What follows the optimizer step just taken, as the settings schedule it. The run's last step
