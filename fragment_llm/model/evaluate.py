@@ -34,14 +34,6 @@ def loss_sum(
     return total, count
 
 
-def mean_loss(
-    forward: Callable, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], ContextManager]
-) -> float:
-    """Mean cross-entropy in nats per token over every predicted token of `batches`."""
-    total, count = loss_sum(forward, batches, autocast)
-    return float(total) / count
-
-
 def bits_per_byte(loss: float, tokens: int, text_bytes: int) -> float:
     """Loss in nats per token as bits per byte of UTF-8 text, comparable across tokenizers.
 
