@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 
+import torch
 from conftest import tiny_overrides
 
 from fragment_llm.commands.cli import main
+from fragment_llm.train.bench import WARMUP_STEPS
+from fragment_llm.train.hardware import attention_kernel
+from fragment_llm.train.outputs import RunOutputs
+from fragment_llm.train.trainer import Trainer
 
 JSON_KEYS = [
     ("train", "tokens_per_sec"),
@@ -24,7 +29,21 @@ JSON_KEYS = [
 ]
 
 
-def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
+def counting(monkeypatch, owner: type, name: str) -> list[int]:
+    """Count the calls of `owner.name` (one item per call) and let them through."""
+    calls, original = [], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys, monkeypatch):
+    steps, train_steps = counting(monkeypatch, Trainer, "step_and_report"), counting(monkeypatch, Trainer, "train_step")
+    rows = counting(monkeypatch, RunOutputs, "log_step")
     overrides = tiny_overrides(tmp_path, corpus, **{"train.grad_accum_steps": 2})
     assert main(["bench", *overrides, "--steps", "2", "--json", str(tmp_path / "bench.json")]) == 0
     out = capsys.readouterr().out
@@ -38,8 +57,13 @@ def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys):
         assert value > 0, path
     assert 0 < result["train"]["mfu"] < 1
     assert result["config"]["precision"] == "fp32" and result["config"]["device"] == "cpu"
-    assert result["config"]["attention"] == "flash (CPU)" and result["cpu_bf16_speedup"] > 0
+    # The kernel SDPA picks for the model's attention shape (which one depends on the torch build).
+    assert result["config"]["attention"] == attention_kernel(4, 2, 128, 32, torch.float32, torch.device("cpu"))
+    assert result["cpu_bf16_speedup"] > 0
     assert result["train"]["rounds"] == 2 and result["train"]["steps_per_round"] >= 1
+    # Every step the bench took is the trainer's loop's, with its metrics row (log_interval=1): the first
+    # step, the warm-up and the timed blocks.
+    assert len(steps) == len(train_steps) == len(rows) == 1 + WARMUP_STEPS + 2 * result["train"]["steps_per_round"]
     assert result["train"]["flops_per_token"] > 6 * 64 * 64  # at least 6 x the parameters of one matrix
     assert not (tmp_path / "outputs").exists()  # the bench leaves no run directory behind
 

@@ -1,10 +1,11 @@
 """`fragment-llm bench`: how fast this machine trains, tokenizes and generates with a given config.
 
 Everything is measured in one process, side by side, because a shared machine's speed drifts: the
-real trainer's tokens per second against a bare loop over the same model and batches (forward,
-backward, clip, optimizer step; nothing else), the matmul peak of this machine for the dtype in
-use (so MFU is against what the hardware really does), tokenizer training and encoding on the
-bundled corpus, generation with and without the key/value cache, start-up time and peak memory.
+real trainer's tokens per second (its loop's own steps, each with what a run reports after it)
+against a bare loop over the same model and batches (forward, backward, clip, optimizer step;
+nothing else), the matmul peak of this machine for the dtype in use (so MFU is against what the
+hardware really does), tokenizer training and encoding on the bundled corpus, generation with and
+without the key/value cache, start-up time and peak memory.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..model.generate import Sampling, generate_tokens
 from ..model.gpt import GPT
 from ..train.hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
 from ..train.optim import build_optimizer
-from ..train.trainer import Trainer
+from ..train.trainer import Due, Trainer
 
 GENERATED_TOKENS = 256
 WARMUP_STEPS = 2
@@ -82,6 +83,15 @@ def interleaved_rounds(
     return times, block
 
 
+class BenchTrainer(Trainer):
+    """The real trainer and its loop, without the work a run schedules every so many steps
+    (evaluations, samples, checkpoints): the bare loop does none of it, and what it costs is the
+    schedule's, not the toolkit's. Each step's metrics row, scalars and progress stay."""
+
+    def due(self) -> Due:
+        return super().due()._replace(evaluation=False, sample=False, epoch_checkpoint=None, step_checkpoint=False)
+
+
 def bare_step_function(trainer: Trainer):
     """A bare training step over the trainer's own batches, on a fresh copy of its model."""
     model = GPT(trainer.model_config).to(trainer.device)
@@ -124,32 +134,38 @@ def tokenizer_speed(vocab_size: int) -> tuple[float, float]:
     return megabytes / (trained - started), megabytes / (encoded - trained)
 
 
+def training_speed(trainer: Trainer, trainer_step, rounds: int) -> dict[str, Any]:
+    """Tokens per second of `trainer_step` (one step of the trainer's loop) and of the bare loop, and MFU."""
+    device, dtype = trainer.device, trainer.precision.dtype or torch.float32
+    times, block = interleaved_rounds(
+        trainer_step, bare_step_function(trainer), lambda: peak_matmul_flops(dtype, device), rounds, device
+    )
+    tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
+    bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
+    peak_flops = statistics.median(times["peak"])
+    flops_per_token = trainer.model.flops_per_token()
+    return {
+        "tokens_per_sec": tokens_per_sec,
+        "bare_tokens_per_sec": bare_tokens_per_sec,
+        "overhead_ratio": tokens_per_sec / bare_tokens_per_sec,
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak_flops,
+        "mfu": tokens_per_sec * flops_per_token / peak_flops,
+        "rounds": rounds,
+        "steps_per_round": block,
+    }
+
+
 def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
     """Every figure of the bench for `settings`, as a nested dict (the JSON the command writes)."""
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(settings, Path(run_dir))
+        trainer = BenchTrainer(settings, Path(run_dir))
         trainer.model.train()
-        trainer.train_step()
-        startup_seconds = seconds_since_process_start()  # until the first optimizer step is done
-        device, dtype = trainer.device, trainer.precision.dtype or torch.float32
-
-        def trainer_step() -> None:  # an optimizer step of the real loop, with its scalars and metrics row
-            started = time.perf_counter()
-            loss, grad_norm = trainer.train_step()
-            tokens_per_sec = trainer.tokens_per_step / (time.perf_counter() - started)
-            tokens = trainer.step * trainer.tokens_per_step
-            trainer.outputs.log_step(
-                trainer.step, tokens, trainer.train_seconds, loss, trainer.lr, grad_norm, tokens_per_sec
-            )
-
-        times, block = interleaved_rounds(
-            trainer_step, bare_step_function(trainer), lambda: peak_matmul_flops(dtype, device), rounds, device
-        )
-        tokens_per_sec = trainer.tokens_per_step / statistics.median(times["trainer"])
-        bare_tokens_per_sec = trainer.tokens_per_step / statistics.median(times["bare"])
-        peak_flops = statistics.median(times["peak"])
-        flops_per_token = trainer.model.flops_per_token()
-        config = trainer.model_config
+        with trainer.loop() as loop:  # the loop fit runs: its steps, each with what a run reports after it
+            trainer.step_and_report(loop)
+            startup_seconds = seconds_since_process_start()  # until the first step and its report are done
+            train = training_speed(trainer, lambda: trainer.step_and_report(loop), rounds)
+        device, dtype, config = trainer.device, trainer.precision.dtype or torch.float32, trainer.model_config
         attention = attention_kernel(
             settings.train.batch_size, config.n_head, config.block_size, config.n_embd // config.n_head, dtype, device
         )
@@ -166,16 +182,7 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
             "threads": torch.get_num_threads(),
             "compile": settings.hardware.compile,
         },
-        "train": {
-            "tokens_per_sec": tokens_per_sec,
-            "bare_tokens_per_sec": bare_tokens_per_sec,
-            "overhead_ratio": tokens_per_sec / bare_tokens_per_sec,
-            "flops_per_token": flops_per_token,
-            "peak_flops": peak_flops,
-            "mfu": tokens_per_sec * flops_per_token / peak_flops,
-            "rounds": rounds,
-            "steps_per_round": block,
-        },
+        "train": train,
         # On a CPU, how bf16 matmuls compare with fp32: what decides whether hardware.amp=true uses bf16.
         "cpu_bf16_speedup": cpu_bf16_speedup() if device.type == "cpu" else None,
         "startup_seconds": startup_seconds,

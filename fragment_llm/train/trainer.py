@@ -241,7 +241,7 @@ class Trainer:
         self.sample_prompt = self.data.tokenizer.decode(self.data.val[:SAMPLE_PROMPT_TOKENS].tolist())
         if checkpoint is not None:
             self.restore(checkpoint)
-        # The loop's clock (train_step reads it): begin_loop restarts it; a step taken outside the loop (a
+        # The loop's clock (train_step reads it): `loop` restarts it; a step taken outside the loop (a
         # test's) counts from here.
         self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
@@ -300,19 +300,20 @@ class Trainer:
         """Train to the run's end (its steps, or its time budget) or an early stop, then save the final
         model; returns the best validation loss."""
         self.start()
-        with self.outputs.progress_bar(
-            self.length, self.position(), self.tokens_per_step, bool(self.budget)
-        ) as advance:
-            loop = self.begin_loop(advance)
+        with self.loop() as loop:
             while not self.finished() and not self.early_stopped:
                 self.step_and_report(loop)
         self.finish(loop.start_step, loop.train_loss)
         return self.best_val_loss
 
-    def begin_loop(self, advance: Callable[[float, int, float, float, Optional[float]], None]) -> Loop:
-        """Start the loop's clock; `advance` is the progress bar's (RunOutputs.progress_bar)."""
-        self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
-        return Loop(advance, self.step, self.loop_started)
+    @contextmanager
+    def loop(self) -> Iterator[Loop]:
+        """The loop's state for step_and_report, with its progress bar shown and its clock started."""
+        with self.outputs.progress_bar(
+            self.length, self.position(), self.tokens_per_step, bool(self.budget)
+        ) as advance:
+            self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
+            yield Loop(advance, self.step, self.loop_started)
 
     def step_and_report(self, loop: Loop) -> None:
         """One optimizer step and all that a run does after it (`due`'s to say): its metrics row and
