@@ -6,6 +6,8 @@ import os
 import platform
 
 import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from fragment_llm.train.hardware import (
     attention_kernel,
@@ -29,8 +31,19 @@ def test_cpu_bf16_speedup_is_measured():
     assert 0 < cpu_bf16_speedup() < 1000
 
 
-def test_attention_runs_the_fused_cpu_kernel():
-    assert attention_kernel(2, 2, 128, 32, torch.float32, torch.device("cpu")) == "flash (CPU)"
+# SDPA's CPU kernels, by the operator the profiler sees run -> what attention_kernel calls them.
+CPU_ATTENTION_OPS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
+    "aten::_scaled_dot_product_attention_math": "math (unfused)",  # builds without the fused kernel
+}
+
+
+def test_attention_names_the_kernel_sdpa_runs():
+    q = torch.zeros(2, 2, 128, 32)
+    with profile(activities=[ProfilerActivity.CPU]) as ran:
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    kernels = [CPU_ATTENTION_OPS[event.name] for event in ran.events() if event.name in CPU_ATTENTION_OPS]
+    assert kernels == [attention_kernel(2, 2, 128, 32, torch.float32, torch.device("cpu"))]
 
 
 def test_freed_memory_is_kept_where_glibc_allows_it():
