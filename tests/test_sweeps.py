@@ -64,7 +64,7 @@ def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     assert shown.returncode == 0, shown.stderr
     assert "model.n_embd" in shown.stdout and "best_val_loss" in shown.stdout and "final_model.pt" in shown.stdout
     command = next(line for line in shown.stdout.splitlines() if line.startswith("Reproduce: "))
-    assert command.startswith("Reproduce: python run.py ") and "model.dropout=0.0" in command
+    assert command.startswith("Reproduce: fragment-llm train ") and "model.dropout=0.0" in command
     compared = fragment_llm("compare", "0", "1", "--root", sweep_dir, cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     assert "model.dropout" in compared.stdout and "optimizer.lr" not in compared.stdout

@@ -98,17 +98,25 @@ def shortened(override: str) -> str:
     return f"{key}={number:.4g}" if len(value) > 6 else override
 
 
+def labelled_runs(folder: Path) -> list[tuple[Path, str]]:
+    """The runs in a folder of runs (a sweep's jobs), each with a label: its name under the folder and
+    the overrides that vary between them."""
+    jobs = [describe_run(run, folder) for run in find_runs(folder)]
+    varying = varying_overrides(jobs)
+    return [
+        (Path(job["path"]), " ".join([job["name"], *(shortened(item) for item in job["overrides"] if item in varying)]))
+        for job in jobs
+    ]
+
+
 def write_sweep_curves(sweep_dir: Path) -> Optional[Path]:
     """<sweep>/curves.png: its jobs' val/bpb against step, each named by its number and the overrides
     that vary between jobs. Nothing (None) without matplotlib, or when no job has a curve (they all
     failed before their first evaluation); a file that cannot be written is a warning: the sweep is done."""
-    jobs = [describe_run(run, sweep_dir) for run in find_runs(sweep_dir)]
-    varying = varying_overrides(jobs)
     curves = []
-    for job in jobs:
-        label = " ".join([job["name"], *(shortened(item) for item in job["overrides"] if item in varying)])
+    for run, label in labelled_runs(Path(sweep_dir)):
         try:
-            curves.append(run_curve(Path(job["path"]), label, "val/bpb", "step"))
+            curves.append(run_curve(run, label, "val/bpb", "step"))
         except PlotError:
             continue  # a failed job: the sweep's table says why
     if not curves:

@@ -165,10 +165,11 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def reproduce_command(run_dir: Path) -> str:
-    """The command that trains this run again, as one run: a sweep job's overrides hold its own values,
-    and the search that chose them (`hparams_search=...`) is left out."""
+    """The command that trains this run again, as one run: `fragment-llm train` (run.py's Hydra app,
+    there wherever the package is installed, a wheel too) with the run's overrides; a sweep job's hold
+    its own values, and the search that chose them (`hparams_search=...`) is left out."""
     overrides = [item for item in run_overrides(run_dir) if not item.startswith("hparams_search=")]
-    return " ".join(["python run.py", *(shlex.quote(item) for item in overrides)])
+    return shlex.join(["fragment-llm", "train", *overrides])
 
 
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:

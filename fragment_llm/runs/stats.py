@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..runs.tables import RunsView
+from ..text import plural
 
 # A difference counts as larger than the spread below this p-value (the usual 5%).
 SIGNIFICANCE = 0.05
@@ -135,7 +136,7 @@ def groups_view(groups: Sequence[Group], ignored: Sequence[str], left_out: int) 
     """A table of the groups: each one's runs, and mean ± standard deviation of each metric."""
     runs = sum(len(group.runs) for group in groups)
     not_pooled = f"; {left_out} more did not complete" if left_out else ""
-    pooled = f"{len(groups)} group{'' if len(groups) == 1 else 's'} of {runs} runs{not_pooled}"
+    pooled = f"{plural(len(groups), 'group')} of {plural(runs, 'run')}{not_pooled}"
     heading = f"Runs that differ only in {', '.join(ignored)}, pooled: {pooled}"
     rows = [
         [

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from ..console import console
 from ..runs.records import describe_run, find_runs, lookup
+from ..text import plural
 
 SWEEP_REPORT_FILE = "sweep.txt"
 FORMATS = ("table", "csv", "json", "markdown")
@@ -56,6 +57,11 @@ DROP_ORDER = (*LOW_VALUE, "hardware", "wall_time_s", "steps", "model", "optimize
 CHOICES = ("model", "hardware", "optimizer")  # config group options
 # Columns that, when every listed run has the same value, say it once above the table instead.
 SAID_ONCE = (*CHOICES, "status")
+# A word (a `key=value`, a run's name) wider than its column is cut to fit around an ellipsis, never
+# broken across lines (the formats csv, json and markdown keep it whole); columns are dropped (DROP_ORDER)
+# rather than a word cut below CUT_WIDTH cells.
+ELLIPSIS = "…"
+CUT_WIDTH = 30
 
 
 def is_number(value: Any) -> bool:
@@ -166,8 +172,7 @@ def runs_view(
     less those every run has the same value in and, to fit `width` with every word whole, those of
     DROP_ORDER."""
     folder = common_folder([run["name"] for run in runs])
-    plural = "" if len(runs) == 1 else "s"
-    heading = f"{title} {Path(root, folder)} ({len(runs)} {noun}{plural}{hidden_note})"
+    heading = f"{title} {Path(root, folder)} ({plural(len(runs), noun)}{hidden_note})"
     shared = shared_overrides(runs)
     shown = [
         {
@@ -191,7 +196,7 @@ def runs_view(
         view.notes.append(f"Overrides of every {noun}: " + " ".join(shared))
     elif shared:
         view.notes.append(
-            f"Not shown: the {len(shared)} overrides every {noun} shares "
+            f"Not shown: the {plural(len(shared), 'override')} every {noun} shares "
             "(`fragment-llm runs` on this folder lists them)"
         )
     return view
@@ -215,13 +220,17 @@ def _say_once(view: RunsView, runs: Sequence[dict[str, Any]], noun: str) -> None
 
 def _fit(view: RunsView, width: int) -> None:
     """Drop the columns of LOW_VALUE while the runs do not fit `width` one line each, then those of
-    DROP_ORDER while they do not fit it with every word whole."""
+    DROP_ORDER while they do not fit it with every word whole, or cut to CUT_WIDTH where longer."""
     for key in LOW_VALUE:
         if key in view.columns and table_width(view.cells_by_column(), _longest_line) > width:
             view.drop(key)
     for key in DROP_ORDER:
-        if key in view.columns and table_width(view.cells_by_column(), _longest_word) > width:
+        if key in view.columns and table_width(view.cells_by_column(), _longest_cut_word) > width:
             view.drop(key)
+
+
+def _longest_cut_word(text: str) -> int:
+    return min(_longest_word(text), CUT_WIDTH)
 
 
 def _longest_word(text: str) -> int:
@@ -258,22 +267,70 @@ def column_widths(cells_by_column: list[list[str]], width: int) -> Optional[list
     return widths
 
 
+def cut(word: str, width: int) -> str:
+    """`word` in at most `width` cells: whole where it fits, else its start and its end around an
+    ellipsis (the end tells runs apart: a run's unique suffix, a path's file name), the key of a
+    `key=value` kept whole where it takes at most half the width."""
+    if cell_len(word) <= width:
+        return word
+    key, equals, value = word.partition("=")
+    if equals and cell_len(key) < width // 2:
+        return f"{key}={cut(value, width - cell_len(key) - 1)}"
+    room = width - 1  # the rest is the ellipsis
+    head = _leading_cells(word, (room + 1) // 2)
+    tail = _leading_cells(word[::-1], room - cell_len(head))[::-1]
+    return head + ELLIPSIS + tail
+
+
+def _leading_cells(text: str, cells: int) -> str:
+    """The longest start of `text` at most `cells` wide."""
+    end = 0
+    while end < len(text) and cell_len(text[: end + 1]) <= cells:
+        end += 1
+    return text[:end]
+
+
+def cut_words(text: str, width: int) -> str:
+    """`text` with each word wider than `width` cells cut to it."""
+    return " ".join(cut(word, width) for word in text.split(" "))
+
+
+def cut_to_fit(cells_by_column: list[list[str]], width: int) -> list[list[str]]:
+    """The columns as they are where their longest words fit `width`, else with the longest words cut
+    until they do: those of the columns that need most first, down to the length at which all fit.
+    A column needs its longest word, or its longest line where that is short (a header, numbers): once
+    words are cut, those stay on one line."""
+    spare = width - COLUMN_GAP * max(len(cells_by_column) - 1, 0)
+    words = [max(map(_longest_word, cells)) for cells in cells_by_column]
+    if sum(words) <= spare:
+        return cells_by_column
+    lines = [max(map(_longest_line, cells)) for cells in cells_by_column]
+    needs = [line if line <= CUT_WIDTH else word for word, line in zip(words, lines)]
+    level = max(needs)
+    while level > 1 and sum(min(need, level) for need in needs) > spare:
+        level -= 1
+    return [[cut_words(text, level) for text in cells] for cells in cells_by_column]
+
+
 def fitted_table(view: RunsView, width: int) -> Table:
-    """The rich table of `view`, at most `width` wide, its cells wrapped only between words."""
+    """The rich table of `view`, at most `width` wide, its cells wrapped only between words and a word
+    too wide for its column cut."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    widths = column_widths(view.cells_by_column(), width) or [None] * len(view.columns)
-    for header, numeric, column_width in zip(view.headers, view.numeric, widths):
-        table.add_column(header, justify="right" if numeric else "left", width=column_width, overflow="fold")
-    for row in view.rows:
+    cells_by_column = cut_to_fit(view.cells_by_column(), width)
+    widths = column_widths(cells_by_column, width) or [None] * len(view.columns)
+    for cells, numeric, column_width in zip(cells_by_column, view.numeric, widths):
+        table.add_column(cells[0], justify="right" if numeric else "left", width=column_width, overflow="fold")
+    for row in zip(*(cells[1:] for cells in cells_by_column)):
         table.add_row(*row)
     return table
 
 
 def print_view(view: RunsView, out: Console) -> None:
-    """The heading, the notes (wrapped between words) and the table, within `out`'s width."""
-    out.print(Text(view.heading, style="bold"))
+    """The heading, the notes (wrapped between words, a word wider than `out` cut) and the table,
+    within `out`'s width."""
+    out.print(Text(cut_words(view.heading, out.width), style="bold"))
     for note in view.notes:
-        out.print(Text(note))
+        out.print(Text(cut_words(note, out.width)))
     out.print(fitted_table(view, out.width))
 
 
