@@ -103,7 +103,7 @@ def run_in_process(args: list[str], cwd: Path, stdin: str | None = None) -> subp
     logging, Hydra's global state, the run stamp) is put back afterwards."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from fragment_llm.commands.cli import main as fragment_llm_main
+    from fragment_llm.commands.main import main as fragment_llm_main
     from fragment_llm.launch.compose import this_run_stamp
 
     out, err = io.StringIO(), io.StringIO()

@@ -18,7 +18,7 @@ import sys
 import pytest
 from conftest import CONF_DIR, ROOT, compose_config, package_logging_restored, tiny_overrides
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.launch.job import run_training
 from fragment_llm.runs.tables import SWEEP_REPORT_FILE, write_sweep_report
 
@@ -91,6 +91,51 @@ def test_at_80_columns_every_override_stays_whole(outputs, monkeypatch, capsys):
     assert "Every run: model=tiny hardware=cpu optimizer=adamw status=completed" in out
 
 
+LONG_PATHS = [
+    "data.path=/home/someone/books/the_collected_works_of_someone_in_twelve_volumes_unabridged.txt",
+    "data.path=/home/someone/notes/everything_written_down_between_two_thousand_and_ten_and_now.txt",
+]
+LONG_NAME = "2026-11-25/08-14-44_mid_range_gpu-debug-small-gpu-with-a-name-longer-than-a-column_5c1e"
+
+
+def test_at_80_columns_a_value_wider_than_its_column_is_cut_never_broken(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "outputs"
+    summary = {"status": "completed", "steps": 60, "best_val_loss": 3.1, "val_bpb": 1.5}
+    write_run(root / LONG_NAME, ["data=text", LONG_PATHS[0]], {**summary, "started_at": "2026-11-25T08:14:50"}, "RUN")
+    later = {**summary, "started_at": "2026-11-25T09:00:00"}
+    write_run(root / "2026-11-25/09-00-00_tiny-cpu_77aa", ["data=text", LONG_PATHS[1]], later, "RUN")
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = call(["runs", root], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    name = LONG_NAME.split("/")[-1]
+    rows = [line for line in lines if line.startswith(("08-14-44", "09-00-00"))]
+    assert len(rows) == 2 and rows[1].split()[0] == "09-00-00_tiny-cpu_77aa"  # whole where it fits
+    shown_name, shown_path = rows[0].split()[:2]
+    head, tail = shown_name.split("…")  # the name's start and its end (its unique suffix), cut once
+    assert name.startswith(head) and name.endswith(tail) and tail.endswith("_5c1e") and len(head) > 8
+    for row, full in zip(rows, LONG_PATHS):  # each path on its run's line, its key whole, cut in the middle
+        shown = next(word for word in row.split() if word.startswith("data.path="))
+        head, tail = shown.split("…")
+        assert full.startswith(head) and full.endswith(tail) and tail.endswith(".txt")
+    assert lines[-3].startswith("─") and lines[-2:] == rows  # each run one line: nothing broken onto another
+    code, out, _ = call(["runs", root, "--format", "json"], capsys)
+    assert {run["name"] for run in json.loads(out)} >= {LONG_NAME} and LONG_PATHS[0] in json.loads(out)[0]["overrides"]
+    code, out, _ = call(["runs", root, "--format", "markdown"], capsys)
+    assert LONG_PATHS[0] in out and name in out and "…" not in out
+
+
+def test_cut_keeps_the_key_and_both_ends():
+    from fragment_llm.runs.tables import cut
+
+    assert cut("data.path=/a/b/c.txt", 40) == "data.path=/a/b/c.txt"
+    assert cut("data.path=/home/someone/books/volume.txt", 24) == "data.path=/home/s…me.txt"
+    assert cut("07-10-11_tiny-cpu_4fd8", 11) == "07-10…_4fd8"
+    assert cut("a_very_long_key.with.parts=1", 10) == "a_ver…ts=1"  # a key wider than half goes too
+    assert cut("abc", 1) == "…"
+
+
 def test_the_sweep_report_follows_the_same_rules(outputs, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "80")
     write_sweep_report(outputs / SWEEP)
@@ -115,6 +160,30 @@ def test_piped_output_is_100_columns_wide_without_columns(outputs):
     assert result.returncode == 0 and not result.stderr, result.stderr
     assert_fits(result.stdout, 100, ["optimizer.lr=0.0003", "train.seed=1", *SHARED])
     assert max(len(line) for line in result.stdout.splitlines()) > 80  # not rich's 80 for a pipe
+
+
+def test_counts_say_one_in_the_singular(tmp_path, monkeypatch, capsys):
+    from fragment_llm.text import plural
+
+    assert [plural(count, "epoch") for count in (0, 1, 2, 1.5)] == ["0 epochs", "1 epoch", "2 epochs", "1.5 epochs"]
+    sweep = tmp_path / "sweep"
+    for job, lr in enumerate(("0.001", "0.003")):
+        write_run(sweep / str(job), [f"optimizer.lr={lr}", "model.n_layer=1"], {"status": "completed", "steps": 6})
+    monkeypatch.setenv("COLUMNS", "80")
+    write_sweep_report(sweep)
+    assert "Not shown: the 1 override every job shares" in capsys.readouterr().out
+    code, out, _ = call(["runs", sweep / "0"], capsys)
+    assert code == 0 and "(1 run)" in " ".join(out.split())
+
+
+def test_show_gives_the_command_that_trains_the_run_again_from_any_install(tmp_path, capsys):
+    overrides = ["hparams_search=optuna", "optimizer.lr=0.003", "data.path=my notes/it's.txt"]
+    run = write_run(tmp_path / "0", overrides, {"status": "completed", "steps": 60})
+    code, out, err = call(["show", run], capsys)
+    assert code == 0, err
+    command = next(line for line in out.splitlines() if line.startswith("Reproduce: "))
+    # The installed command, not run.py (a wheel has none); the search that chose the values left out.
+    assert shlex.split(command.removeprefix("Reproduce: ")) == ["fragment-llm", "train", *overrides[1:]]
 
 
 def test_csv_and_json_read_back_as_the_runs_summaries(outputs, capsys):
@@ -270,11 +339,22 @@ def test_compare_leaves_out_runs_that_did_not_complete_and_refuses_a_key_no_run_
     assert code == 2 and err.startswith("error: --ignore sed: no run's overrides set it") and err.count("\n") == 1
 
 
-def test_browsing_starts_without_torch():
+def test_browsing_starts_without_torch(outputs):
     # `runs`, `show`, `compare` and `plot` read files: importing torch would cost them seconds each.
+    jobs = sorted(path.parent for path in outputs.rglob("summary.json"))
+    for job in jobs[:2]:
+        (job / "metrics.jsonl").write_text('{"step": 0, "val/bpb": 3.0}\n{"step": 5, "val/bpb": 2.0}\n')
+    browsing = ["main", "runs", "show", "compare", "plot"]
+    commands = [
+        ["runs", str(outputs)],
+        ["show", str(jobs[0])],
+        ["compare", str(jobs[0]), str(jobs[1])],
+        ["plot", str(outputs / SWEEP), "--out", str(outputs / "curves.png")],
+    ]
     check = (
-        "import sys, fragment_llm.commands.cli; "
-        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch'))"
+        f"import sys, {', '.join(f'fragment_llm.commands.{name}' for name in browsing)}; "
+        f"codes = [fragment_llm.commands.main.main(argv) for argv in {commands!r}]; "
+        "print(codes, sorted(name for name in sys.modules if name.split('.')[0] == 'torch'), file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert result.returncode == 0 and result.stderr.strip().endswith("[0, 0, 0, 0] []"), result.stderr

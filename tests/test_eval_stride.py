@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.config.schema import DataConfig, DataSource
 from fragment_llm.data.corpus import collect_documents, split_documents
 from fragment_llm.model.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
@@ -167,9 +167,9 @@ def test_eval_with_a_stride_prints_both_figures_side_by_side(trained_run, traine
     [
         ("0", 2, "argument --stride: 0 is out of range; pass a value at least 1"),
         ("x", 2, "argument --stride: x is not an integer"),
-        (
+        (  # a usage error, like a stride below 1
             str(BLOCK + 1),
-            1,
+            2,
             f"--stride {BLOCK + 1} is longer than the model's context (block_size {BLOCK}); "
             f"pass a stride in [1, {BLOCK}]",
         ),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.launch.callbacks import SweepReport
 from fragment_llm.runs import plot
 from fragment_llm.runs.records import METRICS_FILE
@@ -87,6 +87,25 @@ def test_plot_takes_any_logged_metric_and_run_names_under_root(tmp_path, drawn):
     )
     assert out.read_text().lstrip().startswith("<?xml")
     assert plotted(drawn[0])["run_a"] == (list(range(1, 11)), [6 / step for step in range(1, 11)])
+
+
+def test_plot_takes_a_folder_of_runs_as_compare_does(tmp_path, capsys, drawn):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0", rows_of(1.0), ("optimizer.lr=0.001", "train.max_iters=10"))
+    fake_run(sweep / "1", rows_of(2.0), ("optimizer.lr=0.003", "train.max_iters=10"))
+    assert main(["compare", str(sweep)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(sweep), "--out", str(out)]) == 0
+    assert f"Curves: {out} (val/bpb against step, 2 runs)" in capsys.readouterr().out
+    # Each job named as a sweep's curves.png names it: its number and the overrides that vary.
+    assert list(plotted(drawn[0])) == ["0 optimizer.lr=0.001", "1 optimizer.lr=0.003"]
+    single = fake_run(tmp_path / "single", rows_of(3.0))
+    assert main(["plot", str(sweep), str(single), str(sweep / "1"), "--out", str(out)]) == 0
+    assert "(val/bpb against step, 3 runs)" in capsys.readouterr().out  # a run named twice is drawn once
+    assert list(plotted(drawn[1])) == [f"{sweep}/0 optimizer.lr=0.001", f"{sweep}/1 optimizer.lr=0.003", str(single)]
+    assert main(["plot", str(single), "--out", str(out)]) == 0
+    assert "(val/bpb against step, 1 run)" in capsys.readouterr().out
 
 
 def test_runs_without_metrics_are_skipped_with_a_warning(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -128,18 +129,32 @@ def test_bad_input_in_a_process_of_its_own_is_the_same_one_line(tmp_path, corpus
     assert_one_line_and_no_checkpoint(result, tmp_path, extra, needle)
 
 
-def test_cfg_job_and_help_show_the_composed_config(tmp_path):
-    shown = run_in_process([RUN, "--cfg", "job", "model=small", "optimizer.lr=3e-4"], cwd=tmp_path)
-    assert shown.returncode == 0
+@pytest.mark.parametrize("train", [[RUN], ["-m", "fragment_llm", "train"]], ids=["run.py", "fragment-llm train"])
+def test_cfg_job_and_help_show_the_composed_config(train, tmp_path):
+    shown = run_in_process([*train, "--cfg", "job", "model=small", "optimizer.lr=3e-4"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
     config = OmegaConf.create(shown.stdout)
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
-    help_text = run_in_process([RUN, "--help"], cwd=tmp_path).stdout
+    help_text = run_in_process([*train, "--help"], cwd=tmp_path).stdout
     assert (
         "model: large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
     )
     assert "debug: fast" in help_text and "model.n_embd=128  [64, 2048]" in help_text  # every key, from the schema
     assert "optimizer.momentum=(unset: only muon, sgd)" in help_text
     assert list(tmp_path.iterdir()) == []  # neither creates a run directory
+
+
+def test_fragment_llm_train_hands_every_argument_to_the_training_app(monkeypatch):
+    from fragment_llm.commands.main import main
+
+    given = []
+    app = types.ModuleType("fragment_llm.launch.app")  # importing the real one sets signal handlers
+    app.main = given.append
+    monkeypatch.setitem(sys.modules, app.__name__, app)
+    arguments = ["-m", "--cfg", "job", "-h", "--help", "model=small", "+model.x=1", "--", "-c"]
+    assert main(["train", *arguments]) == 0
+    assert main(["train"]) == 0
+    assert given == [arguments, []]
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, corpus):

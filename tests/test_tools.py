@@ -11,7 +11,7 @@ import shutil
 import pytest
 from conftest import ROOT, run_cli, run_in_process
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 
 TOOL_COMMAND = re.compile(
     r'^(?:echo "(?P<stdin>[^"]*)" \| )?fragment-llm (?P<args>(?:generate|eval|export) .*?)(?:\s+#.*)?$'

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.export.hf import WEIGHTS_FILE, export_hf
 from fragment_llm.model.generate import Sampling, SamplingError, sample_next
 from fragment_llm.runs.records import update_summary
