@@ -127,7 +127,7 @@ def test_at_80_columns_a_value_wider_than_its_column_is_cut_never_broken(tmp_pat
 
 
 def test_cut_keeps_the_key_and_both_ends():
-    from fragment_llm.runs.tables import cut
+    from fragment_llm.runs.fitting import cut
 
     assert cut("data.path=/a/b/c.txt", 40) == "data.path=/a/b/c.txt"
     assert cut("data.path=/home/someone/books/volume.txt", 24) == "data.path=/home/s…me.txt"

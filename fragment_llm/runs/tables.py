@@ -10,15 +10,15 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from rich import box
-from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..console import console
+from ..runs.fitting import CUT_WIDTH, column_widths, cut_to_fit, cut_words, longest_line, longest_word, table_width
 from ..runs.records import describe_run, find_runs, lookup
 from ..text import plural
 
@@ -27,8 +27,6 @@ FORMATS = ("table", "csv", "json", "markdown")
 # The width of a table written into a pipe or a file when COLUMNS does not say: rich's 80 folds a
 # table of runs into slivers; 100 reads well in a pager, an editor and a CI log.
 PIPE_WIDTH = 100
-# Between two columns of a SIMPLE_HEAD table without edges: a padding space, the rule, a padding space.
-COLUMN_GAP = 3
 
 # The table's columns: a key of a `describe_run` row and its header, in the order shown.
 HEADERS = {
@@ -57,11 +55,6 @@ DROP_ORDER = (*LOW_VALUE, "hardware", "wall_time_s", "steps", "model", "optimize
 CHOICES = ("model", "hardware", "optimizer")  # config group options
 # Columns that, when every listed run has the same value, say it once above the table instead.
 SAID_ONCE = (*CHOICES, "status")
-# A word (a `key=value`, a run's name) wider than its column is cut to fit around an ellipsis, never
-# broken across lines (the formats csv, json and markdown keep it whole); columns are dropped (DROP_ORDER)
-# rather than a word cut below CUT_WIDTH cells.
-ELLIPSIS = "…"
-CUT_WIDTH = 30
 
 
 def is_number(value: Any) -> bool:
@@ -222,7 +215,7 @@ def _fit(view: RunsView, width: int) -> None:
     """Drop the columns of LOW_VALUE while the runs do not fit `width` one line each, then those of
     DROP_ORDER while they do not fit it with every word whole, or cut to CUT_WIDTH where longer."""
     for key in LOW_VALUE:
-        if key in view.columns and table_width(view.cells_by_column(), _longest_line) > width:
+        if key in view.columns and table_width(view.cells_by_column(), longest_line) > width:
             view.drop(key)
     for key in DROP_ORDER:
         if key in view.columns and table_width(view.cells_by_column(), _longest_cut_word) > width:
@@ -230,86 +223,7 @@ def _fit(view: RunsView, width: int) -> None:
 
 
 def _longest_cut_word(text: str) -> int:
-    return min(_longest_word(text), CUT_WIDTH)
-
-
-def _longest_word(text: str) -> int:
-    return max((cell_len(word) for word in text.split()), default=0)
-
-
-def _longest_line(text: str) -> int:
-    return max((cell_len(line) for line in text.splitlines()), default=0)
-
-
-def table_width(cells_by_column: list[list[str]], measure: Callable[[str], int]) -> int:
-    """The width of a table of these columns (each a header and its cells) with each column as wide as
-    `measure` says its widest cell needs: `_longest_line` unwrapped, `_longest_word` every word whole."""
-    gaps = COLUMN_GAP * max(len(cells_by_column) - 1, 0)
-    return gaps + sum(max(map(measure, cells)) for cells in cells_by_column)
-
-
-def column_widths(cells_by_column: list[list[str]], width: int) -> Optional[list[int]]:
-    """Widths for the columns that fit `width` with every word whole (a `key=value` is a word): each
-    column its longest word, then the room left to the columns that lack least to be unwrapped (a
-    date and time, a header) until it runs out, so that wrapping falls on the longest cells (the
-    overrides). None when the columns fit unwrapped, or when even their longest words do not fit
-    (rich then folds)."""
-    spare = width - COLUMN_GAP * max(len(cells_by_column) - 1, 0)
-    widths = [max(map(_longest_word, cells)) for cells in cells_by_column]
-    longest = [max(map(_longest_line, cells)) for cells in cells_by_column]
-    spare -= sum(widths)
-    if spare < 0 or sum(longest) <= sum(widths) + spare:
-        return None
-    for index in sorted(range(len(widths)), key=lambda index: longest[index] - widths[index]):
-        grown = min(longest[index], widths[index] + spare)
-        spare -= grown - widths[index]
-        widths[index] = grown
-    return widths
-
-
-def cut(word: str, width: int) -> str:
-    """`word` in at most `width` cells: whole where it fits, else its start and its end around an
-    ellipsis (the end tells runs apart: a run's unique suffix, a path's file name), the key of a
-    `key=value` kept whole where it takes at most half the width."""
-    if cell_len(word) <= width:
-        return word
-    key, equals, value = word.partition("=")
-    if equals and cell_len(key) < width // 2:
-        return f"{key}={cut(value, width - cell_len(key) - 1)}"
-    room = width - 1  # the rest is the ellipsis
-    head = _leading_cells(word, (room + 1) // 2)
-    tail = _leading_cells(word[::-1], room - cell_len(head))[::-1]
-    return head + ELLIPSIS + tail
-
-
-def _leading_cells(text: str, cells: int) -> str:
-    """The longest start of `text` at most `cells` wide."""
-    end = 0
-    while end < len(text) and cell_len(text[: end + 1]) <= cells:
-        end += 1
-    return text[:end]
-
-
-def cut_words(text: str, width: int) -> str:
-    """`text` with each word wider than `width` cells cut to it."""
-    return " ".join(cut(word, width) for word in text.split(" "))
-
-
-def cut_to_fit(cells_by_column: list[list[str]], width: int) -> list[list[str]]:
-    """The columns as they are where their longest words fit `width`, else with the longest words cut
-    until they do: those of the columns that need most first, down to the length at which all fit.
-    A column needs its longest word, or its longest line where that is short (a header, numbers): once
-    words are cut, those stay on one line."""
-    spare = width - COLUMN_GAP * max(len(cells_by_column) - 1, 0)
-    words = [max(map(_longest_word, cells)) for cells in cells_by_column]
-    if sum(words) <= spare:
-        return cells_by_column
-    lines = [max(map(_longest_line, cells)) for cells in cells_by_column]
-    needs = [line if line <= CUT_WIDTH else word for word, line in zip(words, lines)]
-    level = max(needs)
-    while level > 1 and sum(min(need, level) for need in needs) > spare:
-        level -= 1
-    return [[cut_words(text, level) for text in cells] for cells in cells_by_column]
+    return min(longest_word(text), CUT_WIDTH)
 
 
 def fitted_table(view: RunsView, width: int) -> Table:
