@@ -1,18 +1,59 @@
-"""One rich console for logs and progress bars, and `train.log` beside it without bar noise."""
+"""One rich console for logs and progress bars, and `train.log` beside it without bar noise; standard
+streams that print any text, whatever the terminal's encoding."""
 
 from __future__ import annotations
 
+import codecs
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
 
+from .files import TEXT_ERRORS
+
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
 
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+UNSHOWABLE = "fragment_llm.unshowable"
+
+
+def _show_unshowable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """What a standard stream writes for a character its encoding cannot show: a surrogate that stands
+    for a byte Python could not decode (of a file name or an argument) as that byte, as `ls` shows the
+    name; anything else as a backslash escape (`\\xf6`), where Python would raise UnicodeEncodeError."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    character = error.object[error.start]
+    if "\udc80" <= character <= "\udcff":
+        return bytes([ord(character) - 0xDC00]), error.start + 1
+    return character.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
+
+
+def make_standard_streams_safe() -> None:
+    """Printing never fails on a character the terminal cannot show (a C or Latin-1 locale, a Windows
+    code page, a file name that is not UTF-8): each entry point calls this first. Streams a caller
+    replaced with one that cannot be reconfigured (a test's StringIO) are left as they are."""
+    codecs.register_error(UNSHOWABLE, _show_unshowable)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=UNSHOWABLE)
+
+
+def command_line_text(value: str) -> str:
+    """An argument (or a line of standard input) as the text its bytes spell in UTF-8. Under a locale
+    whose encoding cannot decode them (the C locale: ASCII) Python hands such bytes over as surrogates,
+    which are kept for file names (they open the same file) but are no text to work on. Raises
+    UnicodeDecodeError where the bytes are not UTF-8 either."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(value).decode("utf-8")
+    return value
 
 
 class ConsoleHandler(logging.Handler):
@@ -64,7 +105,7 @@ def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, 
     if log_file is not None:
         try:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-            file_handler = LogFileHandler(log_file, encoding="utf-8")
+            file_handler = LogFileHandler(log_file, encoding="utf-8", errors=TEXT_ERRORS)
         except OSError as error:
             error_console.print(
                 f"warning: could not open {log_file} ({error.strerror or error}); logging to the console only",

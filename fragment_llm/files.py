@@ -1,4 +1,9 @@
-"""Crash-safe file writing: write to a temporary name, flush to disk, then rename."""
+"""Crash-safe file writing: write to a temporary name, flush to disk, then rename.
+
+Text is UTF-8 whatever the locale. A lone surrogate, which UTF-8 cannot encode (Python holds so each
+byte of a file name or argument that the locale could not decode), is written escaped (`\\udcff`): a
+file is always valid UTF-8, and a run never fails on a name it could open. JSON and YAML escape it too.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ def _file_mode() -> int:
 
 FILE_MODE = _file_mode()
 
+# What the files written as text do with a character UTF-8 cannot encode (a lone surrogate).
+TEXT_ERRORS = "backslashreplace"
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -64,9 +72,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def utf8_text(text: str) -> str:
+    """`text` as the files written here hold it: a lone surrogate escaped (`\\udcff`), the rest as it is."""
+    return text.encode("utf-8", TEXT_ERRORS).decode("utf-8")
 
 
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8", errors=TEXT_ERRORS)

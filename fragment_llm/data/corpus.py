@@ -411,7 +411,7 @@ def _token_files_intact(tokens_dir: Path, dtype: np.dtype) -> bool:
     if not meta_path.exists():
         return False
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         problem = None if meta["dtype"] == dtype.name else f"meta.json says {meta['dtype']}, not {dtype.name}"
         for split in ("train", "val"):
             path = tokens_dir / f"{split}.bin"

@@ -42,7 +42,10 @@ def physical_cores() -> int:
     for cpu in allowed:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+            package, core = (
+                (topology / name).read_text(encoding="utf-8") for name in ("physical_package_id", "core_id")
+            )
+            cores.add((package, core))
         except OSError:
             return len(allowed)
     return max(1, len(cores))
