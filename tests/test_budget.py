@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import RUN, run_in_process, settings_for, tiny_overrides
 
-from fragment_llm.config.schema import ConfigError, dropout_for_epochs
+from fragment_llm.config.dropout import dropout_for_epochs
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.runs.records import BEST_MODEL, read_summary
-from fragment_llm.train.checkpoint import find_resume_checkpoint, load_checkpoint
-from fragment_llm.train.from_run import load_run
+from fragment_llm.train.checkpoint import load_checkpoint
+from fragment_llm.train.from_run import find_resume_checkpoint, load_run
 from fragment_llm.train.trainer import Trainer
 
 SECONDS_PER_STEP = 0.5

@@ -11,10 +11,10 @@ import torch
 import transformers
 from safetensors.torch import load_model
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.data.tokenizer import end_of_text_id
 from fragment_llm.export.hf import export_hf, export_safetensors, hf_architecture
-from fragment_llm.export.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE
+from fragment_llm.export.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE, SHAPE_FILE
 from fragment_llm.model.generate import Sampling, generate_tokens
 from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.train.from_run import load_run
@@ -48,7 +48,7 @@ LAYOUTS = {
     ),
     "qk-norm with layernorm, remote": ({**LLAMA, "norm": "layernorm", "qk_norm": True}, "FragmentForCausalLM"),
 }
-REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE}
+REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE, SHAPE_FILE}
 
 
 def load_hf(folder, remote: bool) -> transformers.PreTrainedModel:

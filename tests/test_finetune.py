@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import RUN, compose_config, run_in_process, tiny_overrides, train_tiny_run
 
-from fragment_llm.config.schema import ConfigError, fine_tune_settings
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.launch.job import run_training
 from fragment_llm.runs.records import read_summary
-from fragment_llm.train.checkpoint import CheckpointError, find_init_checkpoint, load_checkpoint
+from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
+from fragment_llm.train.from_run import find_init_checkpoint, fine_tune_settings
 
 
 def fine_tune_overrides(root, corpus, parent, **keys) -> list[str]:
@@ -117,7 +118,7 @@ def test_a_bad_start_is_one_line(parent, corpus, tmp_path):
     for path, needle in [
         (tmp_path / "missing", "does not exist"),
         (junk, "is damaged or not a checkpoint"),
-        (tmp_path, "holds no model (models/final_model.pt) and no checkpoint"),
+        (tmp_path, "has no model (models/final_model.pt) and no checkpoint"),
         (
             unfinished,
             f"(the run did not finish); start from one of its checkpoints by name: train.init_from={unfinished}/",

@@ -144,5 +144,5 @@ def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_ru
     with pytest.raises(RunError, match="is not a directory"):
         load_run(tmp_path / "missing")
     (tmp_path / "tokenizer.json").write_text((trained_run / "tokenizer.json").read_text())
-    with pytest.raises(RunError, match="has no models/final_model.pt.*--checkpoint"):
+    with pytest.raises(RunError, match=r"has no model \(models/final_model.pt\).*--checkpoint"):
         load_run(tmp_path)

@@ -27,7 +27,8 @@ from fragment_llm.launch.compose import check_overrides
 from fragment_llm.launch.job import run_training
 from fragment_llm.runs.claim import RunLock
 from fragment_llm.runs.records import read_summary
-from fragment_llm.train.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fragment_llm.train.from_run import find_resume_checkpoint
 
 
 def one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import RUN, compose_config, run_in_process, settings_for, tiny_overrides
 
-from fragment_llm.config.schema import ConfigError, resume_settings
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.launch.job import run_training
 from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.runs.records import read_summary
@@ -23,11 +23,11 @@ from fragment_llm.train import checkpoint as checkpoint_module
 from fragment_llm.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
-    find_resume_checkpoint,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
+from fragment_llm.train.from_run import find_resume_checkpoint, resume_settings
 from fragment_llm.train.trainer import Trainer
 
 EXACT = {"model.dropout": 0.1, "train.max_iters": 40, "train.save_interval": 20, "train.eval_interval": 10}

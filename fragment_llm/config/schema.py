@@ -11,7 +11,6 @@ the value and the fix.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -30,6 +29,8 @@ from omegaconf.errors import (
 )
 
 from ..errors import UserError
+from .dropout import DROPOUT_HELP
+from .shape import FIELDS, GPTConfig, Position, valid_heads
 
 
 class ConfigError(UserError, ValueError):
@@ -115,113 +116,43 @@ class SchedulerName(str, Enum):
     wsd = "wsd"
 
 
-class PositionKind(str, Enum):
-    learned = "learned"
-    rope = "rope"
-
-
-class NormKind(str, Enum):
-    layernorm = "layernorm"
-    rmsnorm = "rmsnorm"
-
-
-class ActivationKind(str, Enum):
-    gelu = "gelu"
-    relu2 = "relu2"
-    swiglu = "swiglu"
-
-
 class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
     stdlib = "stdlib"
 
 
-# Regularisation by epochs (model.dropout=null, the default). A run of few passes over its text trains
-# best without dropout: weight decay holds it, and its steps are cheaper (dropout on attention's
-# probabilities turns off the fused kernel: a third more per step on a CPU). From DROPOUT_EPOCHS passes on,
-# the model over-fits without it: dropout DROPOUT_STEP, and DROPOUT_STEP more each time the epochs
-# double, up to DROPOUT_MAX. Measured on the bundled corpus (README, "Quality per minute").
-DROPOUT_EPOCHS = 12
-DROPOUT_STEP = 0.1
-DROPOUT_MAX = 0.3
-# A time-budgeted run measures its pace before it chooses: after this share of the budget (and at least
-# DROPOUT_PACE_STEPS steps), it projects the epochs the budget allows.
-DROPOUT_PACE_SHARE = 0.1
-DROPOUT_PACE_STEPS = 10
+def model_section() -> type[Section]:
+    """`model.*`: the fields of GPTConfig (config/shape.py, the one definition of a model's shape and
+    layout), each with its range and help from there, its choices as an Enum, and dropout that may be
+    null (chosen by the epochs: config/dropout.py)."""
+    types = typing.get_type_hints(GPTConfig)
+    specs = []
+    for name, item in FIELDS.items():
+        kind = item.metadata.get("choices", types[name])
+        help = DROPOUT_HELP if name == "dropout" else item.metadata["help"]
+        low, high = item.metadata.get("range", (None, None))
+        specs.append((name, Optional[kind] if name == "dropout" else kind, setting(help, low, high)))
+    section = dataclasses.make_dataclass("ModelConfig", specs, bases=(Section,), namespace={"SECTION": "model"})
+    section.__module__ = __name__
+    section.validate = _validate_model
+    return section
 
 
-def dropout_for_epochs(epochs: float) -> float:
-    """The dropout a run of `epochs` passes over its text gets when model.dropout is null."""
-    if epochs < DROPOUT_EPOCHS:
-        return 0.0
-    doublings = math.floor(math.log2(epochs / DROPOUT_EPOCHS))
-    return round(min(DROPOUT_MAX, DROPOUT_STEP * (1 + doublings)), 2)
+def _validate_model(self) -> None:
+    divisors = valid_heads(self.n_embd, Position.learned)
+    if self.n_head not in divisors:
+        raise ConfigError(
+            f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; pick n_head among {divisors}"
+        )
+    if self.n_head not in (heads := valid_heads(self.n_embd, self.position)):
+        raise ConfigError(
+            f"model.position=rope needs an even head size, and model.n_embd={self.n_embd} / "
+            f"model.n_head={self.n_head} is {self.n_embd // self.n_head}; pick n_head among {heads}"
+        )
 
 
-@dataclass
-class ModelConfig(Section):
-    SECTION: ClassVar[str] = "model"
-
-    vocab_size: int = setting(
-        "target size of the BPE vocabulary; a corpus that yields fewer tokens says so, and "
-        "the model uses the real vocabulary (embedding rows padded to a multiple of 64)",
-        256,
-        100_000,
-    )
-    block_size: int = setting("context length in tokens", 16, 4096)
-    n_layer: int = setting("transformer blocks", 1, 48)
-    n_head: int = setting(
-        "attention heads; must divide `model.n_embd` (into an even head size with `model.position=rope`)", 1, 32
-    )
-    n_embd: int = setting("width of the token embeddings and the residual stream", 64, 2048)
-    dropout: Optional[float] = setting(
-        f"dropout probability; null: chosen by the epochs the run makes (none below {DROPOUT_EPOCHS}, then "
-        f"{DROPOUT_STEP}, and {DROPOUT_STEP} more each time they double, at most {DROPOUT_MAX}; on a time budget, "
-        f"projected from its pace over the first {DROPOUT_PACE_SHARE:.0%} of it)",
-        0.0,
-        0.9,
-    )
-    bias: bool = setting("true: biases in linear layers and LayerNorms (GPT-2's exact layout)")
-    # The layout (the arch group; see README, "Model layout").
-    position: PositionKind = setting(
-        "a learned position table (GPT-2's), or rotary position embeddings (queries "
-        "and keys turned by their position: nothing to learn, and the key/value "
-        "cache rolls on past the context)"
-    )
-    norm: NormKind = setting("LayerNorm, or RMSNorm (no mean, no bias)")
-    qk_norm: bool = setting("true: queries and keys normalised per head (with `model.norm`) before attention")
-    activation: ActivationKind = setting(
-        "the MLP's activation: GELU (exact), ReLU squared, or SwiGLU (a gated MLP "
-        "with 2/3 of the hidden width, so about the same FLOPs)"
-    )
-    tie_embeddings: bool = setting("false: a separate output head, zero-initialised (uniform predictions at the start)")
-    zero_init: bool = setting(
-        "true: the residual projections start at zero, so each block starts as the "
-        "identity (else GPT-2's 0.02/sqrt(2 x layers))"
-    )
-    logit_softcap: float = setting("logits = c tanh(logits / c); 0 is off", 0.0, 1000.0)
-    value_embeddings: bool = setting(
-        "true: every other layer (ending with the last) adds a second token "
-        "embedding, times a learned scale, to attention's values"
-    )
-    residual_scalars: bool = setting(
-        "true: before each block x = a x + b x0, with a learned a and b per layer and x0 the embedded input"
-    )
-    embed_norm: bool = setting("true: a norm right after the token embedding")
-
-    def validate(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
-                f"pick n_head among {[h for h in range(1, 33) if self.n_embd % h == 0]}"
-            )
-        if self.position is PositionKind.rope and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(
-                f"model.position=rope needs an even head size, and model.n_embd={self.n_embd} / "
-                f"model.n_head={self.n_head} is {self.n_embd // self.n_head}; pick n_head among "
-                f"{[h for h in range(1, 33) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]}"
-            )
+ModelConfig = model_section()
 
 
 DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)$")
@@ -490,125 +421,8 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
         raise ConfigError(f"{key}: {message}; see `python run.py --cfg job` for the valid keys") from None
 
 
-# A resumed run keeps the checkpoint's architecture and data: these sections cannot change.
-RESUME_LOCKED = ("model", "data", "tokenizer")
 # Keys renamed since a checkpoint may have been written: old name -> new name.
 RENAMED_KEYS = {"train.checkpoint_every": "train.checkpoint_every_epochs"}
-
-
-def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
-    """The settings of a resumed run: the checkpoint's, plus the keys given on the command line.
-
-    `overrides` are the command-line overrides (`key=value`, `group=option`). One that would change
-    the model, the data or the tokenizer is an error; any other (max_iters, epochs, intervals, the
-    device, the learning rate) applies.
-    """
-    current = to_plain(load_settings(cfg))
-    merged = OmegaConf.create(upgrade_saved_settings(saved, current))
-    refusal = (
-        "train.resume: a resumed run keeps the checkpoint's model, data and tokenizer; give only the keys to "
-        "change (e.g. train.max_iters=2000) or start a new run"
-    )
-    for key, value in given_keys(overrides, current, refusal):
-        if key.split(".")[0] in RESUME_LOCKED:
-            for leaf, wanted in _leaves(key, value):
-                saved_value = OmegaConf.select(merged, leaf)
-                if wanted != saved_value:
-                    raise ConfigError(
-                        f"{leaf}={wanted} conflicts with the checkpoint ({leaf}={saved_value}); a resumed run "
-                        "keeps the checkpoint's model, data and tokenizer: drop the override or start a new run"
-                    )
-            continue
-        OmegaConf.update(merged, key, value, force_add=True)
-    return load_settings(OmegaConf.to_container(merged))
-
-
-# A run fine-tuned from another (train.init_from) takes these sections from its parent: the weights
-# fix the model, and the parent's tokenizer encodes the new text. Dropout is no part of the weights:
-# the command line may change it.
-PARENT_SECTIONS = ("model", "tokenizer")
-FREE_PARENT_KEYS = ("model.dropout",)
-
-
-def fine_tune_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
-    """The settings of a run that starts from a trained model (`train.init_from`): this command's, with
-    the model and tokenizer keys of the parent's checkpoint (`saved`, its settings).
-
-    A model or tokenizer key that the command-line `overrides` set (`model.n_embd=...`, `model=small`)
-    must equal the parent's, except model.dropout, which applies (else the parent's dropout does). The
-    parent's tokenizer is used as it is, so tokenizer.retrain is false.
-    """
-    current = to_plain(load_settings(cfg))
-    parent = {
-        "model": upgrade_saved_settings(saved, current)["model"],
-        "tokenizer": {**current["tokenizer"], **saved.get("tokenizer", {}), "retrain": False},
-    }
-    refusal = (
-        "train.init_from: a fine-tuned run takes its model from its parent; give the keys to change one by one "
-        "(e.g. optimizer.lr=3e-4 model.dropout=0.1)"
-    )
-    for key, value in given_keys(overrides, current, refusal):
-        if key.split(".")[0] not in PARENT_SECTIONS:
-            continue
-        for leaf, wanted in _leaves(key, value):
-            section, name = leaf.split(".", 1)
-            if leaf in FREE_PARENT_KEYS:
-                parent[section][name] = wanted
-            elif wanted != (kept := parent[section].get(name)):
-                raise ConfigError(
-                    f"{leaf}={wanted} conflicts with the model of train.init_from ({leaf}={kept}); "
-                    "a fine-tuned run keeps its parent's model and tokenizer (model.dropout may change): drop "
-                    "the override"
-                )
-    return load_settings({**current, **parent})
-
-
-def given_keys(overrides: list[str], settings: dict[str, Any], refusal: str) -> list[tuple[str, Any]]:
-    """The keys the command-line `overrides` set, each with its value in `settings` (`model=small`
-    gives `model`, the whole section). Hydra's own keys are left out. A group that is not a section
-    (`arch=`, `experiment=`) may set keys of any section: it is an error, `... does not combine with
-    {refusal}`."""
-    composed = OmegaConf.create(settings)
-    given = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        section = key.split(".")[0]
-        if section == "hydra":
-            continue
-        if section not in SECTIONS:
-            raise ConfigError(f"{override} does not combine with {refusal}")
-        given.append((key, OmegaConf.select(composed, key)))
-    return given
-
-
-def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's settings in today's keys. An older checkpoint may use a renamed key's old name,
-    and lack keys added since: a model key takes GPTConfig's default, the layout every model had before
-    the key existed; a key of a section a resumed run may change takes this command's value. Where
-    outputs and caches live is this machine's business: `paths` is always this command's."""
-    from ..model.gpt import GPTConfig
-
-    upgraded = copy.deepcopy(saved)
-    for old, new in RENAMED_KEYS.items():
-        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
-        if old_name in upgraded.get(old_section, {}):
-            upgraded.setdefault(new_section, {})[new_name] = upgraded[old_section].pop(old_name)
-    model_defaults = {
-        item.name: item.default for item in dataclasses.fields(GPTConfig) if item.default is not dataclasses.MISSING
-    }
-    upgraded["model"] = {**model_defaults, **upgraded.get("model", {})}
-    for section in SECTIONS:
-        if section not in RESUME_LOCKED:
-            upgraded[section] = {**current[section], **upgraded.get(section, {})}
-    upgraded["paths"] = current["paths"]
-    return upgraded
-
-
-def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
-    """`model`, {n_layer: 2, ...} -> [(model.n_layer, 2), ...]; a plain value is its own leaf."""
-    if isinstance(value, DictConfig):
-        return [leaf for name, child in value.items() for leaf in _leaves(f"{key}.{name}", child)]
-    return [(key, value)]
 
 
 def to_plain(settings: Config) -> dict[str, Any]:

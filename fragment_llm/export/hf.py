@@ -12,18 +12,19 @@ never leaves a half-written file under a final name, and a new export replaces a
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file, save_model
 from tokenizers import Tokenizer
 
+from ..config.shape import FIELDS, GPT2_LAYOUT
 from ..data.tokenizer import END_OF_TEXT
-from ..export import hf_remote
-from ..files import atomic_path, write_json
+from ..files import atomic_path, write_json, write_text
 from ..model.gpt import GPT, NORM_EPS, ROPE_BASE, GPTConfig
-from ..runs.records import TOKENIZER_FILE
+from ..runs.paths import RunPaths
+from . import hf_remote
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,26 +38,10 @@ HF_NAMES = {
 }
 
 
-# The keys of GPTConfig that hf_architecture weighs.
-KNOWN_KEYS = {
-    "vocab_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "dropout",
-    "bias",
-    "position",
-    "norm",
-    "qk_norm",
-    "activation",
-    "tie_embeddings",
-    "zero_init",
-    "logit_softcap",
-    "value_embeddings",
-    "residual_scalars",
-    "embed_norm",
-}
+# The layout keys whose values the transformers architectures below tell apart. Every other key of GPTConfig
+# (config/shape.py) must keep GPT-2's value, except the shape and the keys that change nothing at inference
+# (dropout, the initialisation): a layout option added later leads to our own code until it is mapped here.
+MAPPED_KEYS = ("bias", "position", "norm", "qk_norm", "activation", "tie_embeddings")
 
 
 def hf_architecture(config: GPTConfig) -> str:
@@ -64,12 +49,10 @@ def hf_architecture(config: GPTConfig) -> str:
     "llama" or "qwen3"; "remote" where none does (our own code goes with the weights).
 
     Initialisation (`zero_init`) and dropout change no computation at inference: they never count. A
-    key of GPTConfig not named here (a layout option added later) leads to our own code unless it keeps
-    its default.
+    layout key not in MAPPED_KEYS leads to our own code unless it keeps GPT-2's value.
     """
-    if any(getattr(config, key.name) != key.default for key in fields(GPTConfig) if key.name not in KNOWN_KEYS):
-        return "remote"
-    if config.logit_softcap or config.value_embeddings or config.residual_scalars or config.embed_norm:
+    unmapped = (name for name, item in FIELDS.items() if item.metadata["inference"] and name not in MAPPED_KEYS)
+    if any(getattr(config, name) != GPT2_LAYOUT[name] for name in unmapped if name in GPT2_LAYOUT):
         return "remote"
     if config.position == "learned" and config.norm == "layernorm" and not config.qk_norm:
         if config.activation in ("gelu", "relu2"):  # transformers' "gelu" is the exact GELU, "relu2" ReLU squared
@@ -250,13 +233,8 @@ def remote_config(model: GPT, end_of_text: int) -> dict:
 
 
 def copy_tokenizer(tokenizer_path: Path, out: Path) -> None:
-    with atomic_path(out / TOKENIZER_FILE) as temporary:
+    with atomic_path(out / RunPaths.TOKENIZER) as temporary:
         shutil.copyfile(tokenizer_path, temporary)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
 
 
 def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path) -> str:

@@ -4,10 +4,10 @@ A layout with any of the modern parts that Llama, Qwen3 and GPT-2 lack (soft-cap
 embeddings, residual scalars, a norm after the embedding, QK-norm with LayerNorm, ...) is exported as a
 folder that `transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` loads:
 config.json names the classes below in its `auto_map`, and the folder holds their source, written from
-the strings here, beside `fragment_model.py`, a copy of our own `model.py` (it imports only torch), so
-the model that runs in transformers is this package's GPT itself, not a second implementation of it.
-transformers' dynamic-module loader copies the files a remote file imports relatively
-(`from .fragment_model import GPT`) with it.
+the strings here, beside `fragment_model.py` and `fragment_shape.py`, copies of our own model/gpt.py and
+config/shape.py (they import only torch and each other), so the model that runs in transformers is this
+package's GPT itself, not a second implementation of it. transformers' dynamic-module loader copies the
+files a remote file imports relatively (`from .fragment_model import GPT`) with it.
 
 Nothing here imports transformers: the export writes these files without it.
 """
@@ -19,6 +19,7 @@ from importlib import resources
 CONFIGURATION_FILE = "configuration_fragment.py"
 MODELING_FILE = "modeling_fragment.py"
 MODEL_FILE = "fragment_model.py"
+SHAPE_FILE = "fragment_shape.py"
 MODEL_TYPE = "fragment_gpt"
 AUTO_MAP = {
     "AutoConfig": "configuration_fragment.FragmentConfig",
@@ -28,13 +29,13 @@ ARCHITECTURE = "FragmentForCausalLM"
 
 CONFIGURATION_SOURCE = '''\
 """The configuration of a Fragment LLM GPT for transformers: the arguments of `GPTConfig`
-(fragment_model.py), with transformers' usual names for its shape."""
+(fragment_shape.py), with transformers' usual names for its shape."""
 
 from dataclasses import MISSING, fields
 
 from transformers import PretrainedConfig
 
-from .fragment_model import GPTConfig
+from .fragment_shape import GPTConfig
 
 
 class FragmentConfig(PretrainedConfig):
@@ -147,11 +148,28 @@ class FragmentForCausalLM(PreTrainedModel, GenerationMixin):
 '''
 
 
+# How model/gpt.py imports config/shape.py, and how its copy imports the shape's copy beside it.
+SHAPE_IMPORT = "from ..config.shape import"
+COPIED_SHAPE_IMPORT = f"from .{SHAPE_FILE.removesuffix('.py')} import"
+
+
+def package_source(package: str, name: str) -> str:
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
 def model_source() -> str:
     """fragment_llm/model/gpt.py, which the remote code imports as fragment_model.py."""
-    return resources.files("fragment_llm.model").joinpath("gpt.py").read_text(encoding="utf-8")
+    source = package_source("fragment_llm.model", "gpt.py")
+    if source.count(SHAPE_IMPORT) != 1:
+        raise RuntimeError(f"model/gpt.py must import config/shape.py once as `{SHAPE_IMPORT} ...`")
+    return source.replace(SHAPE_IMPORT, COPIED_SHAPE_IMPORT)
 
 
 def remote_files() -> dict[str, str]:
     """The code files of a trust_remote_code export, by file name."""
-    return {MODEL_FILE: model_source(), CONFIGURATION_FILE: CONFIGURATION_SOURCE, MODELING_FILE: MODELING_SOURCE}
+    return {
+        MODEL_FILE: model_source(),
+        SHAPE_FILE: package_source("fragment_llm.config", "shape.py"),
+        CONFIGURATION_FILE: CONFIGURATION_SOURCE,
+        MODELING_FILE: MODELING_SOURCE,
+    }

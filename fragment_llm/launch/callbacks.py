@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..runs.records import SUMMARY_FILE
+from ..runs.paths import RunPaths
 from ..runs.tables import write_sweep_report
 
 
@@ -27,6 +27,22 @@ class SweepReport(Callback):
         if sweep_dir.is_dir():  # a sweep that launched no job has no directory
             write_sweep_report(sweep_dir)
             write_sweep_curves(sweep_dir)
+
+
+def check_tensorboard_folder(key: str, folder: str) -> None:
+    """TensorBoard names its files in UTF-8 whatever the locale, so it fails, mid-run, under a folder
+    whose name Python could not decode (bytes it holds as surrogates): letters beyond ASCII under the
+    C locale, or a name that is not UTF-8."""
+    from ..config.schema import ConfigError
+
+    try:
+        folder.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{key}={folder}: TensorBoard cannot write under a folder whose name this locale does not read "
+            "as text; run under a UTF-8 locale (LC_ALL=C.UTF-8), choose another folder, or set "
+            "logging.tensorboard=false"
+        ) from None
 
 
 class Preflight(Callback):
@@ -57,10 +73,12 @@ class Preflight(Callback):
                 resume = config.train.resume
             except OmegaConfBaseException as error:
                 raise unresolved(error) from None
+            if config.logging.tensorboard:
+                check_tensorboard_folder("hydra.sweep.dir" if sweep else "hydra.run.dir", str(directory))
             check_writable_folder("paths.outputs", outputs)
             check_writable_folder("paths.cache", cache)
             check_writable_folder("hydra.sweep.dir" if sweep else "hydra.run.dir", str(directory))
-            if sweep and any(directory.rglob(SUMMARY_FILE)):
+            if sweep and any(directory.rglob(str(RunPaths.SUMMARY))):
                 raise ConfigError(
                     f"hydra.sweep.dir={directory} already holds runs; leave hydra.sweep.dir out for a "
                     "new sweep directory, or choose another"

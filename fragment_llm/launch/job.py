@@ -14,15 +14,24 @@ from typing import Iterator, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config.schema import Config, ConfigError, fine_tune_settings, load_settings, resume_settings, to_plain
+from ..config.schema import Config, ConfigError, load_settings, to_plain
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
 from ..runs.claim import check_writable_folder, claim_run_directory
-from ..runs.records import read_summary, run_choices
+from ..runs.paths import RunPaths
+from ..runs.records import read_summary
 from ..signals import STOP_SIGNALS, handling
 from ..train import distributed
-from ..train.checkpoint import find_init_checkpoint, find_resume_checkpoint, load_checkpoint
+from ..train.checkpoint import load_checkpoint
+from ..train.from_run import (
+    find_init_checkpoint,
+    find_resume_checkpoint,
+    fine_tune_settings,
+    fine_tuned_choices,
+    resume_settings,
+    resumed_choices,
+)
 from ..train.outputs import RunOutputs
 from ..train.trainer import Interrupted, TrainingError, train
 
@@ -137,64 +146,26 @@ def stop_on_signals() -> Iterator[None]:
         yield
 
 
-def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
-    """The config group options a resumed run stands for: those of the run it continues (its
-    summary.json keeps them; Hydra's .hydra/hydra.yaml may already hold this command's, when the run
-    continues in its own directory), except the groups chosen on this command line."""
-    earlier = recorded_choices(source_run(checkpoint_path))
-    chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
-    return {
-        group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
-        for group in composed
-    }
-
-
-# The config groups that set model keys only: a fine-tuned run stands for its parent's options of them.
-MODEL_GROUPS = ("model", "arch")
-
-
-def fine_tuned_choices(parent_path: Path, composed: dict[str, str]) -> dict[str, str]:
-    """The config group options a fine-tuned run stands for: its parent's for the model groups, this
-    command's for every other group."""
-    earlier = recorded_choices(source_run(parent_path))
-    return {
-        group: str(earlier[group]) if group in MODEL_GROUPS and group in earlier else option
-        for group, option in composed.items()
-    }
-
-
-def recorded_choices(run_dir: Path) -> dict:
-    """The config group options a past run stands for, as its summary.json keeps them (a resumed run's
-    are there), else as Hydra recorded them."""
-    choices = read_summary(run_dir).get("choices")
-    return choices if isinstance(choices, dict) else run_choices(run_dir)
-
-
 def record_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
     """Make .hydra/config.yaml say what a resumed or fine-tuned run trains with (settings partly taken
     from a checkpoint), not what the command line alone composed, and .hydra/hydra.yaml's group choices
     `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
-    hydra_dir = Path(run_dir) / ".hydra"
-    if not hydra_dir.is_dir():
+    paths = RunPaths(run_dir)
+    if not paths.hydra.is_dir():
         return
-    write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(to_plain(settings)))
+    write_text(paths.config_record, OmegaConf.to_yaml(to_plain(settings)))
     try:
-        record = OmegaConf.load(hydra_dir / "hydra.yaml")
+        record = OmegaConf.load(paths.hydra_record)
         record.hydra.runtime.choices.update(choices)
     except (OSError, OmegaConfBaseException, AttributeError):
         return  # Hydra's record is missing or damaged: the config above still says what ran
-    write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(record))
-
-
-def source_run(checkpoint_path: Path) -> Path:
-    """The run directory a checkpoint belongs to (<run>/checkpoints/x.pt, <run>/models/final_model.pt)."""
-    return Path(checkpoint_path).resolve().parent.parent
+    write_text(paths.hydra_record, OmegaConf.to_yaml(record))
 
 
 def start_logging(run_dir: Path, ranks: distributed.Ranks) -> None:
     """Rank 0 logs to the console and train.log; other ranks print only warnings and errors."""
     if ranks.is_main:
-        setup_logging(run_dir / "train.log")
+        setup_logging(RunPaths(run_dir).log)
     else:
         setup_logging(None, level=logging.WARNING)
 

@@ -1,68 +1,22 @@
 """The GPT: GPT-2's layout, or the modern one of the small-model speedruns (rotary positions, RMSNorm,
 QK-norm, ReLU squared, an untied zero-initialised head, logit soft-capping, value embeddings and
-learnable residual scalars), each part chosen by a key of `GPTConfig`. Attention runs through PyTorch's
-SDPA, and a key/value cache runs generation on the new position only."""
+learnable residual scalars), each part chosen by a key of `GPTConfig` (config/shape.py). Attention runs
+through PyTorch's SDPA, and a key/value cache runs generation on the new position only.
+
+It imports only torch and config/shape.py: a trust_remote_code export ships the two files as they are."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The values each choice may take; the first is GPT-2's.
-CHOICES = {
-    "position": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "activation": ("gelu", "relu2", "swiglu"),
-}
+from ..config.shape import GPTConfig  # the one definition of a model's shape and layout
+
 ROPE_BASE = 10_000.0
 NORM_EPS = 1e-6
-
-
-@dataclass
-class GPTConfig:
-    """A model's shape and layout. The defaults are GPT-2's layout: a checkpoint written before the
-    layout keys existed holds only the shape, and builds the model it was trained as."""
-
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-    bias: bool = False
-    position: str = "learned"
-    norm: str = "layernorm"
-    qk_norm: bool = False
-    activation: str = "gelu"
-    tie_embeddings: bool = True
-    zero_init: bool = False
-    logit_softcap: float = 0.0
-    value_embeddings: bool = False
-    residual_scalars: bool = False
-    embed_norm: bool = False
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def mlp_hidden(self) -> int:
-        """4 x width; SwiGLU's two input matrices get 2/3 of that each (rounded up to 32), so the MLP
-        keeps about the same weights and FLOPs whatever its activation."""
-        if self.activation == "swiglu":
-            return -(-8 * self.n_embd // 3 // 32) * 32
-        return 4 * self.n_embd
-
-    def value_embedding_layers(self) -> list[int]:
-        """The layers that mix a value embedding into attention's values: every other one, ending
-        with the last (as nanochat's alternating layers)."""
-        if not self.value_embeddings:
-            return []
-        return [layer for layer in range(self.n_layer) if (self.n_layer - 1 - layer) % 2 == 0]
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.schema import ConfigError
-from ..runs.records import holds_run
+from .paths import RunPaths
+from .records import holds_run
 
 
 def check_writable_folder(key: str, folder: str) -> None:
@@ -27,9 +28,6 @@ def check_writable_folder(key: str, folder: str) -> None:
         raise ConfigError(
             f"{key}={folder} is not a writable folder ({error.strerror or error}); set {key} to a folder you can write"
         ) from None
-
-
-LOCK_FILE = ".lock"
 
 
 def check_run_directory(run_dir: Path, resume: Optional[str]) -> None:
@@ -63,13 +61,13 @@ class RunLock:
     the message."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = RunPaths(run_dir).lock
         self.handle = None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            handle = open(self.path, "a+")
+            handle = open(self.path, "a+", encoding="utf-8")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -12,20 +12,21 @@ import yaml
 
 from ..errors import UserError
 from ..files import write_json
+from .paths import RunPaths
 
-SUMMARY_FILE = "summary.json"
-CONFIG_RECORD = ".hydra/config.yaml"
-OVERRIDES_RECORD = ".hydra/overrides.yaml"
-HYDRA_RECORD = ".hydra/hydra.yaml"
+SUMMARY_FILE = str(RunPaths.SUMMARY)
+CONFIG_RECORD = str(RunPaths.CONFIG_RECORD)
+OVERRIDES_RECORD = str(RunPaths.OVERRIDES_RECORD)
+HYDRA_RECORD = str(RunPaths.HYDRA_RECORD)
 # The files a run records itself in, and the kind of value each holds.
 RECORDS = {SUMMARY_FILE: dict, CONFIG_RECORD: dict, OVERRIDES_RECORD: list, HYDRA_RECORD: dict}
-TOKENIZER_FILE = "tokenizer.json"
-FINAL_MODEL = Path("models") / "final_model.pt"
-BEST_MODEL = Path("models") / "best_model.pt"  # the lowest validation loss of the run
+TOKENIZER_FILE = str(RunPaths.TOKENIZER)
+FINAL_MODEL = RunPaths.FINAL_MODEL
+BEST_MODEL = RunPaths.BEST_MODEL
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # One JSON object per logged step: `step`, `tokens`, `elapsed_s` (training time), then METRIC_NAMES
 # (TensorBoard's tags), the val/ ones at the steps with an evaluation.
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = str(RunPaths.METRICS)
 METRIC_NAMES = ("train/loss", "val/loss", "val/bpb", "lr", "grad_norm", "tokens_per_sec")
 
 
@@ -45,6 +46,16 @@ def _reason(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+def load_yaml(text: str) -> Any:
+    """Plain YAML, as Hydra writes it. libyaml's parser, where installed, is ten times faster, but it
+    refuses the escaped surrogates (`"\\uDCE9"`) that PyYAML writes for a file name that is not UTF-8;
+    PyYAML's own parser reads them back."""
+    try:
+        return yaml.load(text, Loader=YAML_LOADER)
+    except yaml.YAMLError:
+        return yaml.load(text, Loader=yaml.SafeLoader)
+
+
 def load_record(run_dir: Path, name: str) -> dict | list | None:
     """The contents of the record `name` (a key of RECORDS); None when the run has none. Raises
     DamagedRecord, naming the file and why, when it cannot be read."""
@@ -53,8 +64,7 @@ def load_record(run_dir: Path, name: str) -> dict | list | None:
         if not path.exists():
             return None
         text = path.read_text(encoding="utf-8")
-        # Plain YAML, as Hydra writes it; libyaml's parser, where installed, is ten times faster.
-        record = json.loads(text) if name.endswith(".json") else yaml.load(text, Loader=YAML_LOADER)
+        record = json.loads(text) if name.endswith(".json") else load_yaml(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise DamagedRecord(f"{name}: {_reason(error)}") from None
     if not isinstance(record, RECORDS[name]):
@@ -103,13 +113,9 @@ def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return summary
 
 
-RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "models")
-
-
 def holds_run(path: Path) -> bool:
-    """Whether `path` holds a run: what a run writes first (summary.json) or what it saves (checkpoints/,
-    models/). Hydra's .hydra/ alone does not count: Hydra writes it before the run starts."""
-    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
+    """Whether `path` holds a run (a summary, checkpoints or models)."""
+    return RunPaths(path).holds_run()
 
 
 def _started_at(run_dir: Path) -> str:

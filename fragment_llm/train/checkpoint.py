@@ -1,5 +1,5 @@
-"""Checkpoints: written atomically, loaded without unpickling code, found again for resume and for
-fine-tuning (a new run from a trained model).
+"""Checkpoints: written atomically, loaded without unpickling code and checked (train/from_run.py finds
+the one to resume or start from).
 
 Every file is written to a temporary name, flushed and renamed (`files.atomic_path`), so a crash or
 a kill -9 leaves either the previous file or the new one under a final name. `checkpoints/last.pt`
@@ -9,7 +9,6 @@ carries pickled code is refused before any of it runs.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -23,19 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..config.shape import config_problem
 from ..files import atomic_path
-from ..model.gpt import CHOICES, GPTConfig
-from ..runs.records import BEST_MODEL, FINAL_MODEL
+from ..runs.paths import RunPaths
+from ..runs.records import RunError
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pt"
+LAST = RunPaths.LAST.name
 STEP_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be written or loaded: its message is one line naming the file."""
+class CheckpointError(RunError, RuntimeError):
+    """A checkpoint that cannot be written, found or loaded: its message is one line naming the file."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -97,17 +96,6 @@ RESUME_KEYS = (
 # What a new run started from a trained model needs: its weights, the settings it was trained with
 # (its model keys) and its tokenizer, which encodes the new text.
 INIT_KEYS = (*MODEL_KEYS, "config", "tokenizer", "tokenizer_hash")
-# model_config's fields and the values a model may have: anything else is a damaged or foreign file,
-# refused before a model is built (a vocabulary of 2e9 would try to allocate terabytes).
-MODEL_CONFIG_RANGES = {
-    "vocab_size": (1, 1 << 20),
-    "block_size": (1, 1 << 16),
-    "n_layer": (1, 256),
-    "n_head": (1, 256),
-    "n_embd": (1, 1 << 16),
-    "dropout": (0.0, 1.0),
-    "logit_softcap": (0.0, 1e3),
-}
 
 
 def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
@@ -149,30 +137,9 @@ def checkpoint_problem(state: Any, keys: tuple[str, ...]) -> str | None:
     weights, config = state["model_state_dict"], state["model_config"]
     if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
         return "model_state_dict is not a dict of tensors"
-    if not isinstance(config, dict):
-        return "model_config is not a dict"
-    fields = {field.name: field for field in dataclasses.fields(GPTConfig)}
-    unknown = set(config) - set(fields)
-    if unknown or not {name for name, field in fields.items() if field.default is dataclasses.MISSING} <= set(config):
-        return f"model_config has the keys {sorted(config)}, not a model's"
-    for key, (low, high) in MODEL_CONFIG_RANGES.items():
-        value = config.get(key, 0.0)
-        kinds = (int, float) if isinstance(low, float) else int  # sizes are whole numbers, fractions and caps floats
-        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-            return f"model_config.{key}={value!r} is not in [{low}, {high}]"
-    for key, values in CHOICES.items():
-        if config.get(key, fields[key].default) not in values:
-            return f"model_config.{key}={config[key]!r} is not one of {', '.join(values)}"
-    for key in (name for name, field in fields.items() if field.type in ("bool", bool)):
-        if not isinstance(config.get(key, False), bool):
-            return f"model_config.{key}={config[key]!r} is not true or false"
-    if config["n_embd"] % config["n_head"] or (
-        config.get("position") == "rope" and config["n_embd"] // config["n_head"] % 2
-    ):
-        return (
-            f"model_config.n_embd={config['n_embd']} does not split into {config['n_head']} heads "
-            "of its position's size"
-        )
+    problem = config_problem(config)  # the model's shape and layout, as config/shape.py defines them
+    if problem:
+        return problem
     # The embeddings and the blocks' matrices: fewer weights than the model has, never more. A config
     # asking for more than the file holds would allocate a model for nothing (or all the memory).
     positions = config["block_size"] if config.get("position", "learned") == "learned" else 0
@@ -200,70 +167,6 @@ def checkpoint_step(path: Path) -> int:
     except Exception:  # noqa: BLE001 - any unreadable file simply ranks last; loading it reports why
         return -1
     return step if isinstance(step, int) and not isinstance(step, bool) else -1
-
-
-def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
-    """Load the checkpoint to resume from: `path` itself, or a run directory's newest valid one.
-
-    In a run directory, the newest is the one with the highest step (read from each file: a copied
-    directory has new file times); a damaged one is skipped with a warning in favour of the one before it.
-    """
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path, load_checkpoint(path, for_resume=True)
-    if not path.is_dir():
-        raise CheckpointError(f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)")
-    candidates = [p for p in (path / "checkpoints").glob("*.pt") if p.is_file()]
-    candidates += [p for p in (path / "models").glob("final_model.pt") if p.is_file()]
-    if not candidates:
-        raise CheckpointError(f"train.resume={path} holds no checkpoints (checkpoints/*.pt or models/final_model.pt)")
-    steps = {candidate: checkpoint_step(candidate) for candidate in candidates}
-    damaged = [candidate.name for candidate, step in steps.items() if step < 0]
-    for name in damaged:
-        log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path / name)
-    # Highest step first; among equals the final model, then step/epoch files, then last.pt (a link to one of them).
-    ranked = sorted(
-        (c for c in candidates if steps[c] >= 0),
-        key=lambda c: (steps[c], c.parent.name == "models", c.name != LAST),
-        reverse=True,
-    )
-    for candidate in ranked:
-        try:
-            checkpoint = load_checkpoint(candidate, for_resume=True)
-        except CheckpointError as error:
-            log.warning("%s; trying the previous checkpoint", error)
-            damaged.append(candidate.name)
-            continue
-        return candidate, checkpoint
-    raise CheckpointError(f"train.resume={path}: every checkpoint is damaged ({', '.join(damaged)})")
-
-
-def find_init_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
-    """Load the checkpoint a fine-tuned run starts from (`train.init_from`): `path` itself, or a run
-    directory's models/final_model.pt, the finished model that the tools use too. A run without one (it
-    was stopped, or is still training) is an error naming the checkpoints it has: starting from a
-    half-trained model is a choice to make by name."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        if not (path / FINAL_MODEL).is_file():
-            named = [candidate for candidate in (path / "checkpoints" / LAST, path / BEST_MODEL) if candidate.is_file()]
-            if not named:
-                raise CheckpointError(
-                    f"train.init_from={path} holds no model ({FINAL_MODEL}) and no checkpoint; give a run "
-                    "directory or a checkpoint file (.pt)"
-                )
-            raise CheckpointError(
-                f"train.init_from={path} has no {FINAL_MODEL} (the run did not finish); start from one of "
-                f"its checkpoints by name: {' or '.join(f'train.init_from={candidate}' for candidate in named)}"
-            )
-        path = path / FINAL_MODEL
-    elif not path.exists():
-        raise CheckpointError(f"train.init_from={path} does not exist; give a run directory or a checkpoint file (.pt)")
-    state = load_checkpoint(path)
-    problem = checkpoint_problem(state, INIT_KEYS)
-    if problem:
-        raise CheckpointError(f"checkpoint {path} cannot start a run: {problem}")
-    return path, state
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:

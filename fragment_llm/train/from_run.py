@@ -1,18 +1,110 @@
-"""A trained run's model, loaded for the tools: its checkpoint's weights and the tokenizer it was trained with."""
+"""Starting from a past run: resuming it, fine-tuning from it, and loading it for the tools.
+
+One rule finds a run's trained model (`model_checkpoint`): a checkpoint file as given; in a run
+directory, models/final_model.pt, or models/best_model.pt when asked for as `best`; a run that did not
+finish names the checkpoints it has, to be given by name. Resuming continues from a run's newest valid
+checkpoint instead (`find_resume_checkpoint`), since it needs the optimizer's state too.
+
+One rule finds the tokenizer a model was trained with (`model_tokenizer`): the one its checkpoint
+carries, checked against the checkpoint's tokenizer_hash; from a checkpoint older than that, its run's
+tokenizer.json, checked the same way. The run's tokenizer.json, which exports copy and users load,
+must agree with it wherever it is read.
+
+A resumed run keeps the checkpoint's settings, with the command line's changes where they may change
+(`resume_settings`); a fine-tuned one takes its parent's model and tokenizer keys (`fine_tune_settings`).
+Both stand for the config group options of the run they come from (`resumed_choices`, `fine_tuned_choices`).
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_hash
+from ..config.schema import RENAMED_KEYS, SECTIONS, Config, ConfigError, load_settings, to_plain
+from ..config.shape import GPT2_LAYOUT
+from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_str, tokenizer_hash
 from ..model.gpt import GPT, GPTConfig
-from ..runs.records import BEST_MODEL, FINAL_MODEL, TOKENIZER_FILE, RunError
-from ..train.checkpoint import load_checkpoint
+from ..runs.paths import RunPaths
+from ..runs.records import RunError, read_summary, run_choices
+from .checkpoint import INIT_KEYS, CheckpointError, checkpoint_problem, checkpoint_step, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+# ---- a run's model and its tokenizer ---------------------------------------------------------------------
+def model_checkpoint(path: Path, asked: Optional[str], flag: str) -> Path:
+    """The checkpoint of a run's trained model. `path` is a checkpoint file, or a run directory whose
+    model is `asked` (None: the final model; "best": the best one; else a checkpoint file). `flag` is how
+    the user names a checkpoint (`--checkpoint `, `train.init_from=`), for the messages."""
+    path = Path(path).expanduser()
+    label = f"{flag}{path}" if flag.endswith("=") else str(path)
+    if asked not in (None, "best"):
+        return Path(asked).expanduser()
+    if not path.is_dir():
+        if path.exists():
+            return path
+        raise CheckpointError(f"{label} does not exist; give a run directory or a checkpoint file (.pt)")
+    run = RunPaths(path)
+    wanted = run.best_model if asked == "best" else run.final_model
+    if wanted.is_file():
+        return wanted
+    if asked == "best":
+        raise CheckpointError(
+            f"{label} has no {RunPaths.BEST_MODEL}: the run wrote none yet (it is written at an evaluation that "
+            "improves on the step-0 loss); use its final model (no --checkpoint)"
+        )
+    named = [candidate for candidate in (run.last, run.best_model) if candidate.is_file()]
+    if not named:
+        raise CheckpointError(
+            f"{label} has no model ({RunPaths.FINAL_MODEL}) and no checkpoint; give a run directory that "
+            f"finished, or a checkpoint file with {flag}PATH.pt"
+        )
+    raise CheckpointError(
+        f"{label} has no {RunPaths.FINAL_MODEL} (the run did not finish); start from one of its checkpoints by "
+        f"name: {' or '.join(f'{flag}{candidate}' for candidate in named)}"
+    )
+
+
+def model_tokenizer(checkpoint: Path, state: dict[str, Any]) -> Tokenizer:
+    """The tokenizer the checkpoint's model was trained with (see the module's docstring)."""
+    carried = carried_tokenizer(state)
+    run_file = RunPaths(RunPaths.checkpoint_run(checkpoint)).tokenizer
+    if carried is not None and not run_file.exists():
+        return carried
+    if not run_file.exists():
+        raise CheckpointError(
+            f"{checkpoint} carries no tokenizer and its run has no {RunPaths.TOKENIZER}; pass a checkpoint "
+            "inside the run directory it came from"
+        )
+    tokenizer = run_tokenizer(run_file)
+    if state.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
+        raise CheckpointError(
+            f"{checkpoint} was trained with another tokenizer than {run_file}; pass the run directory it came from"
+        )
+    return carried or tokenizer
+
+
+def carried_tokenizer(state: Optional[dict[str, Any]]) -> Optional[Tokenizer]:
+    """The tokenizer a checkpoint carries (None for no checkpoint, or one from before they carried one)."""
+    if state is None or "tokenizer" not in state:
+        return None
+    try:
+        tokenizer = tokenizer_from_str(state["tokenizer"])
+    except TokenizerError:
+        tokenizer = None
+    if tokenizer is None or tokenizer_hash(tokenizer) != state["tokenizer_hash"]:
+        raise CheckpointError(
+            "the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
+            "use another checkpoint of the run"
+        )
+    return tokenizer
 
 
 @dataclass
@@ -56,50 +148,230 @@ def run_tokenizer(path: Path) -> Tokenizer:
         ) from None
 
 
-def load_run(run_dir: Path, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
-    """The model of `run_dir` (its models/final_model.pt, or `checkpoint`) and its tokenizer.json."""
+def load_run(run_dir: Path, checkpoint: Path | str | None = None, device: str | torch.device = "cpu") -> TrainedModel:
+    """The model of `run_dir` (its final model, `best`, or the checkpoint file `checkpoint`) and its tokenizer."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(
             f"{run_dir} is not a directory; pass a run directory such as outputs/<date>/<time>_tiny-cpu_ab12"
         )
-    tokenizer_path = run_dir / TOKENIZER_FILE
+    tokenizer_path = RunPaths(run_dir).tokenizer
     if not tokenizer_path.exists():
         raise RunError(
-            f"{run_dir} is not a run directory (it has no {TOKENIZER_FILE}); `fragment-llm runs` lists the runs"
+            f"{run_dir} is not a run directory (it has no {RunPaths.TOKENIZER}); `fragment-llm runs` lists the runs"
         )
-    if checkpoint is not None and str(checkpoint) == "best":
-        checkpoint = run_dir / BEST_MODEL
-        if not checkpoint.is_file():
-            raise RunError(
-                f"{run_dir} has no {BEST_MODEL}: the run wrote none yet (it is written at an evaluation that "
-                "improves on the step-0 loss); use its final model (no --checkpoint)"
-            )
-    if checkpoint is None:
-        checkpoint = run_dir / FINAL_MODEL
-        if not checkpoint.is_file():
-            raise RunError(
-                f"{run_dir} has no {FINAL_MODEL} (the run did not finish); "
-                f"pass --checkpoint {run_dir / 'checkpoints'}/checkpoint_epoch_N.pt"
-            )
-    tokenizer = run_tokenizer(tokenizer_path)
-    state = load_checkpoint(checkpoint)
-    if state.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
+    path = model_checkpoint(run_dir, None if checkpoint is None else str(checkpoint), "--checkpoint ")
+    tokenizer = run_tokenizer(tokenizer_path)  # the file the tools copy: it must be intact, and the model's
+    state = load_checkpoint(path)
+    if tokenizer_hash(tokenizer) != tokenizer_hash(model_tokenizer(path, state)):
         raise RunError(
-            f"{checkpoint} was trained with another tokenizer than {tokenizer_path}; "
-            "pass the run directory it came from"
+            f"{path} was trained with another tokenizer than {tokenizer_path}; pass the run directory it came from"
         )
-    model = checkpoint_model(Path(checkpoint), state)
+    model = checkpoint_model(path, state)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise RunError(
-            f"{tokenizer_path} has more tokens than the model of {checkpoint} ({tokenizer.get_vocab_size()}"
+            f"{tokenizer_path} has more tokens than the model of {path} ({tokenizer.get_vocab_size()}"
             f" > {model.config.vocab_size}); pass the run directory it came from"
         )
     settings = state.get("config")
     return TrainedModel(
-        model.to(device).eval(),
-        tokenizer,
-        tokenizer_path,
-        Path(checkpoint),
-        settings if isinstance(settings, dict) else {},
+        model.to(device).eval(), tokenizer, tokenizer_path, path, settings if isinstance(settings, dict) else {}
     )
+
+
+def find_init_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint a fine-tuned run starts from (`train.init_from`): `path` itself, or a run
+    directory's final model, the one the tools use too. Starting from a half-trained model is a choice
+    to make by name."""
+    path = model_checkpoint(Path(path), None, "train.init_from=")
+    state = load_checkpoint(path)
+    problem = checkpoint_problem(state, INIT_KEYS)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} cannot start a run: {problem}")
+    return path, state
+
+
+# ---- resuming a run --------------------------------------------------------------------------------------
+def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+    """Load the checkpoint to resume from: `path` itself, or a run directory's newest valid one.
+
+    In a run directory, the newest is the one with the highest step (read from each file: a copied
+    directory has new file times); a damaged one is skipped with a warning in favour of the one before it.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path, load_checkpoint(path, for_resume=True)
+    if not path.is_dir():
+        raise CheckpointError(f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)")
+    run = RunPaths(path)
+    candidates = [p for p in run.checkpoints.glob("*.pt") if p.is_file()]
+    candidates += [run.final_model] if run.final_model.is_file() else []
+    if not candidates:
+        raise CheckpointError(f"train.resume={path} holds no checkpoints (checkpoints/*.pt or models/final_model.pt)")
+    steps = {candidate: checkpoint_step(candidate) for candidate in candidates}
+    damaged = [candidate.name for candidate, step in steps.items() if step < 0]
+    for name in damaged:
+        log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path / name)
+    # Highest step first; among equals the final model, then step/epoch files, then last.pt (a link to one of them).
+    ranked = sorted(
+        (c for c in candidates if steps[c] >= 0),
+        key=lambda c: (steps[c], c == run.final_model, c != run.last),
+        reverse=True,
+    )
+    for candidate in ranked:
+        try:
+            checkpoint = load_checkpoint(candidate, for_resume=True)
+        except CheckpointError as error:
+            log.warning("%s; trying the previous checkpoint", error)
+            damaged.append(candidate.name)
+            continue
+        return candidate, checkpoint
+    raise CheckpointError(f"train.resume={path}: every checkpoint is damaged ({', '.join(damaged)})")
+
+
+# A resumed run keeps the checkpoint's architecture and data: these sections cannot change.
+RESUME_LOCKED = ("model", "data", "tokenizer")
+
+
+def resume_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
+    """The settings of a resumed run: the checkpoint's, plus the keys given on the command line.
+
+    `overrides` are the command-line overrides (`key=value`, `group=option`). One that would change
+    the model, the data or the tokenizer is an error; any other (max_iters, epochs, intervals, the
+    device, the learning rate) applies.
+    """
+    current = to_plain(load_settings(cfg))
+    merged = OmegaConf.create(upgrade_saved_settings(saved, current))
+    refusal = (
+        "train.resume: a resumed run keeps the checkpoint's model, data and tokenizer; give only the keys to "
+        "change (e.g. train.max_iters=2000) or start a new run"
+    )
+    for key, value in given_keys(overrides, current, refusal):
+        if key.split(".")[0] in RESUME_LOCKED:
+            for leaf, wanted in _leaves(key, value):
+                saved_value = OmegaConf.select(merged, leaf)
+                if wanted != saved_value:
+                    raise ConfigError(
+                        f"{leaf}={wanted} conflicts with the checkpoint ({leaf}={saved_value}); a resumed run "
+                        "keeps the checkpoint's model, data and tokenizer: drop the override or start a new run"
+                    )
+            continue
+        OmegaConf.update(merged, key, value, force_add=True)
+    return load_settings(OmegaConf.to_container(merged))
+
+
+# A run fine-tuned from another (train.init_from) takes these sections from its parent: the weights
+# fix the model, and the parent's tokenizer encodes the new text. Dropout is no part of the weights:
+# the command line may change it.
+PARENT_SECTIONS = ("model", "tokenizer")
+FREE_PARENT_KEYS = ("model.dropout",)
+
+
+def fine_tune_settings(cfg: DictConfig | dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> Config:
+    """The settings of a run that starts from a trained model (`train.init_from`): this command's, with
+    the model and tokenizer keys of the parent's checkpoint (`saved`, its settings).
+
+    A model or tokenizer key that the command-line `overrides` set (`model.n_embd=...`, `model=small`)
+    must equal the parent's, except model.dropout, which applies (else the parent's dropout does). The
+    parent's tokenizer is used as it is, so tokenizer.retrain is false.
+    """
+    current = to_plain(load_settings(cfg))
+    parent = {
+        "model": upgrade_saved_settings(saved, current)["model"],
+        "tokenizer": {**current["tokenizer"], **saved.get("tokenizer", {}), "retrain": False},
+    }
+    refusal = (
+        "train.init_from: a fine-tuned run takes its model from its parent; give the keys to change one by one "
+        "(e.g. optimizer.lr=3e-4 model.dropout=0.1)"
+    )
+    for key, value in given_keys(overrides, current, refusal):
+        if key.split(".")[0] not in PARENT_SECTIONS:
+            continue
+        for leaf, wanted in _leaves(key, value):
+            section, name = leaf.split(".", 1)
+            if leaf in FREE_PARENT_KEYS:
+                parent[section][name] = wanted
+            elif wanted != (kept := parent[section].get(name)):
+                raise ConfigError(
+                    f"{leaf}={wanted} conflicts with the model of train.init_from ({leaf}={kept}); "
+                    "a fine-tuned run keeps its parent's model and tokenizer (model.dropout may change): drop "
+                    "the override"
+                )
+    return load_settings({**current, **parent})
+
+
+def given_keys(overrides: list[str], settings: dict[str, Any], refusal: str) -> list[tuple[str, Any]]:
+    """The keys the command-line `overrides` set, each with its value in `settings` (`model=small`
+    gives `model`, the whole section). Hydra's own keys are left out. A group that is not a section
+    (`arch=`, `experiment=`) may set keys of any section: it is an error, `... does not combine with
+    {refusal}`."""
+    composed = OmegaConf.create(settings)
+    given = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        section = key.split(".")[0]
+        if section == "hydra":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{override} does not combine with {refusal}")
+        given.append((key, OmegaConf.select(composed, key)))
+    return given
+
+
+def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings in today's keys. An older checkpoint may use a renamed key's old name,
+    and lack keys added since: a model key takes GPT-2's value (config/shape.py), the layout every model had
+    before the key existed; a key of a section a resumed run may change takes this command's value. Where
+    outputs and caches live is this machine's business: `paths` is always this command's."""
+    upgraded = copy.deepcopy(saved)
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        if old_name in upgraded.get(old_section, {}):
+            upgraded.setdefault(new_section, {})[new_name] = upgraded[old_section].pop(old_name)
+    upgraded["model"] = {**GPT2_LAYOUT, **upgraded.get("model", {})}
+    for section in SECTIONS:
+        if section not in RESUME_LOCKED:
+            upgraded[section] = {**current[section], **upgraded.get(section, {})}
+    upgraded["paths"] = current["paths"]
+    return upgraded
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """`model`, {n_layer: 2, ...} -> [(model.n_layer, 2), ...]; a plain value is its own leaf."""
+    if isinstance(value, DictConfig):
+        return [leaf for name, child in value.items() for leaf in _leaves(f"{key}.{name}", child)]
+    return [(key, value)]
+
+
+# ---- the config group options a continued or derived run stands for -----------------------------------
+def resumed_choices(checkpoint_path: Path, composed: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
+    """The config group options a resumed run stands for: those of the run it continues (its
+    summary.json keeps them; Hydra's .hydra/hydra.yaml may already hold this command's, when the run
+    continues in its own directory), except the groups chosen on this command line."""
+    earlier = recorded_choices(RunPaths.checkpoint_run(checkpoint_path))
+    chosen_now = {item.split("=", 1)[0].lstrip("+") for item in overrides}
+    return {
+        group: composed[group] if group in chosen_now or group not in earlier else str(earlier[group])
+        for group in composed
+    }
+
+
+# The config groups that set model keys only: a fine-tuned run stands for its parent's options of them.
+MODEL_GROUPS = ("model", "arch")
+
+
+def fine_tuned_choices(parent_path: Path, composed: dict[str, str]) -> dict[str, str]:
+    """The config group options a fine-tuned run stands for: its parent's for the model groups, this
+    command's for every other group."""
+    earlier = recorded_choices(RunPaths.checkpoint_run(parent_path))
+    return {
+        group: str(earlier[group]) if group in MODEL_GROUPS and group in earlier else option
+        for group, option in composed.items()
+    }
+
+
+def recorded_choices(run_dir: Path) -> dict:
+    """The config group options a past run stands for, as its summary.json keeps them (a resumed run's
+    are there), else as Hydra recorded them."""
+    choices = read_summary(run_dir).get("choices")
+    return choices if isinstance(choices, dict) else run_choices(run_dir)

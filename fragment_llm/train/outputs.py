@@ -20,9 +20,10 @@ from tokenizers import Tokenizer
 
 from ..config.schema import Config, TrainConfig, to_plain
 from ..console import console
-from ..files import file_problem, write_text
+from ..files import file_problem, utf8_text, write_text
 from ..model.gpt import GPTConfig
-from ..runs.records import METRICS_FILE, SUMMARY_FILE, TOKENIZER_FILE, flatten, read_metrics, update_summary
+from ..runs.paths import RunPaths
+from ..runs.records import flatten, read_metrics, update_summary
 from ..train.distributed import Ranks
 from ..train.hardware import peak_matmul_flops
 
@@ -57,6 +58,7 @@ class RunOutputs:
 
     def __init__(self, run_dir: Path, ranks: Ranks):
         self.run_dir = Path(run_dir)
+        self.paths = RunPaths(run_dir)
         self.writes = ranks.is_main
         self.world_size = ranks.world_size
         self.writer = None  # TensorBoard's SummaryWriter, once opened
@@ -80,7 +82,7 @@ class RunOutputs:
         try:
             self.update(**fields)
         except OSError as error:
-            log.warning("could not update %s: %s", self.run_dir / SUMMARY_FILE, error.strerror or error)
+            log.warning("could not update %s: %s", self.paths.summary, error.strerror or error)
 
     def failed(self, error: Exception) -> None:
         """An expected failure (a UserError, or an OSError naming its file): its one line to standard
@@ -102,7 +104,7 @@ class RunOutputs:
     # ---- the run's start and end --------------------------------------------------------------
     def save_tokenizer(self, tokenizer: Tokenizer) -> None:
         if self.writes:
-            write_text(self.run_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
+            write_text(self.paths.tokenizer, tokenizer.to_str(pretty=True))
 
     def open_tensorboard(
         self, settings: Config, flops_per_token: float, device: torch.device, dtype: Optional[torch.dtype]
@@ -117,9 +119,11 @@ class RunOutputs:
         from torch.utils.tensorboard.summary import hparams
 
         self.flops_per_token, self.device, self.dtype = flops_per_token, device, dtype or torch.float32
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(self.paths.tensorboard))
         values = {key: value for key, value in flatten(to_plain(settings)).items() if not key.startswith("paths.")}
         hparam_values = {key: "none" if value is None else value for key, value in values.items()}
+        # TensorBoard's records are UTF-8: a file name that is not (surrogates in Python) goes in escaped.
+        hparam_values.update({key: utf8_text(value) for key, value in hparam_values.items() if isinstance(value, str)})
         metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
         experiment, session_start, self.hparams_end = hparams(hparam_values, metrics)
         for summary in (experiment, session_start):
@@ -169,7 +173,7 @@ class RunOutputs:
             "Checkpoints: %severy %d epochs, in %s (each one named in train.log)",
             step_checkpoints,
             train_settings.checkpoint_every_epochs,
-            self.run_dir / "checkpoints",
+            self.paths.checkpoints,
         )
         self.update(status="running", params=params, device=str(device), precision=precision, **summary)
 
@@ -181,7 +185,7 @@ class RunOutputs:
         rows = read_metrics(self.run_dir) if self.writes else None
         if rows is not None:
             kept = "".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
-            write_text(self.run_dir / METRICS_FILE, kept)
+            write_text(self.paths.metrics, kept)
 
     def run_finished(self, seconds: float, final: Path, metrics: dict[str, float], summary: dict[str, Any]) -> None:
         """summary.json marked completed, with `summary`; the run's last line; its final `metrics` (a value
@@ -234,7 +238,7 @@ class RunOutputs:
         """One row to metrics.jsonl, flushed, so that a crash loses none and the file can be watched."""
         if not self.writes:
             return
-        path = self.run_dir / METRICS_FILE
+        path = self.paths.metrics
         try:
             if self.metrics_file is None:
                 self.metrics_file = open(path, "a", encoding="utf-8")

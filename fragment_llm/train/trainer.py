@@ -15,16 +15,15 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
-from ..config.schema import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, Config, ConfigError, dropout_for_epochs, to_plain
+from ..config.dropout import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, dropout_for_epochs
+from ..config.schema import Config, ConfigError, to_plain
 from ..data.corpus import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
-from ..data.tokenizer import TokenizerError, tokenizer_from_str, tokenizer_hash
 from ..errors import UserError
 from ..model.evaluate import bits_per_byte, loss_sum
 from ..model.generate import Sampling, generate_text
 from ..model.gpt import GPT, GPTConfig
-from ..runs.records import BEST_MODEL, FINAL_MODEL
+from ..runs.paths import RunPaths
 from ..signals import handling
 from ..train.checkpoint import (
     CheckpointError,
@@ -35,6 +34,7 @@ from ..train.checkpoint import (
     save_step_checkpoint,
 )
 from ..train.distributed import Ranks, all_gather, all_reduce_sum, barrier
+from ..train.from_run import carried_tokenizer
 from ..train.hardware import Precision, is_out_of_memory, prepare_device
 from ..train.optim import build_optimizer, lr_factor, set_lr
 from ..train.outputs import RunOutputs, format_seconds
@@ -75,22 +75,6 @@ def oom_advice(settings: Config) -> str:
         f"(same effective batch), or model.block_size={max(16, model_settings.block_size // 2)}, "
         f"or a smaller model (model.n_layer={max(1, model_settings.n_layer // 2)} or model=tiny)"
     )
-
-
-def checkpoint_tokenizer(checkpoint: Optional[dict]) -> Optional[Tokenizer]:
-    """The tokenizer a checkpoint carries (None for a new run, or a checkpoint from before they carried one)."""
-    if checkpoint is None or "tokenizer" not in checkpoint:
-        return None
-    try:
-        tokenizer = tokenizer_from_str(checkpoint["tokenizer"])
-    except TokenizerError:
-        tokenizer = None
-    if tokenizer is None or tokenizer_hash(tokenizer) != checkpoint["tokenizer_hash"]:
-        raise CheckpointError(
-            "the checkpoint's tokenizer is damaged (it does not match its tokenizer_hash); "
-            "use another checkpoint of the run"
-        )
-    return tokenizer
 
 
 def check_resumable(checkpoint: dict, data: PreparedData) -> None:
@@ -170,7 +154,8 @@ class Trainer:
         self.settings = settings
         self.ranks = ranks
         self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.paths = RunPaths(self.run_dir)
+        self.checkpoint_dir = self.paths.checkpoints
         self.started = time.perf_counter()
         self.outputs = RunOutputs(self.run_dir, ranks)
         self.device = prepare_device(settings.hardware, ranks)
@@ -183,7 +168,7 @@ class Trainer:
             settings.tokenizer.min_frequency,
             settings.tokenizer.retrain,
             Path(settings.paths.cache),
-            tokenizer=checkpoint_tokenizer(checkpoint if checkpoint is not None else parent),
+            tokenizer=carried_tokenizer(checkpoint if checkpoint is not None else parent),
         )
         if checkpoint is not None:
             check_resumable(checkpoint, self.data)
@@ -446,7 +431,7 @@ class Trainer:
         """Save the final model, then mark the summary completed with the run's figures."""
         loop_seconds = time.perf_counter() - self.loop_started
         ending_started = time.perf_counter()
-        final = self.run_dir / FINAL_MODEL
+        final = self.paths.final_model
         self.save_checkpoint(final)
         tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
         metrics = {
@@ -629,7 +614,7 @@ class Trainer:
         (`--checkpoint best`); a model file, not a resume point (rank 0 alone writes it)."""
         if self.ranks.is_main:
             save_checkpoint(
-                self.run_dir / BEST_MODEL,
+                self.paths.best_model,
                 {
                     "model_state_dict": self.model.state_dict(),
                     "model_config": asdict(self.model_config),
