@@ -212,11 +212,11 @@ def test_every_key_has_help_and_every_number_a_range():
     assert {"model.vocab_size", "train.batch_size", "optimizer.lr", "data.val_fraction"} <= ranged
 
 
-def test_the_readme_key_table_is_the_schemas():
-    """README's key table is made from the schema and conf/: regenerate it after changing either."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_conf_readme_key_table_is_the_schemas():
+    """conf/README.md's key table is made from the schema and conf/: regenerate it after changing either."""
+    readme = (ROOT / "conf" / "README.md").read_text(encoding="utf-8")
     assert key_table() in readme, (
-        "README's key table differs from the schema; paste the output of "
+        "conf/README.md's key table differs from the schema; paste the output of "
         "python -c 'from fragment_llm.launch.compose import key_table; print(key_table())'"
     )
 
