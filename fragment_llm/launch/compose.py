@@ -22,7 +22,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config.schema import SECTIONS, Config, ConfigError, describe_keys, load_settings, unknown_key
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# conf/ ships inside the package (an installed wheel has no checkout around it); in the checkout,
+# fragment_llm/conf links to the repository's conf/.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_settings(overrides: list[str]) -> Config:

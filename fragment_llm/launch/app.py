@@ -1,0 +1,65 @@
+"""The training app, a Hydra app over conf/: `python run.py ARGS` and `fragment-llm train ARGS` both call
+`main`, with the same overrides, `-m` sweeps, `--cfg`, `--help` and exit codes.
+
+Hydra composes the config from conf/; everything below this module works on validated plain settings.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from pathlib import Path
+
+from ..signals import STOP_SIGNALS
+
+
+def _quit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+# A signal before the run starts (imports, composing the config) or after it ends quits quietly with
+# 128 + its number; the run itself (fragment_llm.launch.job) handles signals while it runs.
+for _signum in STOP_SIGNALS:
+    signal.signal(_signum, _quit)
+
+import hydra  # noqa: E402 - after the handlers: importing torch takes seconds
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ..config.schema import ConfigError  # noqa: E402
+from .compose import CONF_DIR, check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
+from .job import run_training  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def train(cfg: DictConfig) -> float:
+    """One job: a run, or one run of a sweep, whose best validation loss a sweeper minimises."""
+    hydra_config = HydraConfig.get()
+    in_sweep = hydra_config.mode is RunMode.MULTIRUN
+    output_dir = Path(hydra_config.runtime.output_dir)
+    choices = {
+        group: str(option)
+        for group, option in hydra_config.runtime.choices.items()
+        if not group.startswith("hydra") and option is not None
+    }
+    best_val_loss = run_training(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep, choices=choices)
+    if math.isinf(best_val_loss) and not in_sweep:
+        sys.exit(1)
+    return best_val_loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train as `python run.py ARGV` does (ARGV: the command line's own arguments when None). Hydra reads
+    sys.argv, so ARGV takes the place of the arguments there."""
+    if argv is not None:
+        sys.argv[1:] = argv
+    try:
+        check_overrides(command_line(sys.argv[1:]).overrides)  # one line where Hydra would print a report
+        sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    register_resolvers()
+    train()
