@@ -60,7 +60,7 @@ def test_a_run_its_tools_and_an_export_under_the_c_locale(tmp_path):
     corpus = write_corpus(tmp_path / "größer_Ordner")
     outputs = tmp_path / "outputs"
     # Hydra takes a value with letters beyond ASCII quoted.
-    keys = {"data.path": f"'{corpus}'", "train.max_iters": 10, "train.eval_interval": 5, "train.sample_every": 5}
+    keys = {"data.path": f"'{corpus}'", "model.vocab_size": 400, "train.max_iters": 10, "train.sample_every": 5}
     run_in_c_locale([RUN, *tiny_overrides(tmp_path, corpus, **keys)], cwd=tmp_path)
     run = next(outputs.glob("*/*/summary.json")).parent
     assert utf8_json(run / "summary.json")["status"] == "completed"
