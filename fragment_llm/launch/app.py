@@ -29,6 +29,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ..config.schema import ConfigError  # noqa: E402
+from ..console import make_standard_streams_safe  # noqa: E402
 from .compose import CONF_DIR, check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
 from .job import run_training  # noqa: E402
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> float:
 def main(argv: list[str] | None = None) -> None:
     """Train as `python run.py ARGV` does (ARGV: the command line's own arguments when None). Hydra reads
     sys.argv, so ARGV takes the place of the arguments there."""
+    make_standard_streams_safe()
     if argv is not None:
         sys.argv[1:] = argv
     try:
