@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
-from fragment_llm.data import corpus as data_module
-from fragment_llm.data.corpus import (
-    Document,
-    TrainBatches,
-    collect_documents,
-    eval_batches,
-    fingerprint,
-    prepare_data,
-    split_documents,
-)
+from fragment_llm.data import cache as cache_module
+from fragment_llm.data.batches import TrainBatches, eval_batches
+from fragment_llm.data.cache import prepare_data
+from fragment_llm.data.corpus import collect_documents, fingerprint, split_documents
+from fragment_llm.data.document import Document
 from fragment_llm.data.tokenizer import END_OF_TEXT
 
 
@@ -125,8 +120,8 @@ def test_prepare_trains_encodes_and_caches(tmp_path, corpus, caplog, monkeypatch
         raise AssertionError("a second run on the same corpus must not tokenize")
 
     with monkeypatch.context() as patch:
-        patch.setattr(data_module, "train_tokenizer", forbidden)
-        patch.setattr(data_module, "_encode", forbidden)
+        patch.setattr(cache_module, "train_tokenizer", forbidden)
+        patch.setattr(cache_module, "_encode", forbidden)
         with caplog.at_level(logging.INFO, logger="fragment_llm"):
             second = prepare(corpus, cache)
     assert "reusing" in caplog.text

@@ -17,8 +17,12 @@ import pytest
 from tokenizers import pre_tokenizers
 
 from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
-from fragment_llm.data import corpus as data_module
-from fragment_llm.data.corpus import collect_documents, fingerprint, prepare_data, text_documents
+from fragment_llm.data import cache as cache_module
+from fragment_llm.data import corpus as corpus_module
+from fragment_llm.data import readers as readers_module
+from fragment_llm.data.cache import prepare_data
+from fragment_llm.data.corpus import collect_documents, fingerprint
+from fragment_llm.data.readers import text_documents
 from fragment_llm.data.tokenizer import MAX_RUN, byte_level_pre_tokenizer, train_tokenizer
 
 
@@ -60,7 +64,7 @@ def test_a_file_replaced_during_preparation_leaves_no_cache_entry(tmp_path, own_
     edited = original.replace(b"e", b"E") if edit == "same size" else original[: len(original) // 2]
     cache = tmp_path / "cache"
     calls = {"encode": 0}
-    real_train, real_encode = data_module.train_tokenizer, data_module._encode
+    real_train, real_encode = cache_module.train_tokenizer, cache_module._encode
 
     def train_after_replacing(*args):
         if moment == "training":
@@ -73,8 +77,8 @@ def test_a_file_replaced_during_preparation_leaves_no_cache_entry(tmp_path, own_
             replace_file(own_corpus, edited)
         return real_encode(*args)
 
-    monkeypatch.setattr(data_module, "train_tokenizer", train_after_replacing)
-    monkeypatch.setattr(data_module, "_encode", encode_after_replacing)
+    monkeypatch.setattr(cache_module, "train_tokenizer", train_after_replacing)
+    monkeypatch.setattr(cache_module, "_encode", encode_after_replacing)
     with pytest.raises(ConfigError) as error:
         prepare(own_corpus, cache)
     message = str(error.value)
@@ -137,11 +141,24 @@ def test_a_damaged_token_cache_entry_is_rebuilt_with_a_warning(tmp_path, corpus,
     assert np.array_equal(rebuilt.train, expected_train) and np.array_equal(rebuilt.val, expected_val)
 
     caplog.clear()
-    monkeypatch.setattr(data_module, "_encode", lambda *args: pytest.fail("a repaired entry must be reused"))
+    monkeypatch.setattr(cache_module, "_encode", lambda *args: pytest.fail("a repaired entry must be reused"))
     with caplog.at_level(logging.WARNING, logger="fragment_llm"):
         reused = prepare(corpus, cache)
     assert caplog.text == ""
     assert np.array_equal(reused.train, expected_train)
+
+
+def test_counts_of_one_are_singular_in_messages(tmp_path, corpus, caplog):
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="fragment_llm"):
+        prepare(corpus, cache)
+    assert "Data: encoding 1 document into" in caplog.text
+    (entry,) = cache.glob("tokens/*")
+    replace_file(entry / "train.bin", b"x")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fragment_llm"):
+        prepare(corpus, cache)
+    assert "(train.bin has 1 byte, not the " in caplog.text and " tokens meta.json says)" in caplog.text
 
 
 @pytest.mark.parametrize("damage", ["cut short", "zero-filled", "empty", "not a tokenizer"])
@@ -235,7 +252,7 @@ def make_unreadable(kind, tmp_path, monkeypatch):
                     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
                 return open(path, *args, **kwargs)
 
-            monkeypatch.setattr(data_module, "open", open_as_user, raising=False)
+            monkeypatch.setattr(readers_module, "open", open_as_user, raising=False)
     elif kind == "pipe":
         os.mkfifo(bad)
     elif kind == "broken link":
@@ -257,7 +274,7 @@ UNREADABLE = {
 @pytest.mark.parametrize("kind", UNREADABLE)
 def test_unreadable_files_are_one_line_errors_before_any_training(tmp_path, monkeypatch, kind, via):
     bad, folder = make_unreadable(kind, tmp_path, monkeypatch)
-    monkeypatch.setattr(data_module, "train_tokenizer", lambda *args: pytest.fail("must fail before training"))
+    monkeypatch.setattr(cache_module, "train_tokenizer", lambda *args: pytest.fail("must fail before training"))
     with pytest.raises(ConfigError) as error:
         prepare(bad if via == "path" else folder, tmp_path / "cache", block_size=16)
     message = str(error.value)
@@ -326,7 +343,7 @@ def test_progress_is_logged_for_long_passes_only(tmp_path, corpus, caplog, monke
     assert "Data: encoded in" in caplog.text and progress_lines(caplog) == []
 
     caplog.clear()
-    monkeypatch.setattr(data_module, "PROGRESS_SECONDS", 0.0)  # as if every pass were a long one
+    monkeypatch.setattr(corpus_module, "PROGRESS_SECONDS", 0.0)  # as if every pass were a long one
     with caplog.at_level(logging.INFO, logger="fragment_llm"):
         prepare(corpus, tmp_path / "verbose")
     progress = progress_lines(caplog)

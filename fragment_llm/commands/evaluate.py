@@ -12,7 +12,7 @@ from ..runs.records import RunError
 from .common import CLIError, add_run_arguments, in_range, load_model
 
 if TYPE_CHECKING:
-    from ..data.corpus import Document
+    from ..data.document import Document
     from ..model.evaluate import Evaluation
     from ..train.from_run import TrainedModel
 
@@ -46,7 +46,8 @@ def check_stride(stride: int | None, block_size: int) -> None:
 def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[list[Document], str]:
     """The text to evaluate on and how to name it: `data_path`'s files, else the validation split of the
     data the run trained on, as training split it."""
-    from ..data.corpus import collect_documents, split_documents, text_documents
+    from ..data.corpus import collect_documents, split_documents
+    from ..data.readers import text_documents
 
     if data_path is not None:
         return text_documents(data_path, key="--data"), data_path

@@ -1,1 +1,4 @@
-"""Corpora and tokens: reading a corpus, splitting it, the tokenizer, the token cache and the batches."""
+"""Corpora and tokens, bottom up: document.py (a Document, read in blocks as UTF-8 text), readers.py
+(where documents come from: the bundled corpora, and files by format), corpus.py (collecting,
+splitting and hashing a corpus), tokenizer.py (byte-level BPE), cache.py (prepare_data: the token
+cache) and batches.py (training and validation windows)."""

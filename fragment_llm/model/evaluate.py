@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from ..config.schema import ConfigError
-from ..data.corpus import Document, fingerprint, to_device, token_arrays
+from ..data.batches import to_device
+from ..data.cache import token_arrays
+from ..data.corpus import fingerprint
+from ..data.document import Document
 from ..model.gpt import GPT
 
 EVAL_BATCH_SIZE = 8

@@ -1,0 +1,318 @@
+"""The token cache: a corpus encoded once, its token ids kept in memory-mapped files.
+
+The cache holds tokenizers, keyed by the hash of the corpus and the tokenizer's settings, and token
+files, keyed by the hash of the corpus and of the tokenizer. A token cache entry's meta.json is
+written last, with checksums of its token files, and the files are checked against it before every
+use; a damaged entry is encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ..config.schema import ConfigError, DataConfig
+from ..files import atomic_path, write_json, write_text
+from ..text import plural
+from .corpus import (
+    Progress,
+    collect_documents,
+    corpus_hash,
+    document_hashes,
+    document_texts,
+    new_hash,
+    split_documents,
+    total_bytes,
+)
+from .document import Document
+from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_BLOCK = 1 << 20
+ENCODE_BATCH = 64
+CACHE_VERSION = 2
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    tokenizer_path: Optional[Path]  # in the cache; None for a checkpoint's own tokenizer
+    tokenizer_hash: str
+    corpus_hash: str
+    vocab_size: int
+    train: np.ndarray
+    val: np.ndarray
+    train_bytes: int
+    val_bytes: int
+    seconds: float
+
+
+@dataclass
+class _SplitCorpus:
+    """A corpus read once: its documents, split, and each document's hash (to check later readings)."""
+
+    documents: list[Document]
+    train: list[Document]
+    val: list[Document]
+    train_hashes: list[str]
+    val_hashes: list[str]
+    hash: str
+
+
+def prepare_data(
+    data: DataConfig,
+    vocab_size: int,
+    block_size: int,
+    min_frequency: int,
+    retrain: bool,
+    cache_dir: Path,
+    tokenizer: Optional[Tokenizer] = None,
+) -> PreparedData:
+    """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps.
+    A given `tokenizer` (a resumed checkpoint's own, or a fine-tuned run's parent's) is used as it is,
+    whatever the cache holds."""
+    started = time.perf_counter()
+    corpus = _read_corpus(data, block_size)
+    cache_dir = Path(cache_dir)
+    _remove_stale_temporaries(cache_dir)
+    if tokenizer is not None:
+        tokenizer_path = None
+        log.info("Tokenizer: the checkpoint's own")
+    else:
+        key = _tokenizer_key(corpus, data, vocab_size, min_frequency)
+        tokenizer_path = cache_dir / "tokenizers" / f"{key}.json"
+        tokenizer = _cached_or_trained_tokenizer(corpus, tokenizer_path, vocab_size, min_frequency, retrain)
+    real_vocab = tokenizer.get_vocab_size()
+    if real_vocab < vocab_size:
+        _warn_of_smaller_vocabulary(real_vocab, vocab_size)
+    token_hash = tokenizer_hash(tokenizer)
+    dtype = np.dtype(np.uint16 if real_vocab <= 2**16 else np.uint32)
+    tokens_dir = cache_dir / "tokens" / f"v{CACHE_VERSION}-{corpus.hash[:16]}-{data.val_fraction}-{token_hash}"
+    if retrain or not _token_files_intact(tokens_dir, dtype):
+        _encode_corpus(tokenizer, corpus, tokens_dir, dtype)
+    train, val = _open_token_files(tokens_dir, dtype, block_size)
+    seconds = time.perf_counter() - started
+    log.info(
+        "Data: %s training tokens, %s validation tokens, vocabulary %d (prepared in %.2fs)",
+        f"{len(train):,}",
+        f"{len(val):,}",
+        real_vocab,
+        seconds,
+    )
+    return PreparedData(
+        tokenizer=tokenizer,
+        tokenizer_path=tokenizer_path,
+        tokenizer_hash=token_hash,
+        corpus_hash=corpus.hash,
+        vocab_size=real_vocab,
+        train=train,
+        val=val,
+        train_bytes=total_bytes(corpus.train),
+        val_bytes=total_bytes(corpus.val),
+        seconds=seconds,
+    )
+
+
+def _read_corpus(data: DataConfig, block_size: int) -> _SplitCorpus:
+    """The corpus, split and hashed; each split must hold at least one block (counting a separator
+    per document), before any tokenizer work starts."""
+    documents = collect_documents(data)
+    train, val = split_documents(documents, data.val_fraction)
+    hashes = document_hashes(train + val)
+    corpus = _SplitCorpus(documents, train, val, hashes[: len(train)], hashes[len(train) :], corpus_hash(hashes))
+    for split, split_documents_ in (("training", train), ("validation", val)):
+        size = total_bytes(split_documents_) + len(split_documents_)
+        if size < block_size + 1:
+            raise _too_small(split, size, block_size, "byte")
+    return corpus
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Remove the temporary files (atomic_path's `.NAME.PID.tmp`) of preparations that were killed
+    before they could clean up. Those of a running process are its work in progress: kept."""
+    for temporary in [*cache_dir.glob("tokenizers/.*.tmp"), *cache_dir.glob("tokens/*/.*.tmp")]:
+        pid = temporary.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process, or not a process id at all: leave its files
+        return True
+    return True
+
+
+def _tokenizer_key(corpus: _SplitCorpus, data: DataConfig, vocab_size: int, min_frequency: int) -> str:
+    """The cached tokenizer's name: what it was trained on and how."""
+    return hashlib.blake2b(
+        f"{CACHE_VERSION}:{corpus.hash}:{data.val_fraction}:{vocab_size}:{min_frequency}".encode(), digest_size=8
+    ).hexdigest()
+
+
+def _cached_or_trained_tokenizer(
+    corpus: _SplitCorpus, path: Path, vocab_size: int, min_frequency: int, retrain: bool
+) -> Tokenizer:
+    """The tokenizer cached at `path`, or one trained on the training split and cached there."""
+    if not retrain and (tokenizer := _cached_tokenizer(path)) is not None:
+        log.info("Tokenizer: reusing %s", path)
+        return tokenizer
+    log.info("Tokenizer: training byte-level BPE (vocab %d) on the training split", vocab_size)
+    started = time.perf_counter()
+    progress = Progress("Tokenizer: reading the training split", total_bytes(corpus.train))
+    texts = document_texts(corpus.train, progress, corpus.train_hashes)
+    tokenizer = train_tokenizer((text for text in texts if text is not None), vocab_size, min_frequency)
+    log.info("Tokenizer: trained in %s", _rate(total_bytes(corpus.train), started))
+    # Written from Python: a full disk is then an OSError, not the bare Exception of Tokenizer.save
+    write_text(path, tokenizer.to_str(pretty=True))
+    return tokenizer
+
+
+def _cached_tokenizer(path: Path) -> Optional[Tokenizer]:
+    """The tokenizer cached at `path`, or None: none there, or a damaged one (a warning says so)."""
+    if not path.exists():
+        return None
+    try:
+        return load_tokenizer(path)
+    except TokenizerError as error:
+        log.warning("Tokenizer: the cached tokenizer %s is damaged (%s); training it again", path, error)
+        return None
+
+
+def _warn_of_smaller_vocabulary(real_vocab: int, vocab_size: int) -> None:
+    log.warning(
+        "Tokenizer: the corpus yields %s, fewer than model.vocab_size=%d; the model uses %d",
+        plural(real_vocab, "token"),
+        vocab_size,
+        real_vocab,
+    )
+
+
+def _token_files_intact(tokens_dir: Path, dtype: np.dtype) -> bool:
+    """Whether a token cache entry is there and its files match its meta.json (size and checksum). A
+    damaged entry gets a warning that says what is wrong (the caller encodes it again)."""
+    meta_path = tokens_dir / "meta.json"
+    if not meta_path.exists():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        problem = None if meta["dtype"] == dtype.name else f"meta.json says {meta['dtype']}, not {dtype.name}"
+        for split in ("train", "val"):
+            path = tokens_dir / f"{split}.bin"
+            size = path.stat().st_size
+            if problem is None and size != meta[split]["tokens"] * dtype.itemsize:
+                problem = (
+                    f"{path.name} has {plural(size, 'byte')}, "
+                    f"not the {plural(meta[split]['tokens'], 'token')} meta.json says"
+                )
+            if problem is None and _file_checksum(path) != meta[split]["blake2b"]:
+                problem = f"{path.name} does not match its checksum in meta.json"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        log.warning("Data: the cached token files in %s are damaged (%s); encoding them again", tokens_dir, problem)
+    return problem is None
+
+
+def _file_checksum(path: Path) -> str:
+    checksum = new_hash()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHECKSUM_BLOCK):
+            checksum.update(block)
+    return checksum.hexdigest()
+
+
+def _encode_corpus(tokenizer: Tokenizer, corpus: _SplitCorpus, tokens_dir: Path, dtype: np.dtype) -> None:
+    """Encode both splits into a token cache entry: train.bin, val.bin, then meta.json."""
+    documents = corpus.documents
+    log.info("Data: encoding %s into %s", plural(len(documents), "document"), tokens_dir)
+    started = time.perf_counter()
+    progress = Progress("Data: encoding", total_bytes(documents))
+    meta = {"dtype": dtype.name}
+    for split, split_documents_, split_hashes in (
+        ("train", corpus.train, corpus.train_hashes),
+        ("val", corpus.val, corpus.val_hashes),
+    ):
+        meta[split] = _encode(tokenizer, split_documents_, split_hashes, progress, tokens_dir / f"{split}.bin", dtype)
+    write_json(tokens_dir / "meta.json", meta)  # last: the entry exists once its files are complete
+    log.info("Data: encoded in %s", _rate(total_bytes(documents), started))
+
+
+def _encode(
+    tokenizer: Tokenizer, documents: list[Document], hashes: list[str], progress: Progress, path: Path, dtype: np.dtype
+) -> dict:
+    """Encode documents into a flat token file; return its entry for meta.json (tokens, bytes, checksum)."""
+    tokens = 0
+    checksum = new_hash()
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        for ids in token_arrays(tokenizer, documents, dtype, hashes, progress):
+            ids.tofile(out)
+            checksum.update(ids)
+            tokens += len(ids)
+        out.flush()
+    return {"tokens": tokens, "bytes": total_bytes(documents), "blake2b": checksum.hexdigest()}
+
+
+def token_arrays(
+    tokenizer: Tokenizer,
+    documents: list[Document],
+    dtype: np.dtype,
+    hashes: Optional[list[str]] = None,
+    progress: Optional[Progress] = None,
+) -> Iterator[np.ndarray]:
+    """The documents' token ids in pieces, `<|endoftext|>` after each document; with `hashes`, each
+    document is checked as it is read (see corpus.document_texts). Pieces of text are encoded
+    ENCODE_BATCH at a time across document boundaries, so that the tokenizer's threads have work even
+    when a corpus is thousands of small files."""
+    batch: list[Optional[str]] = []  # None marks a document's end
+    progress = progress or Progress("Data: encoding", total_bytes(documents))
+    for text in document_texts(documents, progress, hashes):
+        batch.append(text)
+        if len(batch) >= ENCODE_BATCH:
+            yield _encode_batch(tokenizer, batch, dtype)
+            batch = []
+    if batch:
+        yield _encode_batch(tokenizer, batch, dtype)
+
+
+def _encode_batch(tokenizer: Tokenizer, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
+    encodings = iter(tokenizer.encode_batch([text for text in batch if text is not None], add_special_tokens=False))
+    separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
+    return np.concatenate(
+        [separator if text is None else np.asarray(next(encodings).ids, dtype=dtype) for text in batch]
+    )
+
+
+def _open_token_files(tokens_dir: Path, dtype: np.dtype, block_size: int) -> tuple[np.memmap, np.memmap]:
+    """The entry's training and validation tokens, memory-mapped; each must hold at least one block."""
+    train = np.memmap(tokens_dir / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(tokens_dir / "val.bin", dtype=dtype, mode="r")
+    for split, array in (("training", train), ("validation", val)):
+        if len(array) < block_size + 1:
+            raise _too_small(split, len(array), block_size, "token")
+    return train, val
+
+
+def _rate(size: int, started: float) -> str:
+    seconds = time.perf_counter() - started
+    return f"{seconds:.2f}s ({size / 1e6:,.1f} MB, {size / 1e6 / max(seconds, 1e-9):,.2f} MB/s)"
+
+
+def _too_small(split: str, size: int, block_size: int, unit: str) -> ConfigError:
+    return ConfigError(
+        f"data: the corpus is too small: its {split} split has {plural(size, unit)}, model.block_size={block_size} "
+        f"needs at least {block_size + 1}; add text or lower model.block_size (min 16)"
+    )
