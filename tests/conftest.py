@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fragment_llm.config.schema import Config, load_settings
+from fragment_llm.config.load import load_settings
+from fragment_llm.config.schema import Config
 from fragment_llm.signals import STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from fragment_llm.config.schema import ConfigError, SchedulerConfig, SchedulerNa
 from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
-from fragment_llm.train.hardware import physical_cores, resolve_device
+from fragment_llm.train.hardware import oom_advice, physical_cores, resolve_device
 from fragment_llm.train.optim import build_optimizer, lr_factor
-from fragment_llm.train.trainer import Trainer, TrainingError, oom_advice, train
+from fragment_llm.train.trainer import Trainer, TrainingError, train
 
 
 def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:

@@ -8,7 +8,7 @@ import secrets
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from ..console import error_console
+from ..console import command_line_text, error_console
 from .common import CLIError, add_run_arguments, in_range, load_model
 
 if TYPE_CHECKING:
@@ -59,11 +59,10 @@ def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, 
 
 
 def read_prompt(read: Callable[[], str], source: str) -> str:
-    """The prompt `read` returns, checked to be text: bytes that are not UTF-8 arrive as a
-    UnicodeDecodeError, or as surrogates (from the command line, or standard input in the C locale)."""
+    """The prompt `read` returns, as text: bytes that are not UTF-8 arrive as a UnicodeDecodeError,
+    UTF-8 bytes that the locale could not decode (the C locale) as surrogates, read back as UTF-8."""
     try:
-        prompt = read()
-        prompt.encode()
+        prompt = command_line_text(read())
     except UnicodeError:
         raise CLIError(f"{source} is not UTF-8 text; give the prompt as text") from None
     return prompt

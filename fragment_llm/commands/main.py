@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..console import make_standard_streams_safe
 from ..errors import UserError
 from ..files import file_problem
 from . import bench, compare, evaluate, export, generate, plot, runs, show, train
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    make_standard_streams_safe()
     try:
         args = build_parser().parse_args(argv)
         code = args.handler(args)

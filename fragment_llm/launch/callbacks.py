@@ -61,7 +61,8 @@ class Preflight(Callback):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import OmegaConfBaseException
 
-        from ..config.schema import ConfigError, unresolved
+        from ..config.load import unresolved
+        from ..config.schema import ConfigError
         from ..console import error_console
         from ..runs.claim import check_run_directory, check_writable_folder
 

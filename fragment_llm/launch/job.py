@@ -9,12 +9,13 @@ import signal
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config.schema import Config, ConfigError, load_settings, to_plain
+from ..config.load import load_settings, to_plain
+from ..config.schema import Config, ConfigError
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
@@ -22,6 +23,7 @@ from ..runs.claim import check_writable_folder, claim_run_directory
 from ..runs.paths import RunPaths
 from ..runs.records import read_summary
 from ..signals import STOP_SIGNALS, handling
+from ..text import plural
 from ..train import distributed
 from ..train.checkpoint import load_checkpoint
 from ..train.from_run import (
@@ -33,7 +35,8 @@ from ..train.from_run import (
     resumed_choices,
 )
 from ..train.outputs import RunOutputs
-from ..train.trainer import Interrupted, TrainingError, train
+from ..train.resumable import Interrupted
+from ..train.trainer import TrainingError, train
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +77,16 @@ def run_training(
         start_logging(run_dir, ranks)
         outputs = RunOutputs(run_dir, ranks)
         outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        choices = dict(choices or {})
         try:
-            settings = load_settings(cfg)
-            check_writable_folder("paths.cache", settings.paths.cache)
-            log.info("Run directory: %s", run_dir)
-            checkpoint, checkpoint_path, parent, parent_path = None, None, None, None
-            if settings.train.resume and settings.train.init_from:
-                raise ConfigError(
-                    "train.init_from does not combine with train.resume: train.resume continues a run (its "
-                    "optimizer, schedule and step), train.init_from starts a new one from a run's weights; give one"
-                )
-            if settings.train.resume:
-                checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
-                settings = resume_settings(cfg, checkpoint["config"], list(overrides))
-                log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
-                outputs.try_update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
-                choices = resumed_choices(checkpoint_path, choices, overrides)
-            elif settings.train.init_from:
-                parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
-                settings = fine_tune_settings(cfg, parent["config"], list(overrides))
-                log.info("Fine-tuning from %s: its weights and tokenizer, a fresh optimizer and schedule", parent_path)
-                outputs.try_update(init_from=str(parent_path), init_from_tokenizer_hash=parent["tokenizer_hash"])
-                choices = fine_tuned_choices(parent_path, choices)
+            start = starting_point(cfg, run_dir, overrides, dict(choices or {}), outputs)
+            settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
             if ranks.is_main and (checkpoint_path or parent_path):
-                record_config(run_dir, settings, choices)
-            outputs.try_update(choices=choices)
+                record_config(run_dir, settings, start.choices)
+            outputs.try_update(choices=start.choices)
             if settings.hardware.nproc > 1 and not ranks.distributed:
                 return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
             distributed.init_process_group(ranks)
-            return train(settings, run_dir, checkpoint, ranks, parent)
+            return train(settings, run_dir, start.checkpoint, ranks, start.parent)
         except (UserError, OSError) as error:  # an OSError (a full disk, a missing permission) names its file
             outputs.failed(error)
             return math.inf
@@ -118,6 +101,48 @@ def run_training(
             raise
         finally:
             distributed.shutdown()
+
+
+class Start(NamedTuple):
+    """What a run starts from: its settings, the checkpoint it continues or the model it starts from (each
+    with its path; None for a new run), and the config group options it stands for."""
+
+    settings: Config
+    checkpoint: Optional[dict]
+    checkpoint_path: Optional[Path]
+    parent: Optional[dict]
+    parent_path: Optional[Path]
+    choices: dict[str, str]
+
+
+def starting_point(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict[str, str], outputs: RunOutputs
+) -> Start:
+    """The validated settings of a new run, or of a run resumed (train.resume) or fine-tuned
+    (train.init_from) from a past one, with what it continues or starts from, said in the log and summary."""
+    settings = load_settings(cfg)
+    check_writable_folder("paths.cache", settings.paths.cache)
+    log.info("Run directory: %s", run_dir)
+    if settings.train.resume and settings.train.init_from:
+        raise ConfigError(
+            "train.init_from does not combine with train.resume: train.resume continues a run (its "
+            "optimizer, schedule and step), train.init_from starts a new one from a run's weights; give one"
+        )
+    if settings.train.resume:
+        checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
+        settings = resume_settings(cfg, checkpoint["config"], list(overrides))
+        log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
+        outputs.try_update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
+        return Start(
+            settings, checkpoint, checkpoint_path, None, None, resumed_choices(checkpoint_path, choices, overrides)
+        )
+    if settings.train.init_from:
+        parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
+        settings = fine_tune_settings(cfg, parent["config"], list(overrides))
+        log.info("Fine-tuning from %s: its weights and tokenizer, a fresh optimizer and schedule", parent_path)
+        outputs.try_update(init_from=str(parent_path), init_from_tokenizer_hash=parent["tokenizer_hash"])
+        return Start(settings, None, None, parent, parent_path, fine_tuned_choices(parent_path, choices))
+    return Start(settings, None, None, None, None, choices)
 
 
 def requested_resume(cfg: DictConfig | dict) -> Optional[str]:
@@ -174,7 +199,7 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     """Train with `hardware.nproc` ranks spawned on this machine; they share `run_dir`. Each loads the
     checkpoint it continues (`checkpoint_path`) or starts from (`parent_path`) itself."""
     nproc = settings.hardware.nproc
-    log.info("Starting %d ranks (%s)", nproc, distributed.backend())
+    log.info("Starting %s (%s)", plural(nproc, "rank"), distributed.backend())
     try:
         distributed.spawn(
             nproc,

@@ -26,6 +26,7 @@ from ..data.corpus import collect_documents
 from ..data.tokenizer import train_tokenizer
 from ..model.generate import Sampling, generate_tokens
 from ..model.gpt import GPT
+from ..text import plural
 from ..train.hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
 from ..train.optim import build_optimizer
 from ..train.trainer import Due, Trainer
@@ -38,8 +39,10 @@ def seconds_since_process_start() -> float:
     """Wall time since this process started (Linux /proc; elsewhere since this module was imported)."""
     try:
         ticks = os.sysconf("SC_CLK_TCK")
-        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-        return float(Path("/proc/uptime").read_text().split()[0]) - started
+        # The command name in it may be any bytes; only the numbers after it are read.
+        stat = Path("/proc/self/stat").read_text(encoding="utf-8", errors="replace")
+        started = int(stat.rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text(encoding="utf-8").split()[0]) - started
     except (OSError, ValueError, IndexError):
         return time.perf_counter() - _IMPORTED
 
@@ -173,7 +176,7 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
     train_mb_per_sec, encode_mb_per_sec = tokenizer_speed(settings.model.vocab_size)
     return {
         "config": {
-            "model": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
+            "model": f"{plural(config.n_layer, 'layer')}, {plural(config.n_head, 'head')}, {config.n_embd} wide, "
             f"block {config.block_size}, vocab {config.vocab_size}",
             "batch": f"{settings.train.batch_size} x accum {settings.train.grad_accum_steps}",
             "device": str(device),

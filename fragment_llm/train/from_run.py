@@ -27,7 +27,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from ..config.schema import RENAMED_KEYS, SECTIONS, Config, ConfigError, load_settings, to_plain
+from ..config.load import RENAMED_KEYS, load_settings, to_plain
+from ..config.schema import SECTIONS, Config, ConfigError
 from ..config.shape import GPT2_LAYOUT
 from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_str, tokenizer_hash
 from ..model.gpt import GPT, GPTConfig

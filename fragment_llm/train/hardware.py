@@ -11,14 +11,16 @@ import logging
 import math
 import os
 import platform
+import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import ContextManager, Optional
 
+import numpy as np
 import torch
 
-from ..config.schema import ConfigError, HardwareConfig
+from ..config.schema import Config, ConfigError, HardwareConfig
 from ..train.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,27 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
     )
+
+
+def oom_advice(settings: Config) -> str:
+    """What to change when a run ran out of memory: a smaller batch at the same effective batch, a shorter
+    context, or a smaller model."""
+    train_settings, model_settings = settings.train, settings.model
+    half = max(1, train_settings.batch_size // 2)
+    return (
+        f"out of memory at train.batch_size={train_settings.batch_size}, model.block_size={model_settings.block_size}; "
+        f"try train.batch_size={half} "
+        f"train.grad_accum_steps={train_settings.grad_accum_steps * train_settings.batch_size // half} "
+        f"(same effective batch), or model.block_size={max(16, model_settings.block_size // 2)}, "
+        f"or a smaller model (model.n_layer={max(1, model_settings.n_layer // 2)} or model=tiny)"
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's random numbers from `seed`."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,12 +18,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
-from ..config.schema import Config, TrainConfig, to_plain
+from ..config.load import to_plain
+from ..config.schema import Config, TrainConfig
 from ..console import console
 from ..files import file_problem, utf8_text, write_text
 from ..model.gpt import GPTConfig
 from ..runs.paths import RunPaths
 from ..runs.records import flatten, read_metrics, update_summary
+from ..text import plural
 from ..train.distributed import Ranks
 from ..train.hardware import peak_matmul_flops
 
@@ -143,10 +145,10 @@ class RunOutputs:
     ) -> None:
         """The model and what training it takes, to the log; summary.json marked running, with `summary`."""
         self.info(
-            "Model: %s parameters (%d layers, %d heads, %d wide, block %d; %s positions, %s, %s) on %s, %s",
+            "Model: %s parameters (%s, %s, %d wide, block %d; %s positions, %s, %s) on %s, %s",
             f"{params:,}",
-            model_config.n_layer,
-            model_config.n_head,
+            plural(model_config.n_layer, "layer"),
+            plural(model_config.n_head, "head"),
             model_config.n_embd,
             model_config.block_size,
             model_config.position,
@@ -165,14 +167,15 @@ class RunOutputs:
             f" x {self.world_size} ranks" if self.world_size > 1 else "",
         )
         step_checkpoints = (
-            f"every {train_settings.save_interval} steps (the newest {train_settings.keep_checkpoints} kept) and "
+            f"every {plural(train_settings.save_interval, 'step')} (the newest {train_settings.keep_checkpoints} kept) "
+            "and "
             if train_settings.save_interval
             else ""
         )
         self.info(
-            "Checkpoints: %severy %d epochs, in %s (each one named in train.log)",
+            "Checkpoints: %severy %s, in %s (each one named in train.log)",
             step_checkpoints,
-            train_settings.checkpoint_every_epochs,
+            plural(train_settings.checkpoint_every_epochs, "epoch"),
             self.paths.checkpoints,
         )
         self.update(status="running", params=params, device=str(device), precision=precision, **summary)
@@ -192,9 +195,8 @@ class RunOutputs:
         for each of HPARAM_METRICS) in TensorBoard's HParams tab."""
         self.update(status="completed", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **summary)
         self.info(
-            "Done: %d steps in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; "
-            "model saved to %s",
-            summary["steps"],
+            "Done: %s in %.1fs (%s tokens/s); best val loss %.4f (%.3f bits per byte) at step %s; model saved to %s",
+            plural(summary["steps"], "step"),
             seconds,
             f"{metrics['tokens_per_sec']:,.0f}",
             metrics["best_val_loss"],
@@ -290,14 +292,16 @@ class RunOutputs:
         """model.dropout=null chose the dropout: said when there is some, or when a time budget chose."""
         if probability or budgeted:
             self.info(
-                "Dropout %s%s for about %.0f epochs (model.dropout=null chooses it by the epochs; a number fixes it)",
+                "Dropout %s%s for about %s (model.dropout=null chooses it by the epochs; a number fixes it)",
                 probability,
                 f" from step {step}" if step else "",
-                epochs,
+                plural(round(epochs), "epoch"),
             )
 
     def early_stopped(self, evaluations: int) -> None:
-        self.info("Early stop: no better validation loss in %d evaluations (train.early_stop_patience)", evaluations)
+        self.info(
+            "Early stop: no better validation loss in %s (train.early_stop_patience)", plural(evaluations, "evaluation")
+        )
 
     @contextmanager
     def progress_bar(

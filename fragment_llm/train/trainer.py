@@ -5,105 +5,37 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
-import numpy as np
 import torch
 
 from ..config.dropout import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, dropout_for_epochs
-from ..config.schema import Config, ConfigError, to_plain
-from ..data.corpus import CORPUS_HASH_VERSION, PreparedData, TrainBatches, eval_batches, prepare_data
+from ..config.load import to_plain
+from ..config.schema import Config
+from ..data.batches import TrainBatches, eval_batches
+from ..data.cache import PreparedData, prepare_data
 from ..errors import UserError
 from ..model.evaluate import bits_per_byte, loss_sum
-from ..model.generate import Sampling, generate_text
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
-from ..signals import handling
-from ..train.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    point_last,
-    restore_rng_state,
-    save_checkpoint,
-    save_step_checkpoint,
-)
-from ..train.distributed import Ranks, all_gather, all_reduce_sum, barrier
-from ..train.from_run import carried_tokenizer
-from ..train.hardware import Precision, is_out_of_memory, prepare_device
-from ..train.optim import build_optimizer, lr_factor, set_lr
-from ..train.outputs import RunOutputs, format_seconds
+from .distributed import Ranks, all_reduce_sum, barrier
+from .from_run import carried_tokenizer
+from .hardware import Precision, is_out_of_memory, oom_advice, prepare_device, seed_everything
+from .optim import build_optimizer, lr_factor, set_lr
+from .outputs import RunOutputs
+from .report import SAMPLE_PROMPT_TOKENS, ReportedRun
+from .resumable import ResumableRun, check_resumable, load_weights
 
 log = logging.getLogger(__name__)
-
-SAMPLE_PROMPT_TOKENS = 8
-SAMPLE_TOKENS = 48
-SAMPLE_SAMPLING = Sampling(temperature=0.8, top_k=50)
 
 
 class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (divergence, out of memory): one line saying what to change."""
-
-
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP stopped the run; `message` says what was saved and how to resume."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-        self.message = message
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def oom_advice(settings: Config) -> str:
-    train_settings, model_settings = settings.train, settings.model
-    half = max(1, train_settings.batch_size // 2)
-    return (
-        f"out of memory at train.batch_size={train_settings.batch_size}, model.block_size={model_settings.block_size}; "
-        f"try train.batch_size={half} "
-        f"train.grad_accum_steps={train_settings.grad_accum_steps * train_settings.batch_size // half} "
-        f"(same effective batch), or model.block_size={max(16, model_settings.block_size // 2)}, "
-        f"or a smaller model (model.n_layer={max(1, model_settings.n_layer // 2)} or model=tiny)"
-    )
-
-
-def check_resumable(checkpoint: dict, data: PreparedData) -> None:
-    """A checkpoint continues only on the text and the tokenizer it was trained with."""
-    if checkpoint.get("corpus_hash_version") != CORPUS_HASH_VERSION:
-        log.warning(
-            "The checkpoint comes from an older fragment-llm, whose corpus hash cannot be compared with "
-            "this one's: make sure the text is the one it was trained on"
-        )
-    elif checkpoint["corpus_hash"] != data.corpus_hash:
-        raise ConfigError(
-            "the corpus differs from the one the checkpoint was trained on (its files changed); "
-            "restore the original text or start a new run without train.resume"
-        )
-    if checkpoint["tokenizer_hash"] != data.tokenizer_hash:  # an older checkpoint, without its own tokenizer
-        raise ConfigError(
-            f"the cached tokenizer {data.tokenizer_path} differs from the one the checkpoint was trained with; copy "
-            "the run's tokenizer.json over it and resume again"
-        )
-
-
-def load_weights(model: GPT, checkpoint: dict, fix: str) -> None:
-    """The checkpoint's weights into `model`, or a CheckpointError ending with `fix`."""
-    try:
-        model.load_state_dict(checkpoint["model_state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"the checkpoint's weights do not fit its model settings: {str(error).splitlines()[0]}; {fix}"
-        ) from None
 
 
 class Due(NamedTuple):
@@ -129,7 +61,7 @@ class Loop:
     train_loss: float = math.nan  # the last epoch's mean
 
 
-class Trainer:
+class Trainer(ResumableRun, ReportedRun):
     """Owns the model, optimizer, data stream and run directory of one training run.
 
     Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
@@ -159,59 +91,11 @@ class Trainer:
         self.started = time.perf_counter()
         self.outputs = RunOutputs(self.run_dir, ranks)
         self.device = prepare_device(settings.hardware, ranks)
-
-        train_settings, model_settings = settings.train, settings.model
-        self.data: PreparedData = prepare_data(
-            settings.data,
-            model_settings.vocab_size,
-            model_settings.block_size,
-            settings.tokenizer.min_frequency,
-            settings.tokenizer.retrain,
-            Path(settings.paths.cache),
-            tokenizer=carried_tokenizer(checkpoint if checkpoint is not None else parent),
-        )
-        if checkpoint is not None:
-            check_resumable(checkpoint, self.data)
-        self.outputs.save_tokenizer(self.data.tokenizer)
-
-        seed_everything(train_settings.seed)  # the same initial weights on every rank
-        # model.dropout=null: none until the run's epochs are known (below, or once a time budget's pace is).
-        self.dropout_pending = model_settings.dropout is None
-        self.dropout_epochs: Optional[float] = None  # the epochs it was chosen for
-        self.model_config = GPTConfig(
-            **{
-                **to_plain(settings)["model"],
-                "vocab_size": self.data.vocab_size,
-                "dropout": model_settings.dropout or 0.0,
-            }
-        )
-        self.model = GPT(self.model_config).to(self.device)
-        if parent is not None:
-            load_weights(self.model, parent, "start from a checkpoint that fragment-llm wrote")
-        seed_everything(train_settings.seed + ranks.rank)  # each rank its own dropout
+        self.data = self.prepare_data(checkpoint, parent)
+        self.model = self.build_model(parent)
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
-        self.batches = TrainBatches(
-            self.data.train,
-            model_settings.block_size,
-            train_settings.batch_size,
-            train_settings.seed,
-            self.device,
-            ranks.rank,
-            ranks.world_size,
-        )
-        self.tokens_per_step = (
-            train_settings.batch_size * train_settings.grad_accum_steps * model_settings.block_size * ranks.world_size
-        )
-        self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
-        # A time budget alone decides a run's length; otherwise epochs or max_iters, whichever ends first.
-        self.budget = train_settings.budget_seconds
-        steps = min(train_settings.max_iters, train_settings.epochs * self.steps_per_epoch)
-        self.total_steps = None if self.budget else steps
-        self.epochs = None if self.budget else math.ceil(self.total_steps / self.steps_per_epoch)
-        self.length = self.budget or self.total_steps  # in seconds of the budget, or in steps
-        if self.dropout_pending and not self.budget:
-            self.choose_dropout(self.total_steps / self.steps_per_epoch)
+        self.plan_length()
         self.step = 0
         self.train_seconds = 0.0  # training time before this process (a resumed run's), then the loop's so far
         self.best_val_loss = self.best_val_bpb = math.inf
@@ -239,46 +123,68 @@ class Trainer:
         if settings.logging.tensorboard:
             self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
-    def restore(self, checkpoint: dict) -> None:
-        """Load a checkpoint's state. The learning rate is the current settings' (it may change on
-        resume); the schedule is rebuilt for the current length and replayed up to the step."""
-        load_weights(self.model, checkpoint, "resume from a checkpoint this run wrote")
-        saved = checkpoint["config"]["optimizer"]
-        saved_optimizer = (saved["name"], saved.get("cautious_weight_decay", False))
-        wanted = (self.settings.optimizer.name.value, self.settings.optimizer.cautious_weight_decay)
-        if saved_optimizer == wanted:
-            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        else:
+    def prepare_data(self, checkpoint: Optional[dict], parent: Optional[dict]) -> PreparedData:
+        """The corpus as token arrays, encoded with the tokenizer of the run continued or started from,
+        else with one trained (or cached) for it; the run's tokenizer.json written."""
+        settings = self.settings
+        data = prepare_data(
+            settings.data,
+            settings.model.vocab_size,
+            settings.model.block_size,
+            settings.tokenizer.min_frequency,
+            settings.tokenizer.retrain,
+            Path(settings.paths.cache),
+            tokenizer=carried_tokenizer(checkpoint if checkpoint is not None else parent),
+        )
+        if checkpoint is not None:
+            check_resumable(checkpoint, data)
+        self.outputs.save_tokenizer(data.tokenizer)
+        return data
 
-            def named(optimizer: tuple[str, bool]) -> str:
-                return optimizer[0] + (" with cautious weight decay" if optimizer[1] else "")
+    def build_model(self, parent: Optional[dict]) -> GPT:
+        """The GPT of the settings at the corpus's vocabulary, seeded alike on every rank (with `parent`'s
+        weights when fine-tuning); each rank's own seed after it, for its dropout."""
+        seed_everything(self.settings.train.seed)
+        # model.dropout=null: none until the run's epochs are known (plan_length, or once a time budget's pace is).
+        self.dropout_pending = self.settings.model.dropout is None
+        self.dropout_epochs: Optional[float] = None  # the epochs it was chosen for
+        self.model_config = GPTConfig(
+            **{
+                **to_plain(self.settings)["model"],
+                "vocab_size": self.data.vocab_size,
+                "dropout": self.settings.model.dropout or 0.0,
+            }
+        )
+        model = GPT(self.model_config).to(self.device)
+        if parent is not None:
+            load_weights(model, parent, "start from a checkpoint that fragment-llm wrote")
+        seed_everything(self.settings.train.seed + self.ranks.rank)
+        return model
 
-            log.warning(
-                "Resuming with optimizer %s (the checkpoint was trained with %s): its state starts afresh",
-                named(wanted),
-                named(saved_optimizer),
-            )
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
-        self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
-        self.step = checkpoint["step"]
-        self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
-        self.best_step = checkpoint.get("best_step")
-        self.evaluations_without_gain = checkpoint.get("evaluations_without_gain", 0)
-        self.train_seconds = checkpoint.get("train_seconds", 0.0)
-        if self.dropout_pending and checkpoint.get("dropout_chosen"):  # a time budget's choice stands
-            self.model.set_dropout(checkpoint["model_config"]["dropout"])
-            self.dropout_pending = False
-        self.batches.position = checkpoint["data_position"]
-        rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
-        if self.ranks.rank < len(rng_states):
-            restore_rng_state(rng_states[self.ranks.rank])
-        else:
-            log.warning(
-                "the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
-                self.ranks.rank,
-                len(rng_states),
-            )
+    def plan_length(self) -> None:
+        """The batches, and how long the run is: a time budget alone decides it; otherwise epochs or
+        max_iters, whichever ends first."""
+        train_settings, block_size, ranks = self.settings.train, self.settings.model.block_size, self.ranks
+        self.batches = TrainBatches(
+            self.data.train,
+            block_size,
+            train_settings.batch_size,
+            train_settings.seed,
+            self.device,
+            ranks.rank,
+            ranks.world_size,
+        )
+        self.tokens_per_step = (
+            train_settings.batch_size * train_settings.grad_accum_steps * block_size * ranks.world_size
+        )
+        self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
+        self.budget = train_settings.budget_seconds
+        steps = min(train_settings.max_iters, train_settings.epochs * self.steps_per_epoch)
+        self.total_steps = None if self.budget else steps
+        self.epochs = None if self.budget else math.ceil(self.total_steps / self.steps_per_epoch)
+        self.length = self.budget or self.total_steps  # in seconds of the budget, or in steps
+        if self.dropout_pending and not self.budget:
+            self.choose_dropout(self.total_steps / self.steps_per_epoch)
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -381,96 +287,9 @@ class Trainer:
     def finished(self) -> bool:
         return self.position() >= self.length
 
-    def eta_seconds(self) -> Optional[float]:
-        """Training time left: a time budget's rest, or the steps left at the pace so far (evaluations and
-        checkpoints included); None before the first step."""
-        if self.finished() or self.early_stopped:
-            return 0.0
-        if self.budget:
-            return self.budget - self.train_seconds
-        return (self.total_steps - self.step) * self.train_seconds / self.step if self.step else None
-
     def early_stop_due(self) -> bool:
         patience = self.settings.train.early_stop_patience
         return bool(patience) and self.evaluations_without_gain >= patience and not self.finished()
-
-    def start(self) -> None:
-        """Say what is trained, mark the summary running, and evaluate the model a new run starts from."""
-        length = (
-            f"for {format_seconds(self.budget)} (train.time_budget)"
-            if self.budget
-            else f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, {self.epochs} epochs)"
-        )
-        self.outputs.run_started(
-            self.model_config,
-            self.model.num_parameters(),
-            self.precision.name,
-            self.device,
-            self.settings.train,
-            self.tokens_per_step,
-            length,
-            summary={
-                **self.summary(),
-                "vocab_size": self.data.vocab_size,
-                "train_tokens": len(self.data.train),
-                "val_tokens": len(self.data.val),
-                "data_seconds": round(self.data.seconds, 3),
-                "time_budget_s": self.budget,
-            },
-        )
-        if self.dropout_epochs is not None and not self.budget:
-            self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, 0, False)
-        if self.step == 0:
-            initial_val_loss = self.evaluate()
-            self.outputs.update(initial_val_loss=initial_val_loss)
-        else:
-            self.outputs.resumed(self.step, self.total_steps)
-        self.model.train()
-
-    def finish(self, start_step: int, train_loss: float) -> None:
-        """Save the final model, then mark the summary completed with the run's figures."""
-        loop_seconds = time.perf_counter() - self.loop_started
-        ending_started = time.perf_counter()
-        final = self.paths.final_model
-        self.save_checkpoint(final)
-        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
-        metrics = {
-            "best_val_loss": self.best_val_loss,
-            "best_val_bpb": self.best_val_bpb,
-            "val_loss": self.last_val_loss,
-            "train_loss": train_loss,
-            "tokens_per_sec": tokens_per_sec,
-        }
-        self.outputs.run_finished(
-            loop_seconds,
-            final,
-            metrics,
-            summary={
-                **self.summary(),
-                "train_loss": train_loss,
-                "tokens_per_sec": round(tokens_per_sec, 1),
-                "startup_seconds": round(self.loop_started - self.started, 2),
-                "final_seconds": round(time.perf_counter() - ending_started, 2),
-                "early_stopped": self.early_stopped,
-            },
-        )
-
-    def summary(self) -> dict[str, Any]:
-        """Where the run is, for summary.json (losses not measured yet are null)."""
-        return {
-            "steps": self.step,
-            "epochs": self.step / self.steps_per_epoch,
-            "tokens": self.step * self.tokens_per_step,
-            "val_loss": None if math.isnan(self.last_val_loss) else self.last_val_loss,
-            "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-            "val_bpb": None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
-            "best_val_bpb": None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
-            "best_step": self.best_step,
-            "dropout": self.model_config.dropout,
-            "wall_time_s": round(time.perf_counter() - self.started, 2),
-            "train_seconds": round(self.train_seconds, 2),
-            "eta_seconds": None if (eta := self.eta_seconds()) is None else round(eta, 1),
-        }
 
     # ---- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -544,14 +363,7 @@ class Trainer:
         )
         mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
         total, count = loss_sum(self.forward, mine, self.precision.autocast)
-        totals = all_reduce_sum(
-            torch.stack(
-                [
-                    torch.as_tensor(total, dtype=torch.float32, device=self.device),
-                    torch.tensor(float(count), device=self.device),
-                ]
-            )
-        )
+        totals = all_reduce_sum(torch.tensor([float(total), float(count)], device=self.device))
         val_loss = (totals[0] / totals[1]).item()
         self.model.train()
         self.last_val_loss = val_loss
@@ -565,112 +377,6 @@ class Trainer:
             self.evaluations_without_gain += 1
         self.outputs.evaluated(self.step, val_loss, self.last_val_bpb, self.summary())
         return val_loss
-
-    def sample(self) -> None:
-        """A short sample from the run's fixed prompt."""
-        self.model.eval()
-        text = self.sample_prompt + "".join(
-            generate_text(
-                self.model,
-                self.data.tokenizer,
-                self.sample_prompt,
-                SAMPLE_TOKENS,
-                SAMPLE_SAMPLING,
-                torch.Generator().manual_seed(self.settings.train.seed),
-            )
-        )
-        self.model.train()
-        self.outputs.sampled(self.step, text)
-
-    # ---- checkpoints --------------------------------------------------------------------------
-    def state(self) -> dict:
-        """Everything a resume needs. Every rank must call it: it gathers each rank's random state."""
-        rng_states = all_gather(capture_rng_state(self.device))
-        return {
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": {"lr": self.lr, "progress": self.progress()},
-            "scaler_state_dict": self.precision.scaler.state_dict(),
-            "config": to_plain(self.settings),
-            "model_config": asdict(self.model_config),
-            "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "data_position": self.batches.position,
-            "rng_state": rng_states,
-            "tokenizer_hash": self.data.tokenizer_hash,
-            "tokenizer": self.data.tokenizer.to_str(),  # a resume needs no file besides the checkpoint
-            "corpus_hash": self.data.corpus_hash,
-            "corpus_hash_version": CORPUS_HASH_VERSION,
-            "best_val_loss": self.best_val_loss,
-            "best_val_bpb": self.best_val_bpb,
-            "best_step": self.best_step,
-            "evaluations_without_gain": self.evaluations_without_gain,
-            "train_seconds": self.train_seconds,
-            "dropout_chosen": self.settings.model.dropout is None and not self.dropout_pending,
-        }
-
-    def save_best_model(self) -> None:
-        """models/best_model.pt: the weights with the lowest validation loss so far, for the tools
-        (`--checkpoint best`); a model file, not a resume point (rank 0 alone writes it)."""
-        if self.ranks.is_main:
-            save_checkpoint(
-                self.paths.best_model,
-                {
-                    "model_state_dict": self.model.state_dict(),
-                    "model_config": asdict(self.model_config),
-                    "config": to_plain(self.settings),
-                    "step": self.step,
-                    "val_loss": self.best_val_loss,
-                    "val_bpb": self.best_val_bpb,
-                    "tokenizer_hash": self.data.tokenizer_hash,
-                    "tokenizer": self.data.tokenizer.to_str(),
-                },
-            )
-
-    def save_step_checkpoint(self) -> Path:
-        path = self.checkpoint_dir / f"step_{self.step}.pt"
-        if self.saved_step != self.step:
-            state = self.state()
-            if self.ranks.is_main:
-                save_step_checkpoint(self.checkpoint_dir, self.step, state, self.settings.train.keep_checkpoints)
-            self.saved_step = self.step
-        return path
-
-    def save_checkpoint(self, path: Path) -> None:
-        """Write the state to `path` (rank 0) and point checkpoints/last.pt at it."""
-        state = self.state()
-        if self.ranks.is_main:
-            save_checkpoint(path, state)
-            self.checkpoint_dir.mkdir(exist_ok=True)
-            point_last(self.checkpoint_dir, path)
-
-    # ---- signals ------------------------------------------------------------------------------
-    @contextmanager
-    def stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current optimizer step; a second one stops at
-        once. After the last step a first signal changes nothing: the final model is being saved."""
-
-        def request_stop(signum: int, frame) -> None:
-            if self.stop_signal is not None:
-                raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once at step {self.step}")
-            self.stop_signal = signum
-            log.warning(
-                "%s received: finishing the current optimizer step, then saving a checkpoint "
-                "(send it again to stop at once)",
-                signal.Signals(signum).name,
-            )
-
-        with handling(request_stop):
-            yield
-
-    def stop_here(self) -> None:
-        path = self.save_step_checkpoint()
-        self.outputs.update(**self.summary(), status="interrupted")
-        raise Interrupted(
-            self.stop_signal,
-            f"{signal.Signals(self.stop_signal).name}: stopped at step {self.step} and saved {path}; "
-            f"resume with: python run.py train.resume={self.run_dir}",
-        )
 
 
 def train(

@@ -1,0 +1,126 @@
+"""What a run says about itself, as a part of the Trainer (train/trainer.py): what it trains as it
+starts, where it is (summary.json), and its figures as it ends, through RunOutputs.
+
+`ReportedRun` is a base of `Trainer`: its methods read the trainer's state."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import torch
+
+from ..model.generate import Sampling, generate_text
+from ..text import plural
+from .outputs import format_seconds
+
+SAMPLE_PROMPT_TOKENS = 8
+SAMPLE_TOKENS = 48
+SAMPLE_SAMPLING = Sampling(temperature=0.8, top_k=50)
+
+
+class ReportedRun:
+    def start(self) -> None:
+        """Say what is trained, mark the summary running, and evaluate the model a new run starts from."""
+        length = (
+            f"for {format_seconds(self.budget)} (train.time_budget)"
+            if self.budget
+            else f"{plural(self.total_steps, 'step')} ({self.steps_per_epoch} per epoch, "
+            f"{plural(self.epochs, 'epoch')})"
+        )
+        self.outputs.run_started(
+            self.model_config,
+            self.model.num_parameters(),
+            self.precision.name,
+            self.device,
+            self.settings.train,
+            self.tokens_per_step,
+            length,
+            summary={
+                **self.summary(),
+                "vocab_size": self.data.vocab_size,
+                "train_tokens": len(self.data.train),
+                "val_tokens": len(self.data.val),
+                "data_seconds": round(self.data.seconds, 3),
+                "time_budget_s": self.budget,
+            },
+        )
+        if self.dropout_epochs is not None and not self.budget:
+            self.outputs.dropout_chosen(self.model_config.dropout, self.dropout_epochs, 0, False)
+        if self.step == 0:
+            initial_val_loss = self.evaluate()
+            self.outputs.update(initial_val_loss=initial_val_loss)
+        else:
+            self.outputs.resumed(self.step, self.total_steps)
+        self.model.train()
+
+    def finish(self, start_step: int, train_loss: float) -> None:
+        """Save the final model, then mark the summary completed with the run's figures."""
+        loop_seconds = time.perf_counter() - self.loop_started
+        ending_started = time.perf_counter()
+        final = self.paths.final_model
+        self.save_checkpoint(final)
+        tokens_per_sec = (self.step - start_step) * self.tokens_per_step / max(loop_seconds, 1e-9)
+        metrics = {
+            "best_val_loss": self.best_val_loss,
+            "best_val_bpb": self.best_val_bpb,
+            "val_loss": self.last_val_loss,
+            "train_loss": train_loss,
+            "tokens_per_sec": tokens_per_sec,
+        }
+        self.outputs.run_finished(
+            loop_seconds,
+            final,
+            metrics,
+            summary={
+                **self.summary(),
+                "train_loss": train_loss,
+                "tokens_per_sec": round(tokens_per_sec, 1),
+                "startup_seconds": round(self.loop_started - self.started, 2),
+                "final_seconds": round(time.perf_counter() - ending_started, 2),
+                "early_stopped": self.early_stopped,
+            },
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Where the run is, for summary.json (losses not measured yet are null)."""
+        return {
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "tokens": self.step * self.tokens_per_step,
+            "val_loss": None if math.isnan(self.last_val_loss) else self.last_val_loss,
+            "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            "val_bpb": None if math.isnan(self.last_val_bpb) else self.last_val_bpb,
+            "best_val_bpb": None if math.isinf(self.best_val_bpb) else self.best_val_bpb,
+            "best_step": self.best_step,
+            "dropout": self.model_config.dropout,
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "eta_seconds": None if (eta := self.eta_seconds()) is None else round(eta, 1),
+        }
+
+    def eta_seconds(self) -> Optional[float]:
+        """Training time left: a time budget's rest, or the steps left at the pace so far (evaluations and
+        checkpoints included); None before the first step."""
+        if self.finished() or self.early_stopped:
+            return 0.0
+        if self.budget:
+            return self.budget - self.train_seconds
+        return (self.total_steps - self.step) * self.train_seconds / self.step if self.step else None
+
+    def sample(self) -> None:
+        """A short sample from the run's fixed prompt."""
+        self.model.eval()
+        text = self.sample_prompt + "".join(
+            generate_text(
+                self.model,
+                self.data.tokenizer,
+                self.sample_prompt,
+                SAMPLE_TOKENS,
+                SAMPLE_SAMPLING,
+                torch.Generator().manual_seed(self.settings.train.seed),
+            )
+        )
+        self.model.train()
+        self.outputs.sampled(self.step, text)
