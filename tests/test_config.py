@@ -10,18 +10,11 @@ from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from fragment_llm.config.schema import (
-    ConfigError,
-    DataSource,
-    OptimizerName,
-    PositionKind,
-    SchedulerName,
-    describe_keys,
-    load_settings,
-    resume_settings,
-    to_plain,
-)
+from fragment_llm.config.load import describe_keys, load_settings, to_plain
+from fragment_llm.config.schema import ConfigError, DataSource, OptimizerName, SchedulerName
+from fragment_llm.config.shape import Position
 from fragment_llm.launch.compose import check_overrides, command_line, key_table, launches_sweep, swept_keys
+from fragment_llm.train.from_run import resume_settings
 
 
 def options(group: str) -> list[str]:
@@ -202,7 +195,7 @@ def test_an_older_checkpoints_settings_resume_in_todays_keys():
     del saved["optimizer"]["cautious_weight_decay"]
     settings = resume_settings(compose_config(["train.max_iters=20"]), saved, ["train.max_iters=20"])
     assert settings.train.checkpoint_every_epochs == 2 and settings.train.max_iters == 20
-    assert settings.model.position is PositionKind.learned and settings.model.activation.value == "gelu"
+    assert settings.model.position is Position.learned and settings.model.activation.value == "gelu"
     assert settings.model.value_embeddings is False and settings.optimizer.cautious_weight_decay is False
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config.schema import SECTIONS, Config, ConfigError, describe_keys, load_settings, unknown_key
+from ..config.load import describe_keys, load_settings, unknown_key
+from ..config.schema import SECTIONS, Config, ConfigError
 
 # conf/ ships inside the package (an installed wheel has no checkout around it); in the checkout,
 # fragment_llm/conf links to the repository's conf/.
@@ -265,7 +266,7 @@ def check_overrides(overrides: list[str]) -> None:
         except OverrideParseException as error:
             raise ConfigError(
                 f"{text} is not a valid override ({str(error).splitlines()[0]}); write key=value, and quote a value "
-                "holding brackets, commas or spaces: 'key=\"a [b].txt\"'"
+                "holding brackets, commas, spaces or letters beyond ASCII: 'key=\"a [b].txt\"'"
             ) from None
     for text, override in zip(overrides, parsed):
         key = override.get_key_element().lstrip("+~")
