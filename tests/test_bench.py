@@ -8,7 +8,7 @@ import json
 import torch
 from conftest import tiny_overrides
 
-from fragment_llm.commands.cli import main
+from fragment_llm.commands.main import main
 from fragment_llm.train.bench import WARMUP_STEPS
 from fragment_llm.train.hardware import attention_kernel
 from fragment_llm.train.outputs import RunOutputs
