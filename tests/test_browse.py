@@ -19,7 +19,7 @@ import pytest
 from conftest import CONF_DIR, ROOT, compose_config, package_logging_restored, tiny_overrides
 
 from fragment_llm.commands.main import main
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 from fragment_llm.runs.tables import SWEEP_REPORT_FILE, write_sweep_report
 
 SHARED = [
@@ -222,7 +222,7 @@ def test_columns_pick_what_every_format_shows(outputs, monkeypatch, capsys):
 def test_runs_that_failed_before_training_are_hidden_unless_all(outputs, tmp_path, corpus, capsys):
     typo = outputs / "2026-11-25" / "09-00-00_tiny-cpu_aaaa"
     with package_logging_restored():  # a bad setting, as run.py records it
-        run_training(compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})), typo)
+        run_job(compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})), typo)
     assert json.loads((typo / "summary.json").read_text())["status"] == "failed"
     failed_job = {"status": "failed", "started_at": "2026-11-25T08:15:00+00:00", "error": "out of range"}
     write_run(outputs / SWEEP / "6", ["optimizer.lr=1.0", "train.seed=1", *SHARED], failed_job)

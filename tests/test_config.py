@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from fragment_llm.config.load import describe_keys, load_settings, to_plain
 from fragment_llm.config.schema import ConfigError, DataSource, OptimizerName, SchedulerName
 from fragment_llm.config.shape import Position
-from fragment_llm.launch.compose import check_overrides, command_line, key_table, launches_sweep, swept_keys
+from fragment_llm.launch.compose import check_overrides, command_line, launches_sweep, swept_keys
+from fragment_llm.launch.keys import key_table
 from fragment_llm.train.from_run import resume_settings
 
 
@@ -210,7 +211,7 @@ def test_the_conf_readme_key_table_is_the_schemas():
     readme = (ROOT / "conf" / "README.md").read_text(encoding="utf-8")
     assert key_table() in readme, (
         "conf/README.md's key table differs from the schema; paste the output of "
-        "python -c 'from fragment_llm.launch.compose import key_table; print(key_table())'"
+        "python -c 'from fragment_llm.launch.keys import key_table; print(key_table())'"
     )
 
 

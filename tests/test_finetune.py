@@ -10,7 +10,7 @@ import torch
 from conftest import RUN, compose_config, run_in_process, tiny_overrides, train_tiny_run
 
 from fragment_llm.config.schema import ConfigError
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
 from fragment_llm.train.from_run import find_init_checkpoint, fine_tune_settings
@@ -26,7 +26,7 @@ def fine_tune(root, corpus, parent, name, *extra, **keys):
     """Train (or fail to) in-process as `python run.py` would; returns the run directory and the best loss."""
     overrides = fine_tune_overrides(root, corpus, parent, **keys) + list(extra)
     run_dir = root / name
-    return run_dir, run_training(compose_config(overrides), run_dir, overrides)
+    return run_dir, run_job(compose_config(overrides), run_dir, overrides)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_a_fine_tuned_run_resumes(parent, fine_tuned, corpus):
     overrides = [item for item in overrides if not item.startswith("train.init_from=")]
     overrides.append(f"train.resume={fine_tuned}")
     resumed = parent.parent / "resumed"
-    assert run_training(compose_config(overrides), resumed, overrides) < float("inf")
+    assert run_job(compose_config(overrides), resumed, overrides) < float("inf")
     assert read_summary(resumed)["steps"] == 12
 
 

@@ -65,9 +65,7 @@ def run(bin_dir: Path, args: list, cwd: Path) -> subprocess.CompletedProcess:
 
 def check_installed_conf(bin_dir: Path, venv: Path, cwd: Path) -> None:
     """The package imported is the installed one, and its conf/ (what the app composes) is the repository's."""
-    query = (
-        "import fragment_llm; from fragment_llm.launch.compose import CONF_DIR; print(fragment_llm.__file__, CONF_DIR)"
-    )
+    query = "import fragment_llm; from fragment_llm.launch.conf import CONF_DIR; print(fragment_llm.__file__, CONF_DIR)"
     package, conf_dir = map(Path, run(bin_dir, ["python", "-c", query], cwd).stdout.split())
     assert package.is_relative_to(venv) and conf_dir.is_relative_to(venv), (package, conf_dir)
     ours = {path.relative_to(ROOT / "conf"): path.read_bytes() for path in (ROOT / "conf").rglob("*.yaml")}

@@ -24,7 +24,7 @@ from fragment_llm.config import schema as config_module
 from fragment_llm.config.schema import ConfigError
 from fragment_llm.files import FILE_MODE, atomic_path, write_json
 from fragment_llm.launch.compose import check_overrides
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 from fragment_llm.runs.claim import RunLock
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -77,10 +77,10 @@ def test_resuming_into_its_own_directory_is_allowed_but_not_twice_at_once(tmp_pa
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={run_dir}"]
     with RunLock(run_dir).acquire():  # another process is training into it
-        assert run_training(compose_config(overrides), run_dir, overrides) == math.inf
+        assert run_job(compose_config(overrides), run_dir, overrides) == math.inf
         assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 4
     (run_dir / ".lock").write_text("999999999\n")  # a stale lock file left by a dead process locks nothing
-    assert run_training(compose_config(overrides), run_dir, overrides) < math.inf
+    assert run_job(compose_config(overrides), run_dir, overrides) < math.inf
     assert read_summary(run_dir)["steps"] == 6
 
 
@@ -139,7 +139,7 @@ def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds
     cached.write_text(json.dumps(tokenizer))
     final = run_dir / "models" / "final_model.pt"
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={final}"]
-    assert run_training(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
+    assert run_job(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
     saved_hash = load_checkpoint(final)["tokenizer_hash"]
     assert tokenizer_hash(load_tokenizer(tmp_path / "resumed" / "tokenizer.json")) == saved_hash
     assert load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt")["tokenizer_hash"] == saved_hash
@@ -150,7 +150,7 @@ def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds
     }
     save_checkpoint(tmp_path / "older.pt", older)
     overrides[-1] = f"train.resume={tmp_path / 'older.pt'}"
-    assert run_training(compose_config(overrides), tmp_path / "from_older", overrides) == math.inf
+    assert run_job(compose_config(overrides), tmp_path / "from_older", overrides) == math.inf
     error = read_summary(tmp_path / "from_older")["error"]
     assert f"the cached tokenizer {cached} differs" in error and "copy the run's tokenizer.json over it" in error
     assert "comes from an older fragment-llm" in (tmp_path / "from_older" / "train.log").read_text()
@@ -158,7 +158,7 @@ def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds
     damaged = {**load_checkpoint(final), "tokenizer": "{not a tokenizer"}
     save_checkpoint(tmp_path / "damaged.pt", damaged)
     overrides[-1] = f"train.resume={tmp_path / 'damaged.pt'}"
-    assert run_training(compose_config(overrides), tmp_path / "from_damaged", overrides) == math.inf
+    assert run_job(compose_config(overrides), tmp_path / "from_damaged", overrides) == math.inf
     assert "the checkpoint's tokenizer is damaged" in read_summary(tmp_path / "from_damaged")["error"]
 
 
@@ -167,7 +167,7 @@ def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, corpus,
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6, "optimizer": optimizer})
     overrides.append(f"train.resume={run_dir}")
-    assert run_training(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
+    assert run_job(compose_config(overrides), tmp_path / "resumed", overrides) < math.inf
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert f"Resuming with optimizer {optimizer} (the checkpoint was trained with adamw)" in log
     assert (

@@ -16,7 +16,7 @@ import torch
 from conftest import RUN, compose_config, run_in_process, settings_for, tiny_overrides
 
 from fragment_llm.config.schema import ConfigError
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train import checkpoint as checkpoint_module
@@ -36,7 +36,7 @@ EXACT = {"model.dropout": 0.1, "train.max_iters": 40, "train.save_interval": 20,
 def resume_run(tmp_path, corpus, run_name, resume_from, **keys):
     overrides = tiny_overrides(tmp_path, corpus, **keys) + [f"train.resume={resume_from}"]
     run_dir = tmp_path / run_name
-    best = run_training(compose_config(overrides), run_dir, overrides)
+    best = run_job(compose_config(overrides), run_dir, overrides)
     return run_dir, best
 
 
@@ -95,7 +95,7 @@ def test_resume_may_extend_a_run_but_not_change_its_model_or_data(tmp_path, corp
     assert read_summary(longer)["resumed_from"].endswith("final_model.pt")
 
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 14}) + [f"train.resume={first}"]
-    best = run_training(compose_config(overrides), first, overrides)
+    best = run_job(compose_config(overrides), first, overrides)
     assert best < float("inf") and read_summary(first)["steps"] == 14  # continued in its own directory
     assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 14
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import RUN, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +94,9 @@ def test_the_training_function_returns_a_finite_best_loss_or_inf(tmp_path, corpu
     from conftest import compose_config
 
     good = compose_config(tiny_overrides(tmp_path, corpus, **{"train.max_iters": 2}))
-    assert math.isfinite(run_training(good, tmp_path / "good"))
+    assert math.isfinite(run_job(good, tmp_path / "good"))
     bad = compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0}))
-    assert run_training(bad, tmp_path / "bad") == math.inf
+    assert run_job(bad, tmp_path / "bad") == math.inf
 
 
 def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monkeypatch):
@@ -107,12 +107,12 @@ def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monk
 
     monkeypatch.setattr("fragment_llm.launch.job.train", broken_train)
     cfg = compose_config(tiny_overrides(tmp_path, corpus))
-    assert run_training(cfg, tmp_path / "job", in_sweep=True) == math.inf
+    assert run_job(cfg, tmp_path / "job", in_sweep=True) == math.inf
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: a bug"
     assert "Traceback" in (tmp_path / "job" / "train.log").read_text()
     with pytest.raises(RuntimeError, match="a bug"):
-        run_training(cfg, tmp_path / "single")
+        run_job(cfg, tmp_path / "single")
 
 
 @pytest.mark.parametrize(

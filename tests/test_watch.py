@@ -14,7 +14,7 @@ import pytest
 from conftest import compose_config, package_logging_restored, settings_for, tiny_overrides
 
 from fragment_llm.console import setup_logging
-from fragment_llm.launch.job import run_training
+from fragment_llm.launch.job import run_job
 from fragment_llm.runs.records import METRICS_FILE, read_summary
 from fragment_llm.train import outputs
 from fragment_llm.train.checkpoint import load_checkpoint
@@ -127,7 +127,7 @@ def test_a_full_disk_while_writing_metrics_ends_the_run_with_one_line(tmp_path, 
     run_dir.mkdir()
     (run_dir / METRICS_FILE).symlink_to("/dev/full")  # every write: no space left on device
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 5})
-    assert run_training(compose_config(overrides), run_dir, overrides) == float("inf")
+    assert run_job(compose_config(overrides), run_dir, overrides) == float("inf")
     summary = read_summary(run_dir)
     assert summary["status"] == "failed"
     assert summary["error"].startswith(f"could not read or write {run_dir / METRICS_FILE}: No space left on device")

@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..launch.app import main as train_main  # sets signal handlers and imports torch: only here
+    from ..launch.hydra_app import main as train_main  # sets signal handlers and imports torch: only here
 
     train_main(args.arguments)
     return 0

@@ -1,8 +1,8 @@
-"""Hydra's side of the settings: composing conf/ into the settings `python run.py` trains with, the
-resolvers that name run directories, checking a command line's overrides before Hydra reads them,
-and the command line torchrun's ranks hand to Hydra.
+"""Hydra's side of the settings: the settings `python run.py` trains with, composed from conf/ (launch/conf.py),
+the resolvers conf/ uses, checking a command line's overrides before Hydra reads them, and the command
+line torchrun's ranks hand to Hydra.
 
-With run.py and hydra_callbacks.py, the only modules that import Hydra; config.py holds the schema.
+With hydra_app.py, callbacks.py, conf.py and keys.py, the only modules that import Hydra.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ import functools
 import os
 import secrets
 import sys
-import textwrap
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config.load import describe_keys, load_settings, unknown_key
 from ..config.schema import SECTIONS, Config, ConfigError
-
-# conf/ ships inside the package (an installed wheel has no checkout around it); in the checkout,
-# fragment_llm/conf links to the repository's conf/.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from .conf import chosen_options, compose, config_groups, group_options
+from .keys import keys_help
 
 
 def compose_settings(overrides: list[str]) -> Config:
@@ -38,15 +33,6 @@ def compose_settings(overrides: list[str]) -> Config:
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
     return load_settings(cfg)
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """conf/ composed as `python run.py OVERRIDES` composes it, without its `hydra` section."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 # ---- the command line, as Hydra reads it ------------------------------------------------------------------
@@ -156,99 +142,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("keys_help", keys_help, replace=True)
 
 
-# ---- what each key means: `python run.py --help` and README's key table ----------------------------------
-UNSET = object()
-
-
-def yaml_value(value: Any) -> str:
-    """A value as conf/'s YAML writes it."""
-    if isinstance(value, bool) or value is None:
-        return {None: "null", True: "true", False: "false"}[value]
-    return str(value)
-
-
-def keys_help(_root_: DictConfig) -> str:
-    """Every key with its composed value, range and meaning, for `python run.py --help`."""
-    lines = []
-    for doc in describe_keys():
-        value = OmegaConf.select(_root_, doc.key, default=UNSET)
-        shown = f"(unset: only {', '.join(doc.options)})" if value is UNSET else yaml_value(value)
-        lines.append(f"{doc.key}={shown}" + (f"  {doc.allowed}" if doc.allowed else ""))
-        lines += textwrap.wrap(doc.help, width=100, initial_indent="    ", subsequent_indent="    ")
-    return "\n".join(lines)
-
-
-def key_table() -> str:
-    """README's key table: every key with its value under each option of the group that sets it (the
-    default option first), its range or choices, and its meaning. tests/test_config.py checks that
-    README holds exactly this table."""
-    defaults = chosen_defaults()
-    default = compose([])
-    by_option = {
-        group: {
-            option: compose([f"{group}={option}"])
-            for option in [defaults[group], *sorted(group_options(group) - {defaults[group]})]
-        }
-        for group in defaults
-    }
-    rows = ["| key | default | range / choices | meaning |", "| --- | --- | --- | --- |"]
-    for doc in describe_keys():
-        shown = []
-        for group, configs in by_option.items():
-            values = {option: OmegaConf.select(cfg, doc.key, default=UNSET) for option, cfg in configs.items()}
-            if all(value == option for option, value in values.items()):  # the option's own name (`optimizer.name`)
-                shown.append(f"the `{group}` option ({defaults[group]})")
-            elif len(set(map(repr, values.values()))) > 1:
-                by_value: dict[str, list[str]] = {}
-                for option, value in values.items():
-                    if value is not UNSET:
-                        by_value.setdefault(yaml_value(value), []).append(option)
-                shown += [f"{value} ({', '.join(options)})" for value, options in by_value.items()]
-        if not shown:
-            shown = [yaml_value(OmegaConf.select(default, doc.key))]
-        rows.append(f"| `{doc.key}` | {', '.join(shown)} | {doc.allowed} | {doc.help} |")
-    return "\n".join(rows)
-
-
 # ---- checking a command line's overrides before Hydra ------------------------------------------------------
-def group_options(group: str) -> set[str]:
-    return {path.stem for path in (CONF_DIR / group).glob("*.yaml")}
-
-
-def config_groups() -> set[str]:
-    return {folder.name for folder in CONF_DIR.iterdir() if folder.is_dir() and folder.name != "hydra"}
-
-
-def chosen_defaults(path: Path = CONF_DIR / "config.yaml", prefix: str = "") -> dict[str, str]:
-    """The group options a defaults list picks (conf/config.yaml's, or with `prefix="override /"` a
-    recipe's), leaving out the groups it leaves empty (null)."""
-    chosen = {}
-    for entry in OmegaConf.load(path).get("defaults") or []:
-        if isinstance(entry, DictConfig):
-            for key, option in entry.items():
-                if key.startswith(prefix) and option is not None and "/" not in key.removeprefix(prefix):
-                    chosen[key.removeprefix(prefix)] = str(option)
-    return chosen
-
-
-def chosen_options(group: str, overrides: list) -> list[str]:
-    """The options of `group` that parsed command-line `overrides` pick: its own `group=...` (every value
-    of a sweep), else the recipe's (`experiment=...` with `override /group: ...`), else conf/config.yaml's
-    default."""
-    for override in overrides:
-        if override.get_key_element().lstrip("+") == group and not override.is_delete():
-            values = override.sweep_string_iterator() if override.is_choice_sweep() else [override.value()]
-            return [str(value) for value in values if (CONF_DIR / group / f"{value}.yaml").is_file()]
-    for override in overrides:
-        recipe = CONF_DIR / "experiment" / f"{override.value()}.yaml"
-        if override.get_key_element() == "experiment" and not override.is_sweep_override() and recipe.is_file():
-            chosen = chosen_defaults(recipe, "override /").get(group)
-            if chosen:
-                return [chosen]
-    chosen = chosen_defaults().get(group)
-    return [chosen] if chosen else []
-
-
 def check_overrides(overrides: list[str]) -> None:
     """Refuse, in one ConfigError line, the command-line overrides Hydra itself would refuse with a
     multi-line report: bad syntax, an unknown key or group option, `+` on a key that exists, a key

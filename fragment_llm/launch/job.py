@@ -41,7 +41,7 @@ from ..train.trainer import TrainingError, train
 log = logging.getLogger(__name__)
 
 
-def run_training(
+def run_job(
     cfg: DictConfig,
     run_dir: Path,
     overrides: Sequence[str] = (),
@@ -203,7 +203,7 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     try:
         distributed.spawn(
             nproc,
-            train_rank,
+            run_spawned_rank,
             to_plain(settings),
             str(run_dir),
             None if checkpoint_path is None else str(checkpoint_path),
@@ -221,7 +221,9 @@ def spawn_ranks(settings: Config, run_dir: Path, checkpoint_path: Optional[Path]
     return read_summary(run_dir).get("best_val_loss", math.inf)
 
 
-def train_rank(plain_settings: dict, run_dir: str, checkpoint_path: Optional[str], parent_path: Optional[str]) -> None:
+def run_spawned_rank(
+    plain_settings: dict, run_dir: str, checkpoint_path: Optional[str], parent_path: Optional[str]
+) -> None:
     """One spawned rank: the same job as a torchrun rank, from plain (picklable) settings."""
     ranks = distributed.from_environment()
     run_dir = Path(run_dir)

@@ -52,9 +52,9 @@ LOW_VALUE = ("tokens", "started_at")
 # When it does not fit with every word whole, these go, the first first; the run, its overrides, best
 # val loss and status stay.
 DROP_ORDER = (*LOW_VALUE, "hardware", "wall_time_s", "steps", "model", "optimizer", "val_bpb")
-CHOICES = ("model", "hardware", "optimizer")  # config group options
+GROUP_COLUMNS = ("model", "hardware", "optimizer")  # config group options
 # Columns that, when every listed run has the same value, say it once above the table instead.
-SAID_ONCE = (*CHOICES, "status")
+SAID_ONCE = (*GROUP_COLUMNS, "status")
 
 
 def is_number(value: Any) -> bool:
@@ -206,7 +206,7 @@ def _say_once(view: RunsView, runs: Sequence[dict[str, Any]], noun: str) -> None
             view.drop(key)
     if said_once:
         view.notes.append(f"Every {noun}: " + " ".join(f"{key}={value}" for key, value in said_once.items()))
-    for key in CHOICES:
+    for key in GROUP_COLUMNS:
         if key in view.columns and all(f"{key}={cell(run, key)}" in run["overrides"] for run in runs):
             view.drop(key)
 

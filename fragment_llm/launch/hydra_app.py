@@ -30,12 +30,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 from ..config.schema import ConfigError  # noqa: E402
 from ..console import make_standard_streams_safe  # noqa: E402
-from .compose import CONF_DIR, check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
-from .job import run_training  # noqa: E402
+from .compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
+from .conf import CONF_DIR  # noqa: E402
+from .job import run_job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def train(cfg: DictConfig) -> float:
+def hydra_job(cfg: DictConfig) -> float:
     """One job: a run, or one run of a sweep, whose best validation loss a sweeper minimises."""
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode is RunMode.MULTIRUN
@@ -45,7 +46,7 @@ def train(cfg: DictConfig) -> float:
         for group, option in hydra_config.runtime.choices.items()
         if not group.startswith("hydra") and option is not None
     }
-    best_val_loss = run_training(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep, choices=choices)
+    best_val_loss = run_job(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep, choices=choices)
     if math.isinf(best_val_loss) and not in_sweep:
         sys.exit(1)
     return best_val_loss
@@ -64,4 +65,4 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     register_resolvers()
-    train()
+    hydra_job()
