@@ -20,7 +20,8 @@ from conftest import CONF_DIR, ROOT, compose_config, package_logging_restored, t
 
 from fragment_llm.commands.main import main
 from fragment_llm.launch.job import run_job
-from fragment_llm.runs.tables import SWEEP_REPORT_FILE, write_sweep_report
+from fragment_llm.runs.paths import RunPaths
+from fragment_llm.runs.tables import write_sweep_report
 
 SHARED = [
     "data=text",
@@ -140,7 +141,7 @@ def test_the_sweep_report_follows_the_same_rules(outputs, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "80")
     write_sweep_report(outputs / SWEEP)
     printed = capsys.readouterr().out
-    report = (outputs / SWEEP / SWEEP_REPORT_FILE).read_text()
+    report = (outputs / SWEEP / RunPaths.SWEEP_REPORT).read_text()
     assert printed == report
     assert_fits(report, 80, ["optimizer.lr=0.0003", "train.seed=2"])
     assert "data.path" not in report and "Not shown: the 5 overrides every job shares" in report

@@ -12,7 +12,8 @@ from conftest import RUN, run_in_process, settings_for, tiny_overrides
 
 from fragment_llm.config.dropout import dropout_for_epochs
 from fragment_llm.config.schema import ConfigError
-from fragment_llm.runs.records import BEST_MODEL, read_summary
+from fragment_llm.runs.paths import RunPaths
+from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import load_checkpoint
 from fragment_llm.train.from_run import find_resume_checkpoint, load_run
 from fragment_llm.train.trainer import Trainer
@@ -141,7 +142,7 @@ def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(
     summary = read_summary(tmp_path / "run")
     assert summary["steps"] == 20 and summary["early_stopped"] is True
     assert summary["best_step"] == 10 and summary["best_val_loss"] == 4.0
-    best = load_checkpoint(tmp_path / "run" / BEST_MODEL)
+    best = load_checkpoint(tmp_path / "run" / RunPaths.BEST_MODEL)
     assert best["step"] == 10 and best["val_loss"] == 4.0
     final = load_checkpoint(tmp_path / "run" / "models" / "final_model.pt")
     assert final["step"] == 20
@@ -157,10 +158,10 @@ def test_the_tools_take_checkpoint_best(tmp_path, corpus):
     )
     assert run.returncode == 0, run.stderr
     step = read_summary(tmp_path / "run")["best_step"]
-    assert load_run(tmp_path / "run", "best").checkpoint_path == tmp_path / "run" / BEST_MODEL
+    assert load_run(tmp_path / "run", "best").checkpoint_path == tmp_path / "run" / RunPaths.BEST_MODEL
     result = run_in_process(["-m", "fragment_llm", "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
     assert result.returncode == 0 and "best_model.pt" in result.stdout
-    assert load_checkpoint(tmp_path / "run" / BEST_MODEL)["step"] == step
+    assert load_checkpoint(tmp_path / "run" / RunPaths.BEST_MODEL)["step"] == step
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from fragment_llm.commands.main import main
 from fragment_llm.launch.callbacks import SweepReport
 from fragment_llm.runs import plot
-from fragment_llm.runs.records import METRICS_FILE
+from fragment_llm.runs.paths import RunPaths
 
 
 def fake_run(folder: Path, rows: list[dict], overrides: tuple[str, ...] = ()) -> Path:
@@ -23,7 +23,7 @@ def fake_run(folder: Path, rows: list[dict], overrides: tuple[str, ...] = ()) ->
     (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
     if rows:
-        (folder / METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (folder / RunPaths.METRICS).write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
 

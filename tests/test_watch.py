@@ -15,7 +15,8 @@ from conftest import compose_config, package_logging_restored, settings_for, tin
 
 from fragment_llm.console import setup_logging
 from fragment_llm.launch.job import run_job
-from fragment_llm.runs.records import METRICS_FILE, read_summary
+from fragment_llm.runs.paths import RunPaths
+from fragment_llm.runs.records import read_summary
 from fragment_llm.train import outputs
 from fragment_llm.train.checkpoint import load_checkpoint
 from fragment_llm.train.outputs import RunOutputs
@@ -27,7 +28,7 @@ TRAIN_FIELDS = ("step", "tokens", "elapsed_s", "train/loss", "lr", "grad_norm", 
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / RunPaths.METRICS).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_a_resumed_run_rewrites_the_rows_after_its_checkpoint(watched, tmp_path,
     run_dir, _, _ = watched
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    with open(copy / METRICS_FILE, "a") as metrics:
+    with open(copy / RunPaths.METRICS, "a") as metrics:
         metrics.write('{"step": 31, "tok')  # a crash cut the last row short
     checkpoint = load_checkpoint(copy / "checkpoints" / "step_10.pt", for_resume=True)
     Trainer(settings_for(tiny_overrides(tmp_path, corpus, **KEYS)), copy, checkpoint).fit()
@@ -125,10 +126,10 @@ def test_a_resumed_run_rewrites_the_rows_after_its_checkpoint(watched, tmp_path,
 def test_a_full_disk_while_writing_metrics_ends_the_run_with_one_line(tmp_path, corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / METRICS_FILE).symlink_to("/dev/full")  # every write: no space left on device
+    (run_dir / RunPaths.METRICS).symlink_to("/dev/full")  # every write: no space left on device
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 5})
     assert run_job(compose_config(overrides), run_dir, overrides) == float("inf")
     summary = read_summary(run_dir)
     assert summary["status"] == "failed"
-    assert summary["error"].startswith(f"could not read or write {run_dir / METRICS_FILE}: No space left on device")
+    assert summary["error"].startswith(f"could not read or write {run_dir / RunPaths.METRICS}: No space left on device")
     assert "\n" not in summary["error"]

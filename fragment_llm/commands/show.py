@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from ..console import console
+from ..runs.paths import RunPaths
 from ..runs.records import read_summary, reproduce_command, run_config, run_overrides
 from .common import METRICS, add_root_argument, resolve_run, warn_if_damaged
 
@@ -37,7 +38,8 @@ def handle(args: argparse.Namespace) -> int:
     console.print(key_value_table("Config", run_config(run)))
     console.print("Overrides: " + (" ".join(run_overrides(run)) or "(none: the defaults)"), markup=False)
     console.print(key_value_table("Metrics (summary.json)", {key: summary[key] for key in METRICS if key in summary}))
-    files = sorted([*(run / "checkpoints").glob("*.pt"), *(run / "models").glob("*.pt")])
+    paths = RunPaths(run)
+    files = sorted([*paths.checkpoints.glob("*.pt"), *paths.models.glob("*.pt")])
     console.print("Checkpoints:" if files else "Checkpoints: none", markup=False)
     for path in files:
         console.print(f"  {path}  ({path.stat().st_size / 1e6:.1f} MB)", markup=False)

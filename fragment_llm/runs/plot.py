@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 from ..console import console, error_console
 from ..errors import UserError
 from ..files import atomic_path, file_problem
-from ..runs.records import METRICS_FILE, describe_run, find_runs, read_metrics
 from ..runs.tables import is_number, varying_overrides
+from .paths import RunPaths
+from .records import describe_run, find_runs, read_metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -21,7 +22,6 @@ X_AXES = {
     "tokens": ("tokens", "tokens"),
     "time": ("elapsed_s", "training time (s)"),
 }
-SWEEP_CURVES_FILE = "curves.png"
 
 
 class PlotError(UserError):
@@ -42,11 +42,11 @@ def run_curve(run_dir: Path, label: str, metric: str, x_axis: str) -> Curve:
     except OSError as error:
         raise PlotError(f"could not read {file_problem(error)}") from None
     if rows is None:
-        raise PlotError(f"{run_dir} has no {METRICS_FILE} (it was trained before runs kept one)")
+        raise PlotError(f"{run_dir} has no {RunPaths.METRICS} (it was trained before runs kept one)")
     field = X_AXES[x_axis][0]
     points = [(row[field], row[metric]) for row in rows if is_number(row.get(field)) and is_number(row.get(metric))]
     if not points:
-        raise PlotError(f"{run_dir} has no {metric} values in its {METRICS_FILE}")
+        raise PlotError(f"{run_dir} has no {metric} values in its {RunPaths.METRICS}")
     xs, ys = zip(*points)
     return Curve(label, list(xs), list(ys))
 
@@ -121,7 +121,7 @@ def write_sweep_curves(sweep_dir: Path) -> Optional[Path]:
             continue  # a failed job: the sweep's table says why
     if not curves:
         return None
-    path = Path(sweep_dir) / SWEEP_CURVES_FILE
+    path = RunPaths(sweep_dir).sweep_curves
     try:
         write_curves(curves, "val/bpb", "step", path)
     except PlotError:  # no matplotlib: the sweep's table is its report

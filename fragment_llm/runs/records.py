@@ -14,19 +14,16 @@ from ..errors import UserError
 from ..files import write_json
 from .paths import RunPaths
 
-SUMMARY_FILE = str(RunPaths.SUMMARY)
-CONFIG_RECORD = str(RunPaths.CONFIG_RECORD)
-OVERRIDES_RECORD = str(RunPaths.OVERRIDES_RECORD)
-HYDRA_RECORD = str(RunPaths.HYDRA_RECORD)
 # The files a run records itself in, and the kind of value each holds.
-RECORDS = {SUMMARY_FILE: dict, CONFIG_RECORD: dict, OVERRIDES_RECORD: list, HYDRA_RECORD: dict}
-TOKENIZER_FILE = str(RunPaths.TOKENIZER)
-FINAL_MODEL = RunPaths.FINAL_MODEL
-BEST_MODEL = RunPaths.BEST_MODEL
+RECORDS = {
+    RunPaths.SUMMARY: dict,
+    RunPaths.CONFIG_RECORD: dict,
+    RunPaths.OVERRIDES_RECORD: list,
+    RunPaths.HYDRA_RECORD: dict,
+}
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # One JSON object per logged step: `step`, `tokens`, `elapsed_s` (training time), then METRIC_NAMES
 # (TensorBoard's tags), the val/ ones at the steps with an evaluation.
-METRICS_FILE = str(RunPaths.METRICS)
 METRIC_NAMES = ("train/loss", "val/loss", "val/bpb", "lr", "grad_norm", "tokens_per_sec")
 
 
@@ -56,7 +53,7 @@ def load_yaml(text: str) -> Any:
         return yaml.load(text, Loader=yaml.SafeLoader)
 
 
-def load_record(run_dir: Path, name: str) -> dict | list | None:
+def load_record(run_dir: Path, name: Path) -> dict | list | None:
     """The contents of the record `name` (a key of RECORDS); None when the run has none. Raises
     DamagedRecord, naming the file and why, when it cannot be read."""
     path = Path(run_dir) / name
@@ -64,7 +61,7 @@ def load_record(run_dir: Path, name: str) -> dict | list | None:
         if not path.exists():
             return None
         text = path.read_text(encoding="utf-8")
-        record = json.loads(text) if name.endswith(".json") else load_yaml(text)
+        record = json.loads(text) if name.suffix == ".json" else load_yaml(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise DamagedRecord(f"{name}: {_reason(error)}") from None
     if not isinstance(record, RECORDS[name]):
@@ -73,7 +70,7 @@ def load_record(run_dir: Path, name: str) -> dict | list | None:
     return record
 
 
-def read_record(run_dir: Path, name: str) -> dict | list | None:
+def read_record(run_dir: Path, name: Path) -> dict | list | None:
     """`load_record`, with a damaged record read as a missing one (`record_damage` says why)."""
     try:
         return load_record(run_dir, name)
@@ -101,7 +98,7 @@ def record_damage(run_dir: Path) -> str | None:
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary.json; empty when it has none or it is damaged."""
-    return read_record(run_dir, SUMMARY_FILE) or {}
+    return read_record(run_dir, RunPaths.SUMMARY) or {}
 
 
 def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -109,7 +106,7 @@ def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
     summary.json is replaced: the fields being recorded matter more than what could not be read."""
     summary = read_summary(run_dir)
     summary.update(fields)
-    write_json(Path(run_dir) / SUMMARY_FILE, summary)
+    write_json(Path(run_dir) / RunPaths.SUMMARY, summary)
     return summary
 
 
@@ -126,13 +123,13 @@ def _started_at(run_dir: Path) -> str:
 def find_runs(root: Path) -> list[Path]:
     """Every run directory (one holding a summary.json) below `root`, oldest first."""
     root = Path(root)
-    runs = [path.parent for path in root.rglob(SUMMARY_FILE) if ".cache" not in path.parts]
+    runs = [path.parent for path in root.rglob(str(RunPaths.SUMMARY)) if ".cache" not in path.parts]
     return sorted(runs, key=lambda run: (_started_at(run), str(run)))
 
 
 def run_choices(run_dir: Path) -> dict[str, str]:
     """The config group options a run was composed from (model, hardware, ...), from Hydra's record."""
-    return _choices(read_record(run_dir, HYDRA_RECORD))
+    return _choices(read_record(run_dir, RunPaths.HYDRA_RECORD))
 
 
 def _choices(hydra_record: Any) -> dict[str, str]:
@@ -148,7 +145,7 @@ def _choices(hydra_record: Any) -> dict[str, str]:
 
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides that made this run (for a sweep job: the job's own, sweep values resolved)."""
-    return _overrides(read_record(run_dir, OVERRIDES_RECORD))
+    return _overrides(read_record(run_dir, RunPaths.OVERRIDES_RECORD))
 
 
 def _overrides(overrides_record: Any) -> list[str]:
@@ -157,7 +154,7 @@ def _overrides(overrides_record: Any) -> list[str]:
 
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The run's composed config as flat `section.key` -> value pairs."""
-    return flatten(read_record(run_dir, CONFIG_RECORD) or {})
+    return flatten(read_record(run_dir, RunPaths.CONFIG_RECORD) or {})
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -182,7 +179,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """One row of the runs table: where and when, what it was made from, how it went. A run with a
     damaged record shows what the others hold, with status `damaged` and why in `damaged`."""
     records, damage = run_records(run_dir)
-    summary, choices = records[SUMMARY_FILE] or {}, _choices(records[HYDRA_RECORD])
+    summary, choices = records[RunPaths.SUMMARY] or {}, _choices(records[RunPaths.HYDRA_RECORD])
     run_dir = Path(run_dir)
     return {
         "name": str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir),
@@ -192,7 +189,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "hardware": choices.get("hardware"),
         "optimizer": choices.get("optimizer"),
         "data": choices.get("data"),
-        "overrides": _overrides(records[OVERRIDES_RECORD]),
+        "overrides": _overrides(records[RunPaths.OVERRIDES_RECORD]),
         "steps": summary.get("steps"),
         "tokens": summary.get("tokens"),
         "best_val_loss": summary.get("best_val_loss"),
@@ -200,7 +197,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "best_val_bpb": summary.get("best_val_bpb"),
         "status": "damaged" if damage else summary.get("status"),
         "wall_time_s": summary.get("wall_time_s"),
-        "in_sweep": _mode(records[HYDRA_RECORD]) == "MULTIRUN",
+        "in_sweep": _mode(records[RunPaths.HYDRA_RECORD]) == "MULTIRUN",
         "damaged": damage,
     }
 
@@ -230,7 +227,7 @@ def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
 def read_metrics(run_dir: Path) -> Optional[list[dict[str, Any]]]:
     """The rows of the run's metrics.jsonl, in order; None when it has none (a run from before runs kept
     one). A line that is not a JSON object (cut short by a crash) is left out."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / RunPaths.METRICS
     if not path.exists():
         return None
     rows = []

@@ -19,10 +19,10 @@ from rich.text import Text
 
 from ..console import console
 from ..runs.fitting import CUT_WIDTH, column_widths, cut_to_fit, cut_words, longest_line, longest_word, table_width
-from ..runs.records import describe_run, find_runs, lookup
 from ..text import plural
+from .paths import RunPaths
+from .records import describe_run, find_runs, lookup
 
-SWEEP_REPORT_FILE = "sweep.txt"
 FORMATS = ("table", "csv", "json", "markdown")
 # The width of a table written into a pipe or a file when COLUMNS does not say: rich's 80 folds a
 # table of runs into slivers; 100 reads well in a pager, an editor and a CI log.
@@ -322,7 +322,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     jobs.sort(key=lambda job: (len(job["name"]), job["name"]))  # "2" before "10"
     out = stdout_console()
     print_view(sweep_view(sweep_dir, jobs, out.width), out)
-    path = sweep_dir / SWEEP_REPORT_FILE
+    path = RunPaths(sweep_dir).sweep_report
     with open(path, "w", encoding="utf-8") as handle:
         report = Console(file=handle, width=piped_width(), color_system=None, highlight=False)
         print_view(sweep_view(sweep_dir, jobs, report.width), report)
