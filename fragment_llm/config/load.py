@@ -1,6 +1,6 @@
 """Building the typed settings from a composed config: `load_settings` merges it onto the schema (types,
 unknown keys) and builds the sections (ranges), every failure one `ConfigError` line naming the key, the
-value and the fix; `describe_keys` says what each key is, for README's key table and `--help`."""
+value and the fix; `describe_keys` says what each key is, for conf/README.md's key table and `--help`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .schema import Config, ConfigError
 
 
 class KeyDoc(NamedTuple):
-    """One key as README's key table and `python run.py --help` describe it."""
+    """One key as conf/README.md's key table and `python run.py --help` describe it."""
 
     key: str
     allowed: str  # the range of a number, the choices of an enum, else ""

@@ -1,7 +1,7 @@
 """Typed settings: the schema every composed config must fit, and what each key means and allows.
 
 conf/ holds the values (launch/compose.py composes them with Hydra). This schema holds each key's
-type and, in its field's metadata, its range and its help: the checks below, README's key table and
+type and, in its field's metadata, its range and its help: the checks below, conf/README.md's key table and
 `python run.py --help` all read them from here; the model's keys come from config/shape.py. A key conf/
 always sets has no default here (MISSING): settings built from a dict that lacks it are an error, never
 a run other than the one `python run.py` would train. config/load.py builds the settings from a
@@ -182,12 +182,12 @@ class TrainConfig(Section):
     )
     resume: Optional[str] = setting(
         "a run directory (its newest valid checkpoint) or a checkpoint file to "
-        'continue from (see README, "Stopping and resuming"); null: a new run'
+        'continue from (see fragment_llm/train/README.md, "Stopping and resuming"); null: a new run'
     )
     init_from: Optional[str] = setting(
         "a run directory (its `models/final_model.pt`) or a checkpoint file: a new run that starts from its "
         "weights and tokenizer, at step 0 with a fresh optimizer and schedule, on this command's data; the "
-        'model keys are the parent\'s (see README, "Fine-tuning from a run"); null: random initial weights'
+        'model keys are the parent\'s (see fragment_llm/train/README.md, "Fine-tuning from a run"); null: random initial weights'
     )
     log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
     sample_every: int = setting(

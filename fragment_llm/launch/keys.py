@@ -34,9 +34,9 @@ def keys_help(_root_: DictConfig) -> str:
 
 
 def key_table() -> str:
-    """README's key table: every key with its value under each option of the group that sets it (the
+    """conf/README.md's key table: every key with its value under each option of the group that sets it (the
     default option first), its range or choices, and its meaning. tests/test_config.py checks that
-    README holds exactly this table."""
+    conf/README.md holds exactly this table."""
     defaults = chosen_defaults()
     default = compose([])
     by_option = {
