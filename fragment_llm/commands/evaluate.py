@@ -4,10 +4,12 @@ validation split by default), and with --stride in sliding windows beside them."
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config.schema import ConfigError, DataConfig, DataSource
-from ..console import console
+from ..console import console, error_console
+from ..runs.paths import RunPaths
 from ..runs.records import RunError
 from .common import CLIError, add_run_arguments, in_range, load_model
 
@@ -45,8 +47,8 @@ def check_stride(stride: int | None, block_size: int) -> None:
 
 def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[list[Document], str]:
     """The text to evaluate on and how to name it: `data_path`'s files, else the validation split of the
-    data the run trained on, as training split it."""
-    from ..data.corpus import collect_documents, split_documents
+    data the run trained on, as training split it, once the data is checked to be unchanged."""
+    from ..data.corpus import collect_documents, fingerprint, split_documents
     from ..data.readers import text_documents
 
     if data_path is not None:
@@ -57,12 +59,50 @@ def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[li
     except (TypeError, KeyError, ValueError):
         raise RunError(f"{trained.checkpoint_path} does not record its training data; pass --data PATH") from None
     settings = DataConfig(source=source, path=data.get("path"), val_fraction=data.get("val_fraction"))
+    where = f"{settings.source.value}: {settings.path}" if settings.path else settings.source.value
     try:
-        documents = split_documents(collect_documents(settings), settings.val_fraction)[1]
+        train, val = split_documents(collect_documents(settings), settings.val_fraction)
+        current = fingerprint(train + val)  # as the token cache hashes it, split
     except ConfigError as error:
         raise ConfigError(f"{error} (the run's training data); or evaluate other text with --data PATH") from None
-    where = f": {settings.path}" if settings.path else ""
-    return documents, f"the run's validation split ({settings.source.value}{where})"
+    recorded = recorded_corpus_hash(trained.checkpoint_path)
+    if recorded is None:
+        error_console.print(
+            f"warning: {trained.checkpoint_path} and its run record no corpus hash (written by an older "
+            f"fragment-llm): {where} cannot be checked to be the text the run trained on",
+            markup=False,
+            soft_wrap=True,
+        )
+    elif recorded != current:
+        raise RunError(
+            f"the run's training data ({where}) changed since the run trained on it (its hash differs from the "
+            "one its checkpoint records), so its validation split is no longer the text held out from training; "
+            "restore the data, or evaluate the text as it is now with --data PATH"
+        )
+    return val, f"the run's validation split ({where})"
+
+
+def recorded_corpus_hash(checkpoint: Path) -> str | None:
+    """The hash of the corpus a run trained on, as `checkpoint` records it, or, for a model file that
+    records none (best_model.pt), its run's final model or last checkpoint; None if none does (a run
+    from an older fragment-llm, or one whose hash is computed another way)."""
+    import torch
+
+    from ..data.corpus import CORPUS_HASH_VERSION
+
+    run = RunPaths(RunPaths.checkpoint_run(checkpoint))
+    for path in (checkpoint, run.final_model, run.last):
+        if not path.is_file():  # a FIFO there would be read forever
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - an unreadable file records nothing; the next may
+            continue
+        if isinstance(state, dict) and state.get("corpus_hash_version") == CORPUS_HASH_VERSION:
+            recorded = state.get("corpus_hash")
+            if isinstance(recorded, str):
+                return recorded
+    return None
 
 
 def print_side_by_side(whole: Evaluation, sliding: Evaluation, stride: int) -> None:

@@ -9,7 +9,6 @@ use; a damaged entry is encoded again.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config.schema import ConfigError, DataConfig
-from ..files import atomic_path, write_json, write_text
+from ..files import atomic_path, read_json, write_json, write_text
 from ..text import plural
 from .corpus import (
     Progress,
@@ -34,13 +33,15 @@ from .corpus import (
     total_bytes,
 )
 from .document import Document
-from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
+from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, text_ids, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 CHECKSUM_BLOCK = 1 << 20
 ENCODE_BATCH = 64
-CACHE_VERSION = 2
+# 3: a special token's spelling in a document is encoded as text (tokenizer.text_only), no longer as
+# the token, so token files of earlier versions may hold other ids for the same text.
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _token_files_intact(tokens_dir: Path, dtype: np.dtype) -> bool:
     if not meta_path.exists():
         return False
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(meta_path)
         problem = None if meta["dtype"] == dtype.name else f"meta.json says {meta['dtype']}, not {dtype.name}"
         for split in ("train", "val"):
             path = tokens_dir / f"{split}.bin"
@@ -289,11 +290,9 @@ def token_arrays(
 
 
 def _encode_batch(tokenizer: Tokenizer, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
-    encodings = iter(tokenizer.encode_batch([text for text in batch if text is not None], add_special_tokens=False))
+    encodings = iter(text_ids(tokenizer, [text for text in batch if text is not None]))
     separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
-    return np.concatenate(
-        [separator if text is None else np.asarray(next(encodings).ids, dtype=dtype) for text in batch]
-    )
+    return np.concatenate([separator if text is None else np.asarray(next(encodings), dtype=dtype) for text in batch])
 
 
 def _open_token_files(tokens_dir: Path, dtype: np.dtype, block_size: int) -> tuple[np.memmap, np.memmap]:

@@ -8,6 +8,8 @@ from typing import Callable, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..files import UnreadableFile, read_checked
+
 END_OF_TEXT = "<|endoftext|>"
 # GPT-2's pre-tokenizer (tokenizers' ByteLevel) splits text into words with this regex. BPE training
 # spends time in proportion to a word's length at every merge, so a long run of one kind of character
@@ -42,7 +44,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    return text_only(tokenizer)
+
+
+def text_only(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer`, set to encode the spelling of a special token in text (`<|endoftext|>` in a document,
+    a prompt) as the characters it is: the special tokens come only from our code (between documents,
+    to start a sample), never from text. tokenizers does not save this setting in tokenizer.json, so
+    every tokenizer made or loaded here gets it, and text_ids sets it on any other."""
+    tokenizer.encode_special_tokens = True
     return tokenizer
+
+
+def text_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, encoded as text only (see text_only)."""
+    return [encoding.ids for encoding in text_only(tokenizer).encode_batch(texts, add_special_tokens=False)]
 
 
 class TokenizerError(ValueError):
@@ -50,7 +66,16 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    return _checked(lambda: Tokenizer.from_file(str(path)))
+    """The tokenizer saved at `path`, read back checked (files.read_checked: a regular file, its size)."""
+    try:
+        text = read_checked(path).decode("utf-8")
+    except UnreadableFile as error:
+        raise TokenizerError(error.reason) from None
+    except OSError as error:
+        raise TokenizerError(error.strerror or str(error)) from None
+    except UnicodeDecodeError:
+        raise TokenizerError("it is not UTF-8 text") from None
+    return tokenizer_from_str(text)
 
 
 def tokenizer_from_str(text: str) -> Tokenizer:
@@ -64,7 +89,7 @@ def _checked(load: Callable[[], Tokenizer]) -> Tokenizer:
         raise TokenizerError((str(error).splitlines() or [type(error).__name__])[0]) from None
     if end_of_text_id(tokenizer) is None:
         raise TokenizerError(f"it has no {END_OF_TEXT} token")
-    return tokenizer
+    return text_only(tokenizer)
 
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:

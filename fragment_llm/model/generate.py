@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 from tokenizers import Tokenizer
 
-from ..data.tokenizer import end_of_text_id
+from ..data.tokenizer import end_of_text_id, text_ids
 from ..errors import UserError
 from ..model.gpt import GPT, KVCache
 
@@ -121,8 +121,9 @@ class TextStream:
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The prompt's token ids; an empty prompt starts a new document (`<|endoftext|>`)."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    """The prompt's token ids, encoded as text (`<|endoftext|>` typed in it is those characters); an empty
+    prompt starts a new document with the token itself."""
+    ids = text_ids(tokenizer, [prompt])[0]
     return ids or [end_of_text_id(tokenizer)]
 
 

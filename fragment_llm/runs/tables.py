@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..console import console
+from ..files import finite
 from ..runs.fitting import CUT_WIDTH, column_widths, cut_to_fit, cut_words, longest_line, longest_word, table_width
 from ..text import plural
 from .paths import RunPaths
@@ -279,7 +280,7 @@ def _csv_value(key: str, value: Any) -> str:
     if key == "overrides" and isinstance(value, list):
         return shlex.join(value)  # shlex.split gives the list back
     if isinstance(value, (bool, dict, list)):
-        return json.dumps(value)
+        return json.dumps(finite(value), default=str, allow_nan=False)
     return str(value)  # a float's str reads back as the same float
 
 
@@ -297,9 +298,9 @@ def runs_csv(runs: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = 
 
 
 def runs_json(runs: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = None) -> str:
-    """The runs as JSON: `columns` of each, or every field."""
+    """The runs as strict JSON: `columns` of each, or every field (a config's NaN or infinity as null)."""
     rows = runs if columns is None else [{key: value_of(run, key) for key in columns} for run in runs]
-    return json.dumps(rows, indent=2)
+    return json.dumps(finite(rows), indent=2, default=str, allow_nan=False)
 
 
 def sweep_view(sweep_dir: Path, jobs: Sequence[dict[str, Any]], width: int) -> RunsView:

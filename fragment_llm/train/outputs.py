@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from tokenizers import Tokenizer
 from ..config.load import to_plain
 from ..config.schema import Config, TrainConfig
 from ..console import console
-from ..files import file_problem, utf8_text, write_text
+from ..files import file_problem, named, utf8_text, write_text
 from ..model.gpt import GPTConfig
 from ..runs.paths import RunPaths
 from ..runs.records import flatten, read_metrics, update_summary
@@ -49,6 +50,22 @@ def clock(seconds: float) -> str:
 def _finite(value: float) -> Optional[float]:
     """JSON has no NaN or infinity (an fp16 step's gradient norm may be one): null instead."""
     return value if math.isfinite(value) else None
+
+
+def _quiet_tensorboard_threads() -> None:
+    """A file error in TensorBoard's writer thread prints that thread's traceback as it ends, though the
+    error is said, in one line, at the next write (RunOutputs.to_tensorboard): leave the traceback out."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_for_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        from_tensorboard = type(args.thread).__module__.startswith("tensorboard.")
+        if not (from_tensorboard and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.quiet_for_tensorboard = True
+    threading.excepthook = hook
 
 
 class RunOutputs:
@@ -84,7 +101,7 @@ class RunOutputs:
         try:
             self.update(**fields)
         except OSError as error:
-            log.warning("could not update %s: %s", self.paths.summary, error.strerror or error)
+            log.warning("could not update %s", file_problem(error, unnamed=self.paths.summary))
 
     def failed(self, error: Exception) -> None:
         """An expected failure (a UserError, or an OSError naming its file): its one line to standard
@@ -121,16 +138,37 @@ class RunOutputs:
         from torch.utils.tensorboard.summary import hparams
 
         self.flops_per_token, self.device, self.dtype = flops_per_token, device, dtype or torch.float32
-        self.writer = SummaryWriter(log_dir=str(self.paths.tensorboard))
+        _quiet_tensorboard_threads()
+        try:
+            self.writer = SummaryWriter(log_dir=str(self.paths.tensorboard))
+        except OSError as error:
+            self.tensorboard_failed(error)
+            return
         values = {key: value for key, value in flatten(to_plain(settings)).items() if not key.startswith("paths.")}
         hparam_values = {key: "none" if value is None else value for key, value in values.items()}
         # TensorBoard's records are UTF-8: a file name that is not (surrogates in Python) goes in escaped.
         hparam_values.update({key: utf8_text(value) for key, value in hparam_values.items() if isinstance(value, str)})
         metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
         experiment, session_start, self.hparams_end = hparams(hparam_values, metrics)
-        for summary in (experiment, session_start):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.flush()
+        self.to_tensorboard(lambda writer: [writer.file_writer.add_summary(s) for s in (experiment, session_start)])
+        self.to_tensorboard(lambda writer: writer.flush())
+
+    def to_tensorboard(self, write: Callable[[Any], Any]) -> None:
+        """`write(writer)`, while TensorBoard writes. Its events are written by a thread of its own, which
+        keeps a failure (a full disk, the folder removed) for the next write here: TensorBoard then stops
+        with one warning, and the run goes on (metrics.jsonl has the same curves)."""
+        if self.writer is not None:
+            try:
+                write(self.writer)
+            except OSError as error:
+                self.tensorboard_failed(error)
+
+    def tensorboard_failed(self, error: OSError) -> None:
+        self.writer = None  # its thread has stopped, or keeps failing: nothing more is sent to it
+        log.warning(
+            "TensorBoard stopped: could not write %s; the run goes on without it (metrics.jsonl has the same curves)",
+            file_problem(error, unnamed=self.paths.tensorboard),
+        )
 
     def run_started(
         self,
@@ -183,11 +221,12 @@ class RunOutputs:
     def resumed(self, step: int, total_steps: Optional[int]) -> None:
         """Say where the run resumes, and drop the rows of metrics.jsonl after `step` (the steps that
         followed the checkpoint are trained again, and write their rows again) and a last line that a
-        crash cut short (the next row would be appended to it)."""
+        crash cut short (the next row would be appended to it). A metrics.jsonl that is not a file of
+        ours (a FIFO, a folder) ends the run with one line naming it (read_metrics)."""
         self.info("Resuming at step %d%s", step, "" if total_steps is None else f" of {total_steps}")
         rows = read_metrics(self.run_dir) if self.writes else None
         if rows is not None:
-            kept = "".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+            kept = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows if row["step"] <= step)
             write_text(self.paths.metrics, kept)
 
     def run_finished(self, seconds: float, final: Path, metrics: dict[str, float], summary: dict[str, Any]) -> None:
@@ -205,16 +244,14 @@ class RunOutputs:
             final,
         )
         self.close_metrics()
-        if self.writer is not None:
-            self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
-            self.writer.file_writer.add_summary(self.hparams_end)
-            self.writer.close()
+        self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
+        self.to_tensorboard(lambda writer: writer.file_writer.add_summary(self.hparams_end))
+        self.to_tensorboard(lambda writer: writer.close())
+        self.writer = None
 
     # ---- progress -----------------------------------------------------------------------------
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+        self.to_tensorboard(lambda writer: [writer.add_scalar(tag, value, step) for tag, value in values.items()])
 
     @cached_property
     def peak_flops(self) -> float:
@@ -249,7 +286,7 @@ class RunOutputs:
             self.metrics_file.flush()
         except OSError as error:  # like any file the run cannot write: the run ends with one line naming it
             self.close_metrics()
-            raise OSError(error.errno, error.strerror, str(path)) from None
+            raise named(error, path) from error
 
     def close_metrics(self) -> None:
         if self.metrics_file is not None:
@@ -279,9 +316,8 @@ class RunOutputs:
     def sampled(self, step: int, text: str) -> None:
         """A sample, to the console, train.log and TensorBoard's text tab."""
         self.info("Step %d sample:\n%s", step, text)
-        if self.writer is not None:
-            # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
-            self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), step)
+        # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
+        self.to_tensorboard(lambda writer: writer.add_text("sample", "    " + text.replace("\n", "\n    "), step))
 
     def checkpoint_saved(self, path: Path) -> None:
         """Named in train.log only: run_started said on the console how often checkpoints are written."""
