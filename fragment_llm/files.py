@@ -70,14 +70,15 @@ def named_file(error: BaseException) -> str | None:
     """The file `error` names, else the one open in the innermost frame that raised it: a write that fails
     after the open (a full disk, a size limit) names no file, but its frame still holds the file object.
     Standard output is named as such."""
-    if getattr(error, "filename", None) is not None:
-        return os.fsdecode(error.filename) if isinstance(error.filename, bytes) else str(error.filename)
-    name, trace = None, error.__traceback__
-    while trace is not None:
+    name = getattr(error, "filename", None)
+    trace = error.__traceback__ if name is None else None
+    while trace is not None:  # from the frame that caught it inwards: the innermost file found wins
         for value in trace.tb_frame.f_locals.values():
-            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), (str, bytes)):
                 name = value.name
         trace = trace.tb_next
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
     return {"<stdout>": "standard output", "<stderr>": "standard error"}.get(name, name)
 
 

@@ -142,6 +142,26 @@ def oom_advice(settings: Config) -> str:
     )
 
 
+def divergence_advice(settings: Config, dtype: Optional[torch.dtype]) -> str:
+    """What to change when the training loss became NaN or infinite (`dtype`: AMP's, None for fp32), by
+    what made it so: an optimizer.eps that is 0 in the weights' float32 (a weight without gradient then
+    divides 0 by 0), else steps too large for the model (the learning rate, no clipping, fp16's range)."""
+    optimizer = settings.optimizer
+    if optimizer.eps is not None and torch.tensor(optimizer.eps, dtype=torch.float32).item() == 0:
+        return (
+            f"optimizer.eps={optimizer.eps!r} is 0 in float32, the weights' type, so a weight without a gradient "
+            "divides 0 by 0: raise it (AdamW's default is 1e-8)"
+        )
+    fixes = [f"lower the learning rate (optimizer.lr={optimizer.lr / 3:.2g})"]
+    if not settings.train.grad_clip:
+        fixes.append("clip gradients (train.grad_clip=1.0)")
+    if dtype is torch.float16:
+        fixes.append("turn AMP off (hardware.amp=false): fp16 overflows above 65504")
+    elif dtype is not None:
+        fixes.append("turn AMP off (hardware.amp=false)")
+    return fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + ", or " + fixes[-1]
+
+
 def seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's random numbers from `seed`."""
     random.seed(seed)

@@ -150,8 +150,13 @@ class RunOutputs:
         hparam_values.update({key: utf8_text(value) for key, value in hparam_values.items() if isinstance(value, str)})
         metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
         experiment, session_start, self.hparams_end = hparams(hparam_values, metrics)
-        self.to_tensorboard(lambda writer: [writer.file_writer.add_summary(s) for s in (experiment, session_start)])
-        self.to_tensorboard(lambda writer: writer.flush())
+
+        def declare(writer: Any) -> None:
+            for summary in (experiment, session_start):
+                writer.file_writer.add_summary(summary)
+            writer.flush()
+
+        self.to_tensorboard(declare)
 
     def to_tensorboard(self, write: Callable[[Any], Any]) -> None:
         """`write(writer)`, while TensorBoard writes. Its events are written by a thread of its own, which
@@ -245,13 +250,21 @@ class RunOutputs:
         )
         self.close_metrics()
         self.scalars(summary["steps"], {f"hparams/{name}": metrics[name] for name in HPARAM_METRICS})
-        self.to_tensorboard(lambda writer: writer.file_writer.add_summary(self.hparams_end))
-        self.to_tensorboard(lambda writer: writer.close())
+
+        def finish(writer: Any) -> None:
+            writer.file_writer.add_summary(self.hparams_end)
+            writer.close()
+
+        self.to_tensorboard(finish)
         self.writer = None
 
     # ---- progress -----------------------------------------------------------------------------
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        self.to_tensorboard(lambda writer: [writer.add_scalar(tag, value, step) for tag, value in values.items()])
+        def write(writer: Any) -> None:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+
+        self.to_tensorboard(write)
 
     @cached_property
     def peak_flops(self) -> float:

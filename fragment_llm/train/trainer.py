@@ -25,7 +25,7 @@ from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from .distributed import Ranks, all_reduce_sum, barrier
 from .from_run import carried_tokenizer
-from .hardware import Precision, is_out_of_memory, oom_advice, prepare_device, seed_everything
+from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
 from .optim import build_optimizer, lr_factor, set_lr
 from .outputs import RunOutputs
 from .report import SAMPLE_PROMPT_TOKENS, ReportedRun
@@ -322,9 +322,9 @@ class Trainer(ResumableRun, ReportedRun):
             self.stop_agreed = True
         if not math.isfinite(loss_value):
             raise TrainingError(
-                f"the training loss became {loss_value} at step {self.step + 1}; lower the learning rate "
-                f"(optimizer.lr={self.settings.optimizer.lr / 3:.2g}), check the data, or turn AMP off "
-                "(hardware.amp=false); checkpoints written before this step are intact"
+                f"the training loss became {loss_value} at step {self.step + 1}; "
+                f"{divergence_advice(self.settings, self.precision.dtype)}; "
+                "checkpoints written before this step are intact"
             )
         scaler.unscale_(self.optimizer)
         clip = self.settings.train.grad_clip
