@@ -12,7 +12,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from .files import TEXT_ERRORS
+from .files import TEXT_ERRORS, file_problem
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -81,9 +81,11 @@ class LogFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         self.broken = True
         error = sys.exc_info()[1]
-        reason = getattr(error, "strerror", None) or error
+        problem = (
+            file_problem(error, self.baseFilename) if isinstance(error, OSError) else f"{self.baseFilename}: {error}"
+        )
         error_console.print(
-            f"warning: could not write {self.baseFilename} ({reason}); logging to the console only",
+            f"warning: could not write {problem}; logging to the console only",
             markup=False,
             soft_wrap=True,
         )
@@ -108,7 +110,7 @@ def setup_logging(log_file: Optional[Path] = None, console_output: bool = True, 
             file_handler = LogFileHandler(log_file, encoding="utf-8", errors=TEXT_ERRORS)
         except OSError as error:
             error_console.print(
-                f"warning: could not open {log_file} ({error.strerror or error}); logging to the console only",
+                f"warning: could not open {file_problem(error, log_file)}; logging to the console only",
                 markup=False,
                 soft_wrap=True,
             )

@@ -59,8 +59,9 @@ def file_problem(error: OSError, path: Path | str | None = None, unnamed: Path |
         return f"{reason}; {NETWORK_ADVICE}"
     path = path or named_file(error) or unnamed
     advice = FILE_ADVICE.get(error.errno, "check the path")
-    if error.errno == errno.ENOTDIR and path and (blocking := _file_in_the_way(Path(path))):
-        advice = f"{blocking} is a file where a folder belongs: move it away or choose another path"
+    in_the_way = error.errno in (errno.ENOTDIR, errno.EEXIST) and path and _file_in_the_way(Path(path))
+    if in_the_way:  # a folder was wanted there (mkdir, a path through it)
+        advice = f"{in_the_way} is a file where a folder belongs: move it away or choose another path"
     if error.errno == errno.ENOENT and path and (missing := _first_missing(Path(path))) and missing != Path(path):
         advice = f"{missing} is not there (moved or removed?): check the path"
     return f"{path or 'a file the system did not name'}: {reason}; {advice}"
@@ -68,12 +69,14 @@ def file_problem(error: OSError, path: Path | str | None = None, unnamed: Path |
 
 def named_file(error: BaseException) -> str | None:
     """The file `error` names, else the one open in the innermost frame that raised it: a write that fails
-    after the open (a full disk, a size limit) names no file, but its frame still holds the file object.
-    Standard output is named as such."""
+    after the open (a full disk, a size limit) names no file, but its frame still holds the file object,
+    or a writer holding it as its `file` (rich's Console). Standard output is named as such."""
     name = getattr(error, "filename", None)
     trace = error.__traceback__ if name is None else None
     while trace is not None:  # from the frame that caught it inwards: the innermost file found wins
-        for value in trace.tb_frame.f_locals.values():
+        frame = trace.tb_frame.f_locals
+        writer_file = getattr(frame["self"], "file", None) if "self" in frame else None
+        for value in (*frame.values(), writer_file):
             if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), (str, bytes)):
                 name = value.name
         trace = trace.tb_next
@@ -83,9 +86,9 @@ def named_file(error: BaseException) -> str | None:
 
 
 def _file_in_the_way(path: Path) -> Path | None:
-    """The first part of `path`, from the root down, that exists but is not a folder."""
+    """The first part of `path`, from the root down to itself, that exists but is not a folder."""
     try:
-        return next((part for part in reversed(path.parents) if part.exists() and not part.is_dir()), None)
+        return next((part for part in (*reversed(path.parents), path) if part.exists() and not part.is_dir()), None)
     except OSError:  # a part that cannot even be looked at (too long, no permission): nothing to name
         return None
 
@@ -103,20 +106,18 @@ def named(error: OSError, path: Path | str) -> OSError:
     user reads the name of the file they know. Its type (FileNotFoundError, ...) and reason are kept."""
     if error.errno is None:
         return error
-    renamed = OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
-    renamed.__cause__ = error
-    return renamed
+    return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
 
 
 @contextmanager
-def naming(path: Path | str, *temporaries: Path | str) -> Iterator[None]:
+def naming(path: Path | str, *stand_ins: Path | str) -> Iterator[None]:
     """An OSError raised inside names `path` where it named no file (a failed write after the open) or
-    one of `temporaries`."""
+    one of `stand_ins` (a temporary file written for it)."""
     try:
         yield
     except OSError as error:
-        if error.filename is None or str(error.filename) in {str(name) for name in temporaries}:
-            raise named(error, path) from None
+        if error.filename is None or str(error.filename) in {str(name) for name in stand_ins}:
+            raise named(error, path) from error
         raise
 
 

@@ -10,7 +10,7 @@ from ..console import make_standard_streams_safe
 from ..errors import UserError
 from ..files import file_problem
 from . import bench, compare, evaluate, export, generate, plot, runs, show, train
-from .common import CLIError, Parser, end_on_closed_pipe, fail
+from .common import CLIError, Parser, end_on_closed_pipe, fail, failing_standard_output
 
 # torch and the model's code load only in the handlers of the commands that run a model (generate,
 # eval, export, bench, train): `runs`, `show`, `compare` and `plot` start in a fraction of a second.
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = args.handler(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not in Python's flush at exit
         return code
     except CLIError as error:
         fail(str(error))
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return end_on_closed_pipe()
     except OSError as error:
-        return fail(file_problem(error))
+        return fail(file_problem(error, unnamed=failing_standard_output(error)))
     except (RuntimeError, MemoryError) as error:
         from ..train.hardware import is_out_of_memory
 
