@@ -25,13 +25,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", metavar="DIR", required=True, help="folder to write (not a run directory)")
     parser.add_argument(
-        "--force", action="store_true", help="write into a folder that is not empty, replacing the exported files in it"
+        "--force",
+        action="store_true",
+        help="write into a folder that is not empty: its export is replaced whole, its other files stay",
     )
     parser.set_defaults(handler=handle)
 
 
 def check_export_folder(out: Path, force: bool) -> None:
     """An export never writes into a run directory, and replaces files only with --force."""
+    from ..export.folder import holds_files
+    from ..export.hf import EXPORTED_FILES
+
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; pass a folder (it is created if missing)")
     target = out.resolve()
@@ -42,7 +47,7 @@ def check_export_folder(out: Path, force: bool) -> None:
                 f"--out {out} is {where}, which holds only what training wrote; "
                 "pick a folder outside it, e.g. --out exported/"
             )
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and holds_files(out, EXPORTED_FILES) and not force:
         raise CLIError(
             f"--out {out} is not empty; pass --force to replace the exported files in it, or pick another folder"
         )
@@ -59,9 +64,9 @@ def handle(args: argparse.Namespace) -> int:
     model = trained.model.cpu()
     try:
         if args.format == "hf":
-            written = export_hf(model, trained.tokenizer, trained.tokenizer_path, out)
+            written = export_hf(model, trained.tokenizer, trained.tokenizer_path, out, replace=args.force)
         else:
-            export_safetensors(model, trained.tokenizer_path, out)
+            export_safetensors(model, trained.tokenizer_path, out, replace=args.force)
             written = "safetensors (our GPTConfig in config.json)"
     except OSError as error:
         return fail(f"could not export to {file_problem(error, out)}")

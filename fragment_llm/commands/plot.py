@@ -27,8 +27,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--out",
         metavar="PATH",
         default="curves.png",
-        help="the image to write: .png, .svg, .pdf, ... (default: curves.png)",
+        help="the image to write: .png, .svg, .pdf, ... (default: curves.png). A file there is replaced only if "
+        "it is a chart fragment-llm drew (a .png, .svg, .pdf, .ps or .eps carries its mark), else with --force",
     )
+    parser.add_argument("--force", action="store_true", help="replace the file at --out, whatever it is")
     add_root_argument(parser)
     parser.set_defaults(handler=handle)
 
@@ -57,7 +59,7 @@ def handle(args: argparse.Namespace) -> int:
             error_console.print(f"warning: {error}; skipped", markup=False, soft_wrap=True)
     if not curves:
         raise CLIError(f"none of the runs has {args.metric} values to draw")
-    write_curves(curves, args.metric, args.x, Path(args.out))
+    write_curves(curves, args.metric, args.x, Path(args.out), args.force)
     drawn = plural(len(curves), "run")
     console.print(f"Curves: {args.out} ({args.metric} against {args.x}, {drawn})", markup=False, soft_wrap=True)
     return 0

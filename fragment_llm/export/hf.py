@@ -5,8 +5,8 @@ layout computes (`hf_architecture`): GPT-2 (learned positions, LayerNorm, GELU o
 (rotary positions, RMSNorm, SwiGLU) or Qwen3 (Llama's layout with QK-norm). Any other layout gets our
 own model code beside its weights (`hf_remote`), which transformers runs with `trust_remote_code=True`.
 
-Every file is written to a temporary name and renamed (`files.atomic_path`): an interrupted export
-never leaves a half-written file under a final name, and a new export replaces an old one file by file.
+The folder is written whole (`folder.export_folder`): a loader finds in it one whole export or none,
+never the weights of one beside the config.json of another; the user's own files in it stay.
 """
 
 from __future__ import annotations
@@ -25,9 +25,24 @@ from ..files import atomic_path, write_json, write_text
 from ..model.gpt import GPT, NORM_EPS, ROPE_BASE, GPTConfig
 from ..runs.paths import RunPaths
 from . import hf_remote
+from .folder import export_folder
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Every file an export writes, whichever its format: a new export into a folder removes the old one's.
+EXPORTED_FILES = frozenset(
+    {
+        WEIGHTS_FILE,
+        CONFIG_FILE,
+        RunPaths.TOKENIZER.name,
+        TOKENIZER_CONFIG_FILE,
+        hf_remote.CONFIGURATION_FILE,
+        hf_remote.MODELING_FILE,
+        hf_remote.MODEL_FILE,
+        hf_remote.SHAPE_FILE,
+    }
+)
 
 # What each architecture is called in the export command's report.
 HF_NAMES = {
@@ -232,15 +247,15 @@ def remote_config(model: GPT, end_of_text: int) -> dict:
     }
 
 
-def copy_tokenizer(tokenizer_path: Path, out: Path) -> None:
-    with atomic_path(out / RunPaths.TOKENIZER) as temporary:
+def copy_tokenizer(tokenizer_path: Path, destination: Path) -> None:
+    with atomic_path(destination) as temporary:
         shutil.copyfile(tokenizer_path, temporary)
 
 
-def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path) -> str:
+def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path, replace: bool = True) -> str:
     """A folder that `transformers.AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer` load
     (with `trust_remote_code=True` for a layout no transformers architecture computes). Returns what
-    it was written as, e.g. "Llama (LlamaForCausalLM)"."""
+    it was written as, e.g. "Llama (LlamaForCausalLM)". `replace` False: `out` must be empty."""
     end_of_text = tokenizer.token_to_id(END_OF_TEXT)
     architecture = hf_architecture(model.config)
     if architecture == "gpt2":
@@ -249,31 +264,33 @@ def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path)
         weights, config = llama_state_dict(model), llama_config(model, end_of_text, architecture)
     else:
         weights, config = remote_state_dict(model), remote_config(model, end_of_text)
-    with atomic_path(out / WEIGHTS_FILE) as temporary:
-        save_file(weights, str(temporary), metadata={"format": "pt"})
-    if architecture == "remote":  # the code before the config.json that names it
-        for name, source in hf_remote.remote_files().items():
-            write_text(out / name, source)
-    write_json(out / CONFIG_FILE, config)
-    copy_tokenizer(tokenizer_path, out)
-    write_json(
-        out / "tokenizer_config.json",
-        {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": END_OF_TEXT,
-            "eos_token": END_OF_TEXT,
-            "unk_token": END_OF_TEXT,
-            "model_max_length": model.config.block_size,
-            "add_prefix_space": False,
-        },
-    )
+    with export_folder(out, replace, CONFIG_FILE, EXPORTED_FILES) as stage:
+        with atomic_path(stage(WEIGHTS_FILE)) as temporary:
+            save_file(weights, str(temporary), metadata={"format": "pt"})
+        if architecture == "remote":
+            for name, source in hf_remote.remote_files().items():
+                write_text(stage(name), source)
+        write_json(stage(CONFIG_FILE), config)
+        copy_tokenizer(tokenizer_path, stage(RunPaths.TOKENIZER.name))
+        write_json(
+            stage(TOKENIZER_CONFIG_FILE),
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": END_OF_TEXT,
+                "eos_token": END_OF_TEXT,
+                "unk_token": END_OF_TEXT,
+                "model_max_length": model.config.block_size,
+                "add_prefix_space": False,
+            },
+        )
     return HF_NAMES[architecture]
 
 
-def export_safetensors(model: GPT, tokenizer_path: Path, out: Path) -> None:
+def export_safetensors(model: GPT, tokenizer_path: Path, out: Path, replace: bool = True) -> None:
     """Our own layout: model.safetensors (safetensors.torch.load_model loads it into a GPT built from
-    config.json, which holds GPTConfig's arguments) and the tokenizer."""
-    with atomic_path(out / WEIGHTS_FILE) as temporary:
-        save_model(model, str(temporary), metadata={"format": "pt"})
-    write_json(out / CONFIG_FILE, asdict(model.config))
-    copy_tokenizer(tokenizer_path, out)
+    config.json, which holds GPTConfig's arguments) and the tokenizer. `replace` False: `out` must be empty."""
+    with export_folder(out, replace, CONFIG_FILE, EXPORTED_FILES) as stage:
+        with atomic_path(stage(WEIGHTS_FILE)) as temporary:
+            save_model(model, str(temporary), metadata={"format": "pt"})
+        write_json(stage(CONFIG_FILE), asdict(model.config))
+        copy_tokenizer(tokenizer_path, stage(RunPaths.TOKENIZER.name))

@@ -3,6 +3,8 @@ extra), for `fragment-llm plot` and the end of a sweep."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
@@ -74,18 +76,49 @@ def curves_figure(curves: list[Curve], metric: str, x_axis: str) -> Figure:
     return figure
 
 
-def write_curves(curves: list[Curve], metric: str, x_axis: str, out: Path) -> None:
-    """The chart of `curves` as an image file, its format named by `out`'s suffix (png, svg, pdf, ...)."""
+# The mark our images carry (the formats whose files hold one), so that a chart drawn again replaces its
+# earlier self, while a file of anyone else's named by --out is left alone.
+MARK = "fragment-llm plot"
+MARKED_FORMATS = ("png", "svg", "pdf", "ps", "eps")
+MARK_WINDOW = 1 << 16  # the mark is near the start (png, svg, ps, eps) or the end (pdf)
+
+
+def write_curves(curves: list[Curve], metric: str, x_axis: str, out: Path, force: bool = False) -> None:
+    """The chart of `curves` as an image file, its format named by `out`'s suffix (png, svg, pdf, ...).
+    A file already at `out` is replaced only if it is a chart drawn here (`is_our_chart`), or with `force`."""
     figure = curves_figure(curves, metric, x_axis)
     image_format = out.suffix.lstrip(".").lower() or "png"
     if image_format not in figure.canvas.get_supported_filetypes():
         known = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
         raise PlotError(f"--out {out}: matplotlib cannot write .{image_format} files; end the name with one of {known}")
+    if out.is_dir():
+        raise PlotError(f"--out {out} is a folder; name the image to write in it, e.g. --out {out / 'curves.png'}")
+    if not force and os.path.lexists(out) and not is_our_chart(out):
+        unmarked = f", and a .{image_format} file carries no mark to tell" if image_format not in MARKED_FORMATS else ""
+        raise PlotError(
+            f"--out {out} exists and is not a chart fragment-llm drew{unmarked}; pass --force to replace it, "
+            "or name another file"
+        )
+    metadata = {"Creator": MARK} if image_format in MARKED_FORMATS else None
     try:
         with atomic_path(out) as temporary:
-            figure.savefig(temporary, format=image_format, dpi=120)
+            figure.savefig(temporary, format=image_format, dpi=120, metadata=metadata)
     except OSError as error:  # named by the file asked for, not the temporary one written first
         raise OSError(error.errno, error.strerror, str(out)) from None
+
+
+def is_our_chart(path: Path) -> bool:
+    """Whether `path` is a regular file (not a link) that carries our mark: a chart drawn here before."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(MARK_WINDOW)
+            handle.seek(max(handle.seek(0, os.SEEK_END) - MARK_WINDOW, 0))
+            tail = handle.read(MARK_WINDOW)
+    except OSError:
+        return False
+    return MARK.encode() in head or MARK.encode() in tail
 
 
 def shortened(override: str) -> str:
@@ -122,6 +155,9 @@ def write_sweep_curves(sweep_dir: Path) -> Optional[Path]:
     if not curves:
         return None
     path = RunPaths(sweep_dir).sweep_curves
+    if os.path.lexists(path) and not is_our_chart(path):
+        error_console.print(f"warning: {path} is not a chart fragment-llm drew; left as it is", markup=False)
+        return None
     try:
         write_curves(curves, "val/bpb", "step", path)
     except PlotError:  # no matplotlib: the sweep's table is its report

@@ -3,8 +3,14 @@ the one to resume or start from).
 
 Every file is written to a temporary name, flushed and renamed (`files.atomic_path`), so a crash or
 a kill -9 leaves either the previous file or the new one under a final name. `checkpoints/last.pt`
-is a hard link to the newest checkpoint. Loading uses `torch.load(weights_only=True)`: a file that
-carries pickled code is refused before any of it runs.
+is the newest state: a hard link to a checkpoint beside it, a copy of the final model (a user may
+replace models/final_model.pt, with the best model say, and a link would take the resume point with
+it). Loading uses `torch.load(weights_only=True)`: a file that carries pickled code is refused before
+any of it runs.
+
+A run directory holds one line of training (`check_branch`): continuing it from a checkpoint behind
+the newest state it holds would replace that state's models with those of another branch, so it is
+refused (fragment_llm/train/README.md, "Stopping and resuming").
 """
 
 from __future__ import annotations
@@ -57,14 +63,25 @@ def _not_written(path: Path, reason: str) -> CheckpointError:
 
 
 def point_last(directory: Path, target: Path) -> None:
-    """Make `directory/last.pt` the newest checkpoint (a hard link; a copy where links are not supported)."""
-    temporary = directory / f".{LAST}.{os.getpid()}.tmp"
-    temporary.unlink(missing_ok=True)
+    """Make `directory/last.pt` the newest checkpoint `target`: a hard link to a checkpoint in
+    `directory` (only training writes there), a copy of any other (the final model)."""
+    last = directory / LAST
     try:
-        os.link(target, temporary)
+        with atomic_path(last) as temporary:
+            if not (target.parent.resolve() == directory.resolve() and _linked(target, temporary)):
+                shutil.copyfile(target, temporary)
+    except OSError as error:
+        raise _not_written(last, "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error)))
+
+
+def _linked(target: Path, link: Path) -> bool:
+    """Whether `link` could be made a hard link to `target` (some file systems have none)."""
+    link.unlink(missing_ok=True)
+    try:
+        os.link(target, link)
     except OSError:
-        shutil.copyfile(target, temporary)
-    os.replace(temporary, directory / LAST)
+        return False
+    return True
 
 
 def save_step_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> None:
@@ -167,6 +184,38 @@ def checkpoint_step(path: Path) -> int:
     except Exception:  # noqa: BLE001 - any unreadable file simply ranks last; loading it reports why
         return -1
     return step if isinstance(step, int) and not isinstance(step, bool) else -1
+
+
+def saved_states(run_dir: Path) -> list[tuple[Path, int]]:
+    """The training states a run directory holds (its checkpoints and final model), each with its step
+    read from the file (-1: unreadable), highest first; among equal steps the final model, then the
+    step and epoch files, then last.pt (the newest of them). File times count for nothing: a copied
+    directory has new ones."""
+    run = RunPaths(run_dir)
+    candidates = [path for path in run.checkpoints.glob("*.pt") if path.is_file()]
+    candidates += [run.final_model] if run.final_model.is_file() else []
+    steps = {candidate: checkpoint_step(candidate) for candidate in candidates}
+    return sorted(
+        steps.items(), key=lambda item: (item[1], item[0] == run.final_model, item[0] != run.last), reverse=True
+    )
+
+
+def check_branch(run_dir: Path, step: int, source: str = "the checkpoint") -> None:
+    """Refuse to train on from `step` (of the checkpoint `source` names) into `run_dir` when it holds a
+    later state that loads: the run would write its step checkpoints, best and final models over those
+    of the line of training that went further."""
+    for path, saved in saved_states(run_dir):
+        if saved <= step:
+            return
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            continue  # a damaged file holds no state to lose
+        raise CheckpointError(
+            f"{source} is at step {step}, behind the run's newest state at step {saved} ({path}); continuing "
+            f"from it in {run_dir} would replace that run's models: resume from the newest (train.resume={run_dir}), "
+            f"or continue from step {step} in a new directory (leave hydra.run.dir out)"
+        )
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_str,
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from ..runs.records import RunError, read_summary, run_choices
-from .checkpoint import INIT_KEYS, CheckpointError, checkpoint_problem, checkpoint_step, load_checkpoint
+from .checkpoint import INIT_KEYS, CheckpointError, check_branch, checkpoint_problem, load_checkpoint, saved_states
 
 log = logging.getLogger(__name__)
 
@@ -193,41 +193,44 @@ def find_init_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 # ---- resuming a run --------------------------------------------------------------------------------------
-def find_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+def find_resume_checkpoint(path: Path, run_dir: Optional[Path] = None) -> tuple[Path, dict[str, Any]]:
     """Load the checkpoint to resume from: `path` itself, or a run directory's newest valid one.
 
     In a run directory, the newest is the one with the highest step (read from each file: a copied
     directory has new file times); a damaged one is skipped with a warning in favour of the one before it.
+    With `run_dir`, the directory the resumed run will write: a checkpoint behind a state it holds
+    already is refused (`check_branch`), before anything is written.
     """
     path = Path(path).expanduser()
-    if path.is_file():
-        return path, load_checkpoint(path, for_resume=True)
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
+        found = path, load_checkpoint(path, for_resume=True)
+    elif path.is_dir():
+        found = newest_checkpoint(path)
+    else:
         raise CheckpointError(f"train.resume={path} does not exist; give a run directory or a checkpoint file (.pt)")
-    run = RunPaths(path)
-    candidates = [p for p in run.checkpoints.glob("*.pt") if p.is_file()]
-    candidates += [run.final_model] if run.final_model.is_file() else []
-    if not candidates:
-        raise CheckpointError(f"train.resume={path} holds no checkpoints (checkpoints/*.pt or models/final_model.pt)")
-    steps = {candidate: checkpoint_step(candidate) for candidate in candidates}
-    damaged = [candidate.name for candidate, step in steps.items() if step < 0]
-    for name in damaged:
-        log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path / name)
-    # Highest step first; among equals the final model, then step/epoch files, then last.pt (a link to one of them).
-    ranked = sorted(
-        (c for c in candidates if steps[c] >= 0),
-        key=lambda c: (steps[c], c == run.final_model, c != run.last),
-        reverse=True,
-    )
-    for candidate in ranked:
+    if run_dir is not None:
+        check_branch(Path(run_dir), found[1]["step"], f"train.resume={found[0]}")
+    return found
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint of `run_dir` with the highest step that loads for a resume, and its contents."""
+    states = saved_states(run_dir)
+    if not states:
+        raise CheckpointError(
+            f"train.resume={run_dir} holds no checkpoints (checkpoints/*.pt or models/final_model.pt)"
+        )
+    damaged = [path.name for path, step in states if step < 0]
+    for path, step in states:
+        if step < 0:
+            log.warning("checkpoint %s is damaged or not a checkpoint; skipping it", path)
+    for candidate, _ in (state for state in states if state[1] >= 0):
         try:
-            checkpoint = load_checkpoint(candidate, for_resume=True)
+            return candidate, load_checkpoint(candidate, for_resume=True)
         except CheckpointError as error:
             log.warning("%s; trying the previous checkpoint", error)
             damaged.append(candidate.name)
-            continue
-        return candidate, checkpoint
-    raise CheckpointError(f"train.resume={path}: every checkpoint is damaged ({', '.join(damaged)})")
+    raise CheckpointError(f"train.resume={run_dir}: every checkpoint is damaged ({', '.join(damaged)})")
 
 
 # A resumed run keeps the checkpoint's architecture and data: these sections cannot change.

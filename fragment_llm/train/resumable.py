@@ -22,6 +22,7 @@ from ..signals import handling
 from .checkpoint import (
     CheckpointError,
     capture_rng_state,
+    check_branch,
     point_last,
     restore_rng_state,
     save_checkpoint,
@@ -73,7 +74,9 @@ def load_weights(model: GPT, checkpoint: dict, fix: str) -> None:
 class ResumableRun:
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
-        resume); the schedule is rebuilt for the current length and replayed up to the step."""
+        resume); the schedule is rebuilt for the current length and replayed up to the step. A run
+        directory that went further than the checkpoint is refused: its models would be replaced."""
+        check_branch(self.run_dir, checkpoint["step"])
         load_weights(self.model, checkpoint, "resume from a checkpoint this run wrote")
         saved = checkpoint["config"]["optimizer"]
         saved_optimizer = (saved["name"], saved.get("cautious_weight_decay", False))
@@ -166,7 +169,8 @@ class ResumableRun:
         return path
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write the state to `path` (rank 0) and point checkpoints/last.pt at it."""
+        """Write the state to `path` (rank 0) and point checkpoints/last.pt at it (a copy, for the
+        final model: a separate file, the resume point, whatever becomes of the model)."""
         state = self.state()
         if self.ranks.is_main:
             save_checkpoint(path, state)
