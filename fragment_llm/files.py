@@ -194,9 +194,11 @@ def write_text(path: Path, text: str) -> None:
 # ---- reading back what was written --------------------------------------------------------------
 # A file read back (a run's records, its tokenizer, a cache entry's meta.json) is trusted only once it
 # is a regular file (opening a FIFO waits forever for a writer, a device never ends), of a size and a
-# nesting such files have: theirs are kilobytes to a few megabytes, a handful of levels deep.
+# nesting such files have: theirs are kilobytes to a few megabytes, a handful of levels deep, with
+# hundreds of values at most (a summary, a config).
 READ_LIMIT = 64 << 20
 NESTING_LIMIT = 64
+VALUES_LIMIT = 1_000_000
 
 
 class UnreadableFile(UserError, ValueError):
@@ -236,27 +238,47 @@ def read_checked(path: Path | str, limit: int = READ_LIMIT) -> bytes:
 
 
 def parse_checked(path: Path | str, parse: Callable[[str], Any], text: str) -> Any:
-    """`parse(text)`, the contents of `path`, nested at most NESTING_LIMIT levels (lists and mappings).
-    Parsers recurse per level: a deeper file would exhaust Python's stack or the reader's."""
+    """`parse(text)`, the contents of `path`, nested at most NESTING_LIMIT levels deep (lists and
+    mappings) and holding at most VALUES_LIMIT values once YAML's aliases are expanded. Parsers recurse
+    per level, so a deeper file exhausts the stack; a few lines of aliases of aliases (a "billion
+    laughs") expand to more values than any reader that walks them could visit."""
     try:
         value = parse(text)
-        too_deep = nesting(value) > NESTING_LIMIT
+        depth, values = extent(value)
     except RecursionError:
-        too_deep = True
-    if too_deep:
+        depth, values = math.inf, 0
+    if depth > NESTING_LIMIT:
         raise UnreadableFile(path, f"nested deeper than such a file is ({NESTING_LIMIT} levels)")
+    if values > VALUES_LIMIT:
+        raise UnreadableFile(path, f"more than {VALUES_LIMIT:,} values once its aliases are expanded")
     return value
 
 
-def nesting(value: Any) -> int:
-    """How many levels of lists and mappings `value` holds, counted without recursion."""
-    deepest, pending = 0, [(value, 1)]
+def extent(value: Any) -> tuple[float, int]:
+    """How many levels of lists and mappings `value` nests, and how many values it holds with a shared
+    list or mapping (a YAML alias) counted wherever it appears. Each one is walked once, without
+    recursion; one that holds itself nests infinitely deep."""
+    done: dict[int, tuple[float, int]] = {}
+    open_ids: set[int] = set()  # walked into, not yet out of: the path from `value` down
+    pending = [(value, False)]
     while pending:
-        item, depth = pending.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+        item, closing = pending.pop()
+        if not isinstance(item, (dict, list)) or (not closing and id(item) in done):
+            continue
+        children = [
+            child for child in (item.values() if isinstance(item, dict) else item) if isinstance(child, (dict, list))
+        ]
+        if closing:
+            open_ids.discard(id(item))
+            depth = 1 + max((done[id(child)][0] for child in children), default=0)
+            done[id(item)] = (depth, len(item) + sum(done[id(child)][1] for child in children))
+        elif id(item) in open_ids:  # reached again from inside itself
+            return math.inf, 0
+        else:
+            open_ids.add(id(item))
+            pending.append((item, True))
+            pending.extend((child, False) for child in children)
+    return done.get(id(value), (0, 1))
 
 
 def load_json(text: str) -> Any:
