@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..console import console
-from ..runs.records import describe_run, read_summary, run_config
+from ..runs.records import current_summary, describe_run, run_config
 from ..runs.stats import comparable, deciding_metric, group_runs, groups_view, names_key, override_key, verdict
 from ..runs.tables import print_view, stdout_console
 from .common import METRICS, CLIError, add_root_argument, resolve_runs, warn_if_damaged
@@ -62,7 +62,7 @@ def compare_groups(runs: list[Path], root: Path, ignored: list[str]) -> int:
 def side_by_side(runs: list[Path], names: list[str]) -> tuple[Table, Table]:
     """A table of the config keys whose values differ between the runs, and one of their metrics."""
     configs = [run_config(run) for run in runs]
-    summaries = [read_summary(run) for run in runs]
+    summaries = [current_summary(run) for run in runs]
     keys = sorted(set().union(*configs))
     differing = [key for key in keys if len({json.dumps(config.get(key), default=str) for config in configs}) > 1]
     config_table = Table(title=f"Config keys that differ ({len(differing)} of {len(keys)})")

@@ -4,6 +4,7 @@ trains it again."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from ..console import console
 from ..runs.paths import RunPaths
-from ..runs.records import read_summary, reproduce_command, run_config, run_overrides
+from ..runs.records import DIED, current_summary, reproduce_command, run_config, run_overrides
 from .common import METRICS, add_root_argument, resolve_run, warn_if_damaged
 
 
@@ -33,7 +34,7 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 
 def handle(args: argparse.Namespace) -> int:
     run = resolve_run(args.run, Path(args.root))
-    summary = read_summary(run)
+    summary = current_summary(run)
     console.print(f"[bold]{run}[/bold]")
     console.print(key_value_table("Config", run_config(run)))
     console.print("Overrides: " + (" ".join(run_overrides(run)) or "(none: the defaults)"), markup=False)
@@ -44,5 +45,13 @@ def handle(args: argparse.Namespace) -> int:
     for path in files:
         console.print(f"  {path}  ({path.stat().st_size / 1e6:.1f} MB)", markup=False)
     console.print(f"Reproduce: {reproduce_command(run)}", markup=False, soft_wrap=True)
+    if summary.get("status") == DIED:
+        console.print(
+            f"Status {DIED}: summary.json says running, but no process holds {RunPaths(run).lock}: the run ended "
+            f"without recording how (killed, out of memory, a restart); continue it from its last checkpoint with "
+            f"fragment-llm train {shlex.quote(f'train.resume={run}')}",
+            markup=False,
+            soft_wrap=True,
+        )
     warn_if_damaged(run)
     return 0

@@ -55,6 +55,23 @@ def resumes(run_dir: Path, resume: Optional[str]) -> bool:
     return Path(run_dir).resolve() in (target, *target.parents)
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock: a run whose summary says running but whose lock is
+    free died without saying so (the lock file a dead process left holds nothing). The kernel is asked
+    by taking the lock shared for an instant, without waiting."""
+    path = RunPaths(run_dir).lock
+    if not path.is_file():  # none (released, or never taken), or a FIFO that opening would wait on
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a lock file this user may not open, a file system without locks: nothing known holds it
+        return False
+    return False
+
+
 class RunLock:
     """An exclusive lock on <run>/.lock, removed when released. flock is released by the kernel when a
     process dies, so the file a killed run leaves behind locks nothing; it holds the owner's pid for

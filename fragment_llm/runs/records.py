@@ -3,7 +3,6 @@ config, overrides and group choices Hydra recorded in .hydra/; finding runs and 
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import UnreadableFile, load_json, open_checked, parse_checked, read_checked, write_json
 from .paths import RunPaths
 
 # The files a run records itself in, and the kind of value each holds.
@@ -25,6 +24,12 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # One JSON object per logged step: `step`, `tokens`, `elapsed_s` (training time), then METRIC_NAMES
 # (TensorBoard's tags), the val/ ones at the steps with an evaluation.
 METRIC_NAMES = ("train/loss", "val/loss", "val/bpb", "lr", "grad_norm", "tokens_per_sec")
+# metrics.jsonl grows by a row of about 200 bytes per logged step: a million steps fit. A row is far
+# shorter than METRICS_LINE_LIMIT; a longer line is none of ours and is read in pieces that are left out.
+METRICS_LIMIT = 1 << 30
+METRICS_LINE_LIMIT = 1 << 16
+# The status shown for a run whose summary.json says `running` while no process holds its lock.
+DIED = "died"
 
 
 class RunError(UserError, ValueError):
@@ -60,8 +65,10 @@ def load_record(run_dir: Path, name: Path) -> dict | list | None:
     try:
         if not path.exists():
             return None
-        text = path.read_text(encoding="utf-8")
-        record = json.loads(text) if name.suffix == ".json" else load_yaml(text)
+        text = read_checked(path).decode("utf-8")
+        record = parse_checked(path, load_json if name.suffix == ".json" else load_yaml, text)
+    except UnreadableFile as error:
+        raise DamagedRecord(f"{name}: {error.reason}") from None
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise DamagedRecord(f"{name}: {_reason(error)}") from None
     if not isinstance(record, RECORDS[name]):
@@ -99,6 +106,14 @@ def record_damage(run_dir: Path) -> str | None:
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary.json; empty when it has none or it is damaged."""
     return read_record(run_dir, RunPaths.SUMMARY) or {}
+
+
+def current_summary(run_dir: Path) -> dict[str, Any]:
+    """read_summary, with the status as it is now (run_status): what the tools show of a run."""
+    summary = read_summary(run_dir)
+    if "status" in summary:
+        summary["status"] = run_status(run_dir, summary["status"])
+    return summary
 
 
 def update_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -195,11 +210,19 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "best_val_loss": summary.get("best_val_loss"),
         "val_bpb": summary.get("val_bpb"),
         "best_val_bpb": summary.get("best_val_bpb"),
-        "status": "damaged" if damage else summary.get("status"),
+        "status": "damaged" if damage else run_status(run_dir, summary.get("status")),
         "wall_time_s": summary.get("wall_time_s"),
         "in_sweep": _mode(records[RunPaths.HYDRA_RECORD]) == "MULTIRUN",
         "damaged": damage,
     }
+
+
+def run_status(run_dir: Path, recorded: Any) -> Any:
+    """The status summary.json records, but DIED for a `running` run whose lock no process holds: its
+    process ended without recording how (killed, out of memory, the machine restarted)."""
+    from .claim import is_held  # claim.py imports this module
+
+    return DIED if recorded == "running" and not is_held(run_dir) else recorded
 
 
 def _mode(hydra_record: Any) -> Any:
@@ -226,16 +249,27 @@ def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
 
 def read_metrics(run_dir: Path) -> Optional[list[dict[str, Any]]]:
     """The rows of the run's metrics.jsonl, in order; None when it has none (a run from before runs kept
-    one). A line that is not a JSON object (cut short by a crash) is left out."""
+    one). A line that is not a row (cut short by a crash) is left out; a metrics.jsonl that is not a
+    regular file, or larger than METRICS_LIMIT, is an UnreadableFile."""
     path = Path(run_dir) / RunPaths.METRICS
     if not path.exists():
         return None
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
+    with open_checked(path, METRICS_LIMIT) as handle:
+        while line := handle.readline(METRICS_LINE_LIMIT):
+            row = _metrics_row(line)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _metrics_row(line: bytes) -> Optional[dict[str, Any]]:
+    """A line of metrics.jsonl as a row: an object with an integer `step` and numbers (or null) beside it."""
+    try:
+        row = load_json(line.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(row, dict) and type(row.get("step")) is int):
+        return None
+    numbers = all(value is None or type(value) in (int, float) for value in row.values())
+    return row if numbers else None
