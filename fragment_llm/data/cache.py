@@ -20,7 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config.schema import ConfigError, DataConfig
-from ..files import atomic_path, read_json, write_json, write_text
+from ..files import UnreadableFile, atomic_path, read_json, write_json, write_text
 from ..text import plural
 from .corpus import (
     Progress,
@@ -221,6 +221,8 @@ def _token_files_intact(tokens_dir: Path, dtype: np.dtype) -> bool:
                 )
             if problem is None and _file_checksum(path) != meta[split]["blake2b"]:
                 problem = f"{path.name} does not match its checksum in meta.json"
+    except UnreadableFile as error:
+        problem = f"meta.json: {error.reason}"
     except (OSError, ValueError, KeyError, TypeError) as error:
         problem = f"{type(error).__name__}: {error}"
     if problem is not None:

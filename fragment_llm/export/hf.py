@@ -281,6 +281,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path,
                 "unk_token": END_OF_TEXT,
                 "model_max_length": model.config.block_size,
                 "add_prefix_space": False,
+                "split_special_tokens": True,  # `<|endoftext|>` in text is text, as in training (tokenizer.text_only)
             },
         )
     return HF_NAMES[architecture]

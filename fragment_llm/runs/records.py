@@ -63,7 +63,7 @@ def load_record(run_dir: Path, name: Path) -> dict | list | None:
     DamagedRecord, naming the file and why, when it cannot be read."""
     path = Path(run_dir) / name
     try:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a broken link or a loop is damage, not absence
             return None
         text = read_checked(path).decode("utf-8")
         record = parse_checked(path, load_json if name.suffix == ".json" else load_yaml, text)
@@ -252,7 +252,7 @@ def read_metrics(run_dir: Path) -> Optional[list[dict[str, Any]]]:
     one). A line that is not a row (cut short by a crash) is left out; a metrics.jsonl that is not a
     regular file, or larger than METRICS_LIMIT, is an UnreadableFile."""
     path = Path(run_dir) / RunPaths.METRICS
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     rows = []
     with open_checked(path, METRICS_LIMIT) as handle:

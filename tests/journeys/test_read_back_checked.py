@@ -68,6 +68,15 @@ def test_a_fifo_or_folder_where_a_record_belongs_shows_the_run_damaged(trained_r
     assert err.startswith("warning: ") and f"{record}: a {kind}, not a file" in err
 
 
+@pytest.mark.parametrize("target,reason", [("summary.json", "Too many levels of symbolic"), ("gone", "No such file")])
+def test_a_broken_link_where_summary_json_belongs_is_damage_not_absence(trained_run, tmp_path, capsys, target, reason):
+    run = copy_run(trained_run, tmp_path)
+    (run / "summary.json").unlink()
+    (run / "summary.json").symlink_to(target)  # itself: a loop
+    code, _, err = call(["show", run], capsys)
+    assert code == 0 and err.startswith("warning: ") and f"summary.json: {reason}" in err
+
+
 @pytest.mark.parametrize("kind", ["FIFO", "folder"])
 def test_a_fifo_or_folder_as_the_run_tokenizer_is_one_error_line(trained_run, tmp_path, capsys, kind):
     run = copy_run(trained_run, tmp_path)
@@ -303,6 +312,20 @@ def test_a_prompt_quoting_the_token_is_text_whatever_tokenizer_encodes_it(traine
         ["generate", trained_run, "--prompt", END_OF_TEXT, "--max-new-tokens", "5", "--seed", "1"], capsys
     )
     assert code == 0 and out.startswith(END_OF_TEXT), err
+
+
+def test_an_exported_tokenizer_keeps_the_token_spelled_in_text(trained_run, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from transformers import PreTrainedTokenizerFast
+
+    from fragment_llm.data.tokenizer import load_tokenizer, text_ids
+
+    code, _, err = call(["export", trained_run, "--out", tmp_path / "hf"], capsys)
+    assert code == 0, err
+    exported = PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
+    ids = exported(LITERAL)["input_ids"]
+    assert ids == text_ids(load_tokenizer(trained_run / "tokenizer.json"), [LITERAL])[0]
+    assert exported.convert_tokens_to_ids(END_OF_TEXT) not in ids
 
 
 def test_eval_scores_text_quoting_the_token_as_text(trained_run, tmp_path, corpus):
