@@ -26,12 +26,15 @@ for _signum in STOP_SIGNALS:
 import hydra  # noqa: E402 - after the handlers: importing torch takes seconds
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from ..config.schema import ConfigError  # noqa: E402
 from ..console import make_standard_streams_safe  # noqa: E402
+from ..files import write_text  # noqa: E402
+from .callbacks import group_choices, release_claims, take_prepared_run  # noqa: E402
 from .compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
 from .conf import CONF_DIR  # noqa: E402
+from .hydra_errors import hydra_errors_in_one_line  # noqa: E402
 from .job import run_job  # noqa: E402
 
 
@@ -41,15 +44,27 @@ def hydra_job(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode is RunMode.MULTIRUN
     output_dir = Path(hydra_config.runtime.output_dir)
-    choices = {
-        group: str(option)
-        for group, option in hydra_config.runtime.choices.items()
-        if not group.startswith("hydra") and option is not None
-    }
-    best_val_loss = run_job(cfg, output_dir, hydra_config.overrides.task, in_sweep=in_sweep, choices=choices)
+    overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given, `${...}` unresolved
+    prepared = take_prepared_run(output_dir)  # a run's directory, claimed by the pre-flight; None in a sweep
+    if prepared is not None and prepared.hydra_subdir is not None:
+        write_hydra_records(output_dir / prepared.hydra_subdir, cfg, overrides)
+    claim = None if prepared is None else prepared.claim
+    choices = group_choices(HydraConfig.instance().cfg)
+    best_val_loss = run_job(cfg, output_dir, overrides, in_sweep=in_sweep, choices=choices, claim=claim)
     if math.isinf(best_val_loss) and not in_sweep:
         sys.exit(1)
     return best_val_loss
+
+
+def write_hydra_records(folder: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """The records Hydra writes before a job starts (config.yaml, hydra.yaml, overrides.yaml), which the
+    pre-flight kept it from writing into a run resumed in its own directory until the resume's
+    settings and claim were checked: a refused resume leaves the run's own records as they were."""
+    record = OmegaConf.to_container(HydraConfig.instance().cfg, resolve=False)
+    record["hydra"]["output_subdir"] = folder.name  # as Hydra records it; null only kept it from writing
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(record))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,4 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     register_resolvers()
-    hydra_job()
+    try:
+        with hydra_errors_in_one_line():  # Hydra's own writes and errors too
+            hydra_job()
+    finally:
+        release_claims()  # what the pre-flight claimed for a job that never started

@@ -1,5 +1,6 @@
-"""The training job behind `run.py`: claiming the run directory (no other run in it, locked while in
-use), logging, validation, signals in every phase, training, and the run's final status."""
+"""The training job behind `run.py`: checking its settings and claiming the run directory (nothing else
+in it, locked while in use) before anything in it changes, logging, signals in every phase, training,
+and the run's final status."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from ..config.schema import Config, ConfigError
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
-from ..runs.claim import check_writable_folder, claim_run_directory
+from ..runs.claim import RunLock, check_writable_folder, claim_run_directory, resumes
 from ..runs.paths import RunPaths
-from ..runs.records import read_summary
+from ..runs.records import holds_run, read_summary
 from ..signals import STOP_SIGNALS, handling
 from ..text import plural
 from ..train import distributed
@@ -34,6 +35,7 @@ from ..train.from_run import (
     resume_settings,
     resumed_choices,
 )
+from ..train.hardware import resolve_device
 from ..train.outputs import RunOutputs
 from ..train.resumable import Interrupted
 from ..train.trainer import TrainingError, train
@@ -47,38 +49,47 @@ def run_job(
     overrides: Sequence[str] = (),
     in_sweep: bool = False,
     choices: Optional[dict[str, str]] = None,
+    claim: Optional[Claim] = None,
 ) -> float:
     """Validate `cfg` and train into `run_dir`; returns the best validation loss, +inf if the run failed.
 
     `overrides` are the command line's (they decide what a resumed or fine-tuned run may change);
     `choices` the config group options it was composed from (kept in summary.json, so that a run
-    resumed or fine-tuned from this one knows them). Expected failures (a bad setting or corpus,
-    divergence, out of memory, a bad checkpoint, a file that cannot be read or written) end as one
-    line on standard error and in train.log, and a summary.json marked failed. SIGINT/SIGTERM/SIGHUP
-    end the process with 128 + the signal's number: during training after a checkpoint, before it at
-    once; the summary is marked interrupted. Any other error is marked failed too and raised;
-    `in_sweep`, it is logged with its traceback and returns +inf instead, so the sweep goes on (Hydra
-    would stop a search and skip the end-of-sweep report).
+    resumed or fine-tuned from this one knows them). `claim` is the directory as the app's pre-flight
+    (launch/callbacks.py) claimed it, the settings checked, before Hydra wrote anything; without one,
+    the job claims it here (`claim_run`; `in_sweep`: Hydra has written the job's .hydra/ into it).
 
-    A directory that holds another run is refused (nothing in it is touched), and rank 0 holds the
-    directory's lock for the run's life, so two processes never train into one directory.
+    Expected failures (a bad setting or corpus, divergence, out of memory, a bad checkpoint, a file
+    that cannot be read or written) end as one line on standard error and in train.log, and a
+    summary.json marked failed. SIGINT/SIGTERM/SIGHUP end the process with 128 + the signal's number:
+    during training after a checkpoint, before it at once; the summary is marked interrupted. Any
+    other error is marked failed too and raised; `in_sweep`, it is logged with its traceback and
+    returns +inf instead, so the sweep goes on (Hydra would stop a search and skip the end-of-sweep report).
+
+    A directory that holds anything but the run being resumed is refused, and so is a resume whose
+    settings are refused: nothing in the directory is touched. Rank 0 holds the directory's lock for
+    the run's life, so two processes never train into one directory.
 
     Under torchrun every rank runs this; only rank 0 writes train.log and summary.json. With
     `hardware.nproc` > 1 (and no torchrun), the ranks are spawned here, sharing `run_dir`.
     """
     ranks = distributed.from_environment()
-    try:
-        lock = claim_run_directory(run_dir, requested_resume(cfg)) if ranks.is_main else nullcontext()
-    except (ConfigError, OSError) as error:  # nothing of the directory's is touched, not even its log
-        setup_logging(None)
-        log.error(file_problem(error) if isinstance(error, OSError) else str(error))
-        return math.inf
-    with lock, stop_on_signals():
+    if claim is None:
+        try:
+            claim = claim_run(cfg, run_dir, overrides, dict(choices or {}), ranks, hydra_wrote=in_sweep)
+        except (UserError, OSError) as error:  # nothing of the directory's is touched, not even its log
+            setup_logging(None)
+            log.error(file_problem(error) if isinstance(error, OSError) else str(error))
+            return math.inf
+    with claim.lock, stop_on_signals():
         start_logging(run_dir, ranks)
         outputs = RunOutputs(run_dir, ranks)
         outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         try:
-            start = starting_point(cfg, run_dir, overrides, dict(choices or {}), outputs)
+            if claim.problem is not None:
+                raise claim.problem
+            start = claim.start
+            announce(start, run_dir, outputs)
             settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
             if ranks.is_main and (checkpoint_path or parent_path):
                 record_config(run_dir, settings, start.choices)
@@ -105,7 +116,8 @@ def run_job(
 
 class Start(NamedTuple):
     """What a run starts from: its settings, the checkpoint it continues or the model it starts from (each
-    with its path; None for a new run), and the config group options it stands for."""
+    with its path; None for a new run), the config group options it stands for, and what was logged
+    while finding them (kept for the run's log, which is not open yet)."""
 
     settings: Config
     checkpoint: Optional[dict]
@@ -113,36 +125,103 @@ class Start(NamedTuple):
     parent: Optional[dict]
     parent_path: Optional[Path]
     choices: dict[str, str]
+    notes: tuple[logging.LogRecord, ...] = ()
 
 
-def starting_point(
-    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict[str, str], outputs: RunOutputs
-) -> Start:
-    """The validated settings of a new run, or of a run resumed (train.resume) or fine-tuned
-    (train.init_from) from a past one, with what it continues or starts from, said in the log and summary."""
+class Claim(NamedTuple):
+    """A run directory this process may write: checked, and locked by rank 0 (`lock` is held until the
+    run ends), with what the run starts from, or the `problem` with its settings, to be recorded in it."""
+
+    lock: RunLock | nullcontext
+    start: Optional[Start]
+    problem: Optional[BaseException] = None
+
+
+def claim_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    choices: dict[str, str],
+    ranks: distributed.Ranks,
+    hydra_wrote: bool = False,
+) -> Claim:
+    """Check the settings (`starting_point`), then claim `run_dir` for them (`claim_run_directory`; rank
+    0 only). Raises what refuses the directory. A problem with the settings is raised too when the
+    directory holds the run they would resume; in a new directory (a sweep's job, a library call's) it
+    is kept in the claim, for the job to record there."""
+    try:
+        start, problem = starting_point(cfg, overrides, choices), None
+    except (UserError, OSError) as error:
+        start, problem = None, error
+    resume = requested_resume(cfg)
+    lock = claim_run_directory(run_dir, resume, hydra_wrote) if ranks.is_main else nullcontext()
+    if problem is not None and resumes(run_dir, resume) and holds_run(run_dir):
+        if isinstance(lock, RunLock):
+            lock.release()
+        raise problem
+    return Claim(lock, start, problem)
+
+
+def checked_settings(cfg: DictConfig | dict) -> Config:
+    """The settings of `cfg`, checked as far as they can be without the run: every key's type and range,
+    the device, and train.resume and train.init_from not given together."""
     settings = load_settings(cfg)
-    check_writable_folder("paths.cache", settings.paths.cache)
-    log.info("Run directory: %s", run_dir)
+    resolve_device(settings.hardware.device)
     if settings.train.resume and settings.train.init_from:
         raise ConfigError(
             "train.init_from does not combine with train.resume: train.resume continues a run (its "
             "optimizer, schedule and step), train.init_from starts a new one from a run's weights; give one"
         )
-    if settings.train.resume:
-        checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
-        settings = resume_settings(cfg, checkpoint["config"], list(overrides))
-        log.info("Resuming from %s (step %d)", checkpoint_path, checkpoint["step"])
-        outputs.try_update(resumed_from=str(checkpoint_path), resumed_at_step=checkpoint["step"])
-        return Start(
-            settings, checkpoint, checkpoint_path, None, None, resumed_choices(checkpoint_path, choices, overrides)
-        )
-    if settings.train.init_from:
-        parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
-        settings = fine_tune_settings(cfg, parent["config"], list(overrides))
-        log.info("Fine-tuning from %s: its weights and tokenizer, a fresh optimizer and schedule", parent_path)
-        outputs.try_update(init_from=str(parent_path), init_from_tokenizer_hash=parent["tokenizer_hash"])
-        return Start(settings, None, None, parent, parent_path, fine_tuned_choices(parent_path, choices))
-    return Start(settings, None, None, None, None, choices)
+    return settings
+
+
+def starting_point(cfg: DictConfig, overrides: Sequence[str], choices: dict[str, str]) -> Start:
+    """The checked settings of a new run, or of a run resumed (train.resume) or fine-tuned (train.init_from)
+    from a past one, with the checkpoint it continues or starts from (loaded and checked). Nothing is
+    written (`announce` says it in the run's log and summary, once the directory is claimed)."""
+    with held_back_log() as notes:
+        settings = checked_settings(cfg)
+        check_writable_folder("paths.cache", settings.paths.cache)
+        if settings.train.resume:
+            checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
+            settings = resume_settings(cfg, checkpoint["config"], list(overrides))
+            choices = resumed_choices(checkpoint_path, choices, overrides)
+            return Start(settings, checkpoint, checkpoint_path, None, None, choices, tuple(notes))
+        if settings.train.init_from:
+            parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
+            settings = fine_tune_settings(cfg, parent["config"], list(overrides))
+            choices = fine_tuned_choices(parent_path, choices)
+            return Start(settings, None, None, parent, parent_path, choices, tuple(notes))
+        return Start(settings, None, None, None, None, choices, tuple(notes))
+
+
+def announce(start: Start, run_dir: Path, outputs: RunOutputs) -> None:
+    """Say in the run's log, and for a resumed or fine-tuned run in its summary, what it starts from."""
+    log.info("Run directory: %s", run_dir)
+    for record in start.notes:
+        logging.getLogger(record.name).handle(record)
+    if start.checkpoint_path is not None:
+        log.info("Resuming from %s (step %d)", start.checkpoint_path, start.checkpoint["step"])
+        outputs.try_update(resumed_from=str(start.checkpoint_path), resumed_at_step=start.checkpoint["step"])
+    elif start.parent_path is not None:
+        log.info("Fine-tuning from %s: its weights and tokenizer, a fresh optimizer and schedule", start.parent_path)
+        outputs.try_update(init_from=str(start.parent_path), init_from_tokenizer_hash=start.parent["tokenizer_hash"])
+
+
+@contextmanager
+def held_back_log() -> Iterator[list[logging.LogRecord]]:
+    """The package's log records meanwhile (a damaged checkpoint skipped), kept rather than shown: the
+    run's log opens only once its directory is claimed, and `announce` logs them there."""
+    logger = logging.getLogger("fragment_llm")
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append
+    handlers, propagate = list(logger.handlers), logger.propagate
+    logger.handlers[:], logger.propagate = [keep], False
+    try:
+        yield records
+    finally:
+        logger.handlers[:], logger.propagate = handlers, propagate
 
 
 def requested_resume(cfg: DictConfig | dict) -> Optional[str]:

@@ -6,6 +6,7 @@ matching); an instance gives each under its directory (`RunPaths(run_dir).final_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -28,6 +29,9 @@ class RunPaths:
     # A sweep's directory, above its jobs' run directories.
     SWEEP_REPORT = Path("sweep.txt")
     SWEEP_CURVES = Path("curves.png")
+    # What says a run started here: Hydra's records (written first), or what it leaves to continue or load.
+    # (train.log, tensorboard/ and tokenizer.json are names other programs write too.)
+    RUN_MARKERS = (HYDRA, SUMMARY, CHECKPOINTS, MODELS)
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -100,8 +104,9 @@ class RunPaths:
         return self.root / self.SWEEP_CURVES
 
     def holds_run(self) -> bool:
-        """Whether a run was ever started here: it has a summary, checkpoints or models."""
-        return any((self.root / marker).exists() for marker in (self.SUMMARY, self.CHECKPOINTS, self.MODELS))
+        """Whether a run was ever started here: it has Hydra's records (written first), a summary, checkpoints
+        or models. (Claiming a directory for a run asks more: that it holds nothing else; see runs/claim.py.)"""
+        return any(os.path.lexists(self.root / marker) for marker in self.RUN_MARKERS)
 
     @staticmethod
     def checkpoint_run(checkpoint: Path) -> Path:
