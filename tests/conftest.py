@@ -1,156 +1,13 @@
-"""Shared fixtures: configs composed exactly as run.py composes them, and small local corpora."""
+"""The fixtures tests share: a local corpus, one tiny trained run per session and its model, a finished run
+that run.py trained, and a hand-made sweep. Plain helpers (the tiny run's overrides, running commands, run
+directories made by hand) are in helpers.py."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
-import runpy
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from fragment_llm.config.load import load_settings
-from fragment_llm.config.schema import Config
-from fragment_llm.signals import STOP_SIGNALS
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-RUN = str(ROOT / "run.py")
-
-
-def tiny_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
-    """A 1-layer, 64-wide model on a local corpus: a real run that takes seconds."""
-    values = {
-        "data": "text",
-        "data.path": str(corpus),
-        "model.vocab_size": 512,
-        "model.block_size": 128,
-        "model.n_layer": 1,
-        "model.n_head": 2,
-        "model.n_embd": 64,
-        "model.dropout": 0.0,
-        "train.batch_size": 4,
-        "train.grad_accum_steps": 1,
-        "train.max_iters": 30,
-        "train.eval_interval": 10,
-        "train.eval_iters": 4,
-        "optimizer.lr": 3e-3,
-        "paths.outputs": str(tmp_path / "outputs"),
-        "paths.cache": str(tmp_path / "cache"),
-    }
-    values.update(keys)
-    return [f"{key}={value}" for key, value in values.items()]
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def settings_for(overrides: list[str]) -> Config:
-    return load_settings(compose_config(overrides))
-
-
-def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
-    """Train a tiny model in-process into `root`/run and return the run directory (a few seconds).
-    Its log goes to the run's train.log only; the package logger is restored afterwards (for caplog)."""
-    from fragment_llm.console import setup_logging
-    from fragment_llm.train.trainer import train
-
-    run_dir = root / "run"
-    run_dir.mkdir(parents=True)
-    with package_logging_restored():
-        setup_logging(run_dir / "train.log", console_output=False)
-        train(settings_for(tiny_overrides(root, corpus, **keys)), run_dir)
-    return run_dir
-
-
-@contextlib.contextmanager
-def package_logging_restored() -> Iterator[None]:
-    """Around a run in a test, which sets the package logger up for itself (train.log, the console):
-    its handlers are closed afterwards and the logger is as it was before (for caplog, and the next run)."""
-    logger = logging.getLogger("fragment_llm")
-    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
-    try:
-        yield
-    finally:
-        for handler in set(logger.handlers) - set(handlers):
-            logger.removeHandler(handler)
-            handler.close()
-        logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would,
-    with `stdin` as its standard input."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
-    command = [sys.executable, *args]
-    return subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
-
-
-def run_in_process(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`run_cli` without starting a Python: `[RUN, ...]` or `["-m", "fragment_llm", ...]` run here, with
-    the command line, working directory, standard streams and COLUMNS a new process would have, and
-    its exit status taken from SystemExit. Importing torch takes seconds, so this is for the many
-    cases that test what a run or a tool does; what needs a process of its own (signals, kill -9,
-    torchrun, pipes, launchers) uses run_cli. What a run changes process-wide (signal handlers,
-    logging, Hydra's global state, the run stamp) is put back afterwards."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from fragment_llm.commands.main import main as fragment_llm_main
-    from fragment_llm.launch.compose import this_run_stamp
-
-    out, err = io.StringIO(), io.StringIO()
-    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    loggers = [logging.root, *(logger for logger in logging.root.manager.loggerDict.values())]
-    logger_state = [
-        (logger, list(logger.handlers), logger.level, logger.propagate, logger.disabled)
-        for logger in loggers
-        if isinstance(logger, logging.Logger)
-    ]
-    argv, directory, standard_input, columns = sys.argv, os.getcwd(), sys.stdin, os.environ.get("COLUMNS")
-    this_run_stamp.cache_clear()  # each run names its own directory, as each process does
-    try:
-        os.chdir(cwd)
-        os.environ["COLUMNS"] = "250"
-        sys.stdin = io.StringIO(stdin or "")
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                if args[0] == RUN:
-                    sys.argv = list(args)
-                    runpy.run_path(RUN, run_name="__main__")
-                    code = 0
-                else:
-                    assert args[:2] == ["-m", "fragment_llm"], args
-                    sys.argv = ["fragment-llm", *args[2:]]
-                    code = fragment_llm_main(list(args[2:]))
-            except SystemExit as exit:
-                code = exit.code
-                if isinstance(code, str):  # as Python does: the message on stderr, status 1
-                    print(code, file=sys.stderr)
-                    code = 1
-    finally:
-        sys.argv, sys.stdin = argv, standard_input
-        os.chdir(directory)
-        if columns is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = columns
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        for logger, logger_handlers, level, propagate, disabled in logger_state:
-            logger.handlers[:] = logger_handlers
-            logger.level, logger.propagate, logger.disabled = level, propagate, disabled
-        GlobalHydra.instance().clear()
-        this_run_stamp.cache_clear()
-    return subprocess.CompletedProcess(args, code or 0, out.getvalue(), err.getvalue())
+from helpers import RUN, SHARED, SWEEP, run_in_process, tiny_overrides, train_tiny_run, write_run
 
 
 @pytest.fixture(scope="session")
@@ -178,3 +35,42 @@ def trained_run(tmp_path_factory, corpus) -> Path:
         "train.checkpoint_every_epochs": 1,
     }
     return train_tiny_run(tmp_path_factory.mktemp("trained"), corpus, **keys)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    """The trained run's model and tokenizer, loaded once per test module."""
+    from fragment_llm.train.from_run import load_run
+
+    return load_run(trained_run)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, corpus):
+    """A finished tiny run trained by run.py into a directory of our choosing. Tests only read it."""
+    root = tmp_path_factory.mktemp("finished")
+    run_dir = root / "run"
+    keys = {"train.max_iters": 6, "train.save_interval": 2, "train.eval_interval": 3}
+    result = run_in_process([RUN, *tiny_overrides(root, corpus, **keys), f"hydra.run.dir={run_dir}"], cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root, run_dir
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    """A sweep of six completed jobs (three learning rates x two seeds) with long shared overrides."""
+    root = tmp_path / "outputs"
+    for job, (lr, seed) in enumerate((lr, seed) for lr in ("0.003", "0.001", "0.0003") for seed in (1, 2)):
+        loss = 3.1 + job / 10 + seed / 1000
+        summary = {
+            "status": "completed",
+            "started_at": f"2026-11-25T08:14:{50 + job}+00:00",
+            "steps": 60,
+            "tokens": 61440,
+            "best_val_loss": loss,
+            "val_bpb": loss / 2.1,
+            "best_val_bpb": loss / 2.1,
+            "wall_time_s": 12.5,
+        }
+        write_run(root / SWEEP / str(job), [f"optimizer.lr={lr}", f"train.seed={seed}", *SHARED], summary)
+    return root

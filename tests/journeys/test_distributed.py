@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RUN, run_cli, run_in_process, tiny_overrides
+from helpers import RUN, run_cli, run_in_process, tiny_overrides
 
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import load_checkpoint

@@ -7,9 +7,10 @@ import re
 
 import pytest
 import torch
-from conftest import RUN, compose_config, run_in_process, tiny_overrides, train_tiny_run
+from helpers import RUN, run_in_process, tiny_overrides, train_tiny_run
 
 from fragment_llm.config.schema import ConfigError
+from fragment_llm.launch import conf
 from fragment_llm.launch.job import run_job
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
@@ -26,7 +27,7 @@ def fine_tune(root, corpus, parent, name, *extra, **keys):
     """Train (or fail to) in-process as `python run.py` would; returns the run directory and the best loss."""
     overrides = fine_tune_overrides(root, corpus, parent, **keys) + list(extra)
     run_dir = root / name
-    return run_dir, run_job(compose_config(overrides), run_dir, overrides)
+    return run_dir, run_job(conf.compose(overrides), run_dir, overrides)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_a_fine_tuned_run_resumes(parent, fine_tuned, corpus):
     overrides = [item for item in overrides if not item.startswith("train.init_from=")]
     overrides.append(f"train.resume={fine_tuned}")
     resumed = parent.parent / "resumed"
-    assert run_job(compose_config(overrides), resumed, overrides) < float("inf")
+    assert run_job(conf.compose(overrides), resumed, overrides) < float("inf")
     assert read_summary(resumed)["steps"] == 12
 
 
@@ -89,7 +90,7 @@ def test_the_model_is_the_parents_and_only_dropout_may_change(parent, corpus, tm
 
     def settings(*extra):
         overrides = fine_tune_overrides(tmp_path, corpus, parent) + list(extra)
-        return fine_tune_settings(compose_config(overrides), saved, overrides)
+        return fine_tune_settings(conf.compose(overrides), saved, overrides)
 
     assert settings().model == settings("model.n_embd=64", "model.n_layer=1").model
     assert (settings().model.n_embd, settings().model.dropout) == (64, 0.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, RUN, run_in_process, tiny_overrides
+from helpers import ROOT, RUN, run_in_process, tiny_overrides
 
 C_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
 SENTENCES = [

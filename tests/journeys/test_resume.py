@@ -1,33 +1,38 @@
-"""Nothing lost: exact resume, step checkpoints, signals, kill -9, damaged files and full disks."""
+"""Resuming a run (`train.resume=`): it continues bit for bit, may run longer but not change its model or
+data, continues in its own directory but never twice at once, trains on the checkpoint's own tokenizer,
+starts another optimizer's state afresh, and records the config it trained with.
+
+Stopping a run so that it can resume (signals, kill -9): test_signals.py."""
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
-import random
-import signal
+import math
+import os
+import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import RUN, compose_config, run_in_process, settings_for, tiny_overrides
+from helpers import (
+    ROOT,
+    RUN,
+    one_error_line,
+    run_in_process,
+    settings_for,
+    tiny_overrides,
+    train_tiny_run,
+)
+from omegaconf import OmegaConf
 
 from fragment_llm.config.schema import ConfigError
+from fragment_llm.launch import conf
 from fragment_llm.launch.job import run_job
-from fragment_llm.model.gpt import GPT, GPTConfig
+from fragment_llm.runs.claim import RunLock
 from fragment_llm.runs.records import read_summary
-from fragment_llm.train import checkpoint as checkpoint_module
-from fragment_llm.train.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from fragment_llm.train.from_run import find_resume_checkpoint, resume_settings
+from fragment_llm.train.checkpoint import load_checkpoint, save_checkpoint
+from fragment_llm.train.from_run import resume_settings
 from fragment_llm.train.trainer import Trainer
 
 EXACT = {"model.dropout": 0.1, "train.max_iters": 40, "train.save_interval": 20, "train.eval_interval": 10}
@@ -36,7 +41,7 @@ EXACT = {"model.dropout": 0.1, "train.max_iters": 40, "train.save_interval": 20,
 def resume_run(tmp_path, corpus, run_name, resume_from, **keys):
     overrides = tiny_overrides(tmp_path, corpus, **keys) + [f"train.resume={resume_from}"]
     run_dir = tmp_path / run_name
-    best = run_job(compose_config(overrides), run_dir, overrides)
+    best = run_job(conf.compose(overrides), run_dir, overrides)
     return run_dir, best
 
 
@@ -95,7 +100,7 @@ def test_resume_may_extend_a_run_but_not_change_its_model_or_data(tmp_path, corp
     assert read_summary(longer)["resumed_from"].endswith("final_model.pt")
 
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 14}) + [f"train.resume={first}"]
-    best = run_job(compose_config(overrides), first, overrides)
+    best = run_job(conf.compose(overrides), first, overrides)
     assert best < float("inf") and read_summary(first)["steps"] == 14  # continued in its own directory
     assert load_checkpoint(first / "checkpoints" / "last.pt")["step"] == 14
 
@@ -114,188 +119,143 @@ def test_resume_may_extend_a_run_but_not_change_its_model_or_data(tmp_path, corp
     changed = [item if not item.startswith("data.path=") else f"data.path={other}" for item in overrides]
     checkpoint = load_checkpoint(first / "models" / "final_model.pt")
     with pytest.raises(ConfigError, match=f"data.path={other} conflicts with the checkpoint"):
-        resume_settings(compose_config(changed), checkpoint["config"], changed)
+        resume_settings(conf.compose(changed), checkpoint["config"], changed)
 
 
-def test_step_checkpoints_rotate_and_last_points_at_the_newest(tmp_path, corpus):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    keys = {"train.max_iters": 22, "train.save_interval": 5, "train.keep_checkpoints": 2}
-    trainer = Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
-    seen = []
-    original = trainer.save_step_checkpoint
-
-    def record():
-        path = original()
-        seen.append(sorted(p.name for p in (run_dir / "checkpoints").iterdir()))
-        assert (run_dir / "checkpoints" / "last.pt").samefile(path)
-        return path
-
-    trainer.save_step_checkpoint = record
-    trainer.fit()
-    assert seen[-1] == ["last.pt", "step_15.pt", "step_20.pt"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "step_15.pt", "step_20.pt"]
-    assert (run_dir / "checkpoints" / "last.pt").samefile(run_dir / "models" / "final_model.pt")
-
-
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus, caplog):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    keys = {"train.max_iters": 12, "train.save_interval": 4}
-    Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir).fit()
-    final = run_dir / "models" / "final_model.pt"
-    final.write_bytes(final.read_bytes()[:1000])  # a truncated copy
-    with caplog.at_level(logging.WARNING, logger="fragment_llm"):
-        path, checkpoint = find_resume_checkpoint(run_dir)
-    assert path.name == "step_8.pt" and checkpoint["step"] == 8
-    assert "final_model.pt is damaged" in caplog.text
-    with pytest.raises(CheckpointError, match="final_model.pt is damaged or not a checkpoint"):
-        find_resume_checkpoint(final)
-    with pytest.raises(CheckpointError, match="does not exist; give a run directory or a checkpoint file"):
-        find_resume_checkpoint(tmp_path / "nowhere")
-
-
-def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoints" / "step_1.pt"
-    config = {"vocab_size": 256, "block_size": 16, "n_layer": 1, "n_head": 1, "n_embd": 64}
-    model = {"model_config": config, "model_state_dict": GPT(GPTConfig(**config)).state_dict()}
-    save_checkpoint(path, {**model, "step": 1})
-
-    def fill_disk(state, target):
-        with open(target, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint_module.torch, "save", fill_disk)
-    with pytest.raises(CheckpointError) as error:
-        save_checkpoint(path, {**model, "step": 2})
-    assert str(path) in str(error.value) and "the disk is full" in str(error.value)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["step"] == 1
-    assert [p.name for p in path.parent.iterdir()] == ["step_1.pt"]  # no temporary file left
-
-
-def test_random_states_round_trip_through_a_safe_checkpoint(tmp_path):
-    import numpy as np
-
-    state = capture_rng_state(torch.device("cpu"))
-    save_checkpoint(tmp_path / "rng.pt", {"rng_state": state})
-    expected = (random.random(), np.random.rand(), torch.rand(1))
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng_state"])
-    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
-
-
-def start_run(tmp_path, corpus, name, *extra, **keys):
-    """Start `run.py` in the background; its output goes to files (a full pipe would stall it)."""
-    overrides = tiny_overrides(tmp_path / name, corpus, **keys)
-    overrides[overrides.index(f"paths.cache={tmp_path / name / 'cache'}")] = f"paths.cache={tmp_path / 'cache'}"
-    (tmp_path / name).mkdir()
-    stdout, stderr = (open(tmp_path / name / stream, "w") for stream in ("stdout", "stderr"))
-    process = subprocess.Popen([sys.executable, RUN, *overrides, *extra], cwd=tmp_path, stdout=stdout, stderr=stderr)
-    process.output = lambda: ((tmp_path / name / "stdout").read_text(), (tmp_path / name / "stderr").read_text())
-    return process
-
-
-def wait_for_training(process, run_root, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        logs = list(run_root.rglob("train.log"))
-        if logs and "Epoch " in logs[0].read_text():
-            return logs[0].parent
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"the run did not start training: {process.output()[1][-2000:]}")
-
-
-LONG = {"train.max_iters": 100_000, "train.epochs": 1000, "train.save_interval": 0, "train.eval_interval": 1000}
+def test_resuming_into_its_own_directory_is_allowed_but_not_twice_at_once(tmp_path, corpus):
+    run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={run_dir}"]
+    with RunLock(run_dir).acquire():  # another process is training into it
+        assert run_job(conf.compose(overrides), run_dir, overrides) == math.inf
+        assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 4
+    (run_dir / ".lock").write_text("999999999\n")  # a stale lock file left by a dead process locks nothing
+    assert run_job(conf.compose(overrides), run_dir, overrides) < math.inf
+    assert read_summary(run_dir)["steps"] == 6
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, corpus, signum, code):
-    process = start_run(tmp_path, corpus, "first", **LONG)
-    run_dir = wait_for_training(process, tmp_path / "first")
-    time.sleep(1.0)
-    process.send_signal(signum)
-    process.wait(timeout=60)
-    err = process.output()[1]
-    assert process.returncode == code, err
-    assert f"resume with: python run.py train.resume={run_dir}" in err
-    summary = read_summary(run_dir)
-    assert summary["status"] == "interrupted" and summary["steps"] > 0
-    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert last["step"] == summary["steps"]
-
-    resumed = run_in_process(
+def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, corpus):
+    run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 2})
+    holder = subprocess.Popen(
         [
-            RUN,
-            *tiny_overrides(tmp_path / "second", corpus),
-            f"paths.cache={tmp_path / 'cache'}",
-            f"train.resume={run_dir}",
-            f"train.max_iters={last['step'] + 3}",
+            sys.executable,
+            "-c",
+            "import sys, time; from fragment_llm.runs.claim import RunLock; "
+            f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
-        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-    assert resumed.returncode == 0, resumed.stderr
-    (second,) = [p.parent for p in (tmp_path / "second").rglob("summary.json")]
-    assert read_summary(second)["steps"] == last["step"] + 3 and read_summary(second)["status"] == "completed"
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_in_process(
+            [
+                RUN,
+                *tiny_overrides(tmp_path, corpus, **{"train.max_iters": 4}),
+                f"train.resume={run_dir}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+        )
+        one_error_line(result, f"is in use: another process (pid {holder.pid})")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_summary(run_dir)["steps"] == 2
+
+
+def test_resume_trains_on_the_checkpoints_own_tokenizer_whatever_the_cache_holds(tmp_path, corpus):
+    from fragment_llm.data.tokenizer import load_tokenizer, tokenizer_hash
+
+    run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("*.json")
+    tokenizer = json.loads(cached.read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]  # another tokenizer under the same name
+    cached.write_text(json.dumps(tokenizer))
+    final = run_dir / "models" / "final_model.pt"
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6}) + [f"train.resume={final}"]
+    assert run_job(conf.compose(overrides), tmp_path / "resumed", overrides) < math.inf
+    saved_hash = load_checkpoint(final)["tokenizer_hash"]
+    assert tokenizer_hash(load_tokenizer(tmp_path / "resumed" / "tokenizer.json")) == saved_hash
+    assert load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt")["tokenizer_hash"] == saved_hash
+
+    # A checkpoint from before checkpoints carried their tokenizer and said how the corpus was hashed.
+    older = {
+        key: value for key, value in load_checkpoint(final).items() if key not in ("tokenizer", "corpus_hash_version")
+    }
+    save_checkpoint(tmp_path / "older.pt", older)
+    overrides[-1] = f"train.resume={tmp_path / 'older.pt'}"
+    assert run_job(conf.compose(overrides), tmp_path / "from_older", overrides) == math.inf
+    error = read_summary(tmp_path / "from_older")["error"]
+    assert f"the cached tokenizer {cached} differs" in error and "copy the run's tokenizer.json over it" in error
+    assert "comes from an older fragment-llm" in (tmp_path / "from_older" / "train.log").read_text()
+
+    damaged = {**load_checkpoint(final), "tokenizer": "{not a tokenizer"}
+    save_checkpoint(tmp_path / "damaged.pt", damaged)
+    overrides[-1] = f"train.resume={tmp_path / 'damaged.pt'}"
+    assert run_job(conf.compose(overrides), tmp_path / "from_damaged", overrides) == math.inf
+    assert "the checkpoint's tokenizer is damaged" in read_summary(tmp_path / "from_damaged")["error"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "adafactor"])
+def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, corpus, optimizer):
+    run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 4})
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 6, "optimizer": optimizer})
+    overrides.append(f"train.resume={run_dir}")
+    assert run_job(conf.compose(overrides), tmp_path / "resumed", overrides) < math.inf
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert f"Resuming with optimizer {optimizer} (the checkpoint was trained with adamw)" in log
+    assert (
+        load_checkpoint(tmp_path / "resumed" / "models" / "final_model.pt", for_resume=True)["config"]["optimizer"][
+            "name"
+        ]
+        == optimizer
+    )
 
 
 @pytest.mark.slow
-def test_a_second_signal_stops_at_once_without_damage(tmp_path, corpus):
-    process = start_run(tmp_path, corpus, "run", **{**LONG, "train.grad_accum_steps": 64})
-    run_dir = wait_for_training(process, tmp_path / "run")
-    process.send_signal(signal.SIGINT)
-    # The second once the first has been taken: two signals that arrive before Python runs its handler
-    # (a busy machine, a long torch call) are delivered as one.
-    deadline = time.time() + 60
-    while "SIGINT received" not in process.output()[1] and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
-    err = process.output()[1]
-    assert process.returncode == 130, err
-    assert "again: stopped at once" in err and "Traceback" not in err
-    assert read_summary(run_dir)["status"] == "interrupted"
-    for path in run_dir.rglob("*.pt"):
-        load_checkpoint(path)
-    assert not list(run_dir.rglob("*.tmp"))
-
-
-@pytest.mark.slow
-def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, corpus):
-    moments = random.Random(7)
-    keys = {**LONG, "train.save_interval": 2, "train.keep_checkpoints": 2}
-    previous = None
-    for attempt in range(3):
-        extra = [f"train.resume={previous}"] if previous else []
-        process = start_run(tmp_path, corpus, f"attempt{attempt}", *extra, **keys)
-        run_dir = wait_for_training(process, tmp_path / f"attempt{attempt}")
-        # From the first step checkpoint on (a loaded machine may take seconds to reach it), a kill lands
-        # anywhere in the steps and the saves every second step.
-        deadline = time.time() + 120
-        while not list(run_dir.rglob("step_*.pt")) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(moments.uniform(0.2, 2.0))
-        process.kill()
-        process.wait(timeout=30)
-        for path in run_dir.rglob("*.pt"):
-            load_checkpoint(path)
-        if list(run_dir.rglob("step_*.pt")):
-            previous = run_dir
-    assert previous is not None
-    step = find_resume_checkpoint(previous)[1]["step"]
+def test_a_resumed_run_records_the_config_it_trained_with(finished_run, tmp_path):
+    _, run_dir = finished_run
+    outputs = tmp_path / "outputs"
+    # Nothing says data=text or the model's size here: both come from the checkpoint.
     result = run_in_process(
         [
             RUN,
-            *tiny_overrides(tmp_path / "final", corpus),
-            f"paths.cache={tmp_path / 'cache'}",
-            f"train.resume={previous}",
-            f"train.max_iters={step + 2}",
+            f"train.resume={run_dir}",
+            "train.max_iters=8",
+            "optimizer.lr=1e-3",
+            f"paths.outputs={outputs}",
+            f"paths.cache={run_dir.parent / 'cache'}",
         ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    (final,) = [p.parent for p in (tmp_path / "final").rglob("summary.json")]
-    summary = json.loads((final / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == step + 2
+    (resumed,) = [path.parent for path in outputs.rglob("summary.json")]
+    recorded = OmegaConf.load(resumed / ".hydra" / "config.yaml")
+    assert recorded.data.source == "text" and recorded.model.n_embd == 64 and recorded.optimizer.lr == 1e-3
+    assert recorded.train.max_iters == 8
+    assert OmegaConf.load(resumed / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
+    listing = run_in_process(
+        ["-m", "fragment_llm", "runs", str(outputs), "--filter", "data.source=text", "--json"], cwd=tmp_path
+    )
+    assert [run["path"] for run in json.loads(listing.stdout)] == [str(resumed)]
+
+    # Continued in its own directory, where Hydra rewrites .hydra/ with this command's composition.
+    in_place = tmp_path / "in_place"
+    shutil.copytree(run_dir, in_place)
+    result = run_in_process(
+        [
+            RUN,
+            f"train.resume={in_place}",
+            f"hydra.run.dir={in_place}",
+            "train.max_iters=8",
+            f"paths.outputs={outputs}",
+            f"paths.cache={run_dir.parent / 'cache'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert OmegaConf.load(in_place / ".hydra" / "config.yaml").data.source == "text"
+    assert OmegaConf.load(in_place / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
+    assert read_summary(in_place)["choices"]["data"] == "text" and read_summary(in_place)["steps"] == 8

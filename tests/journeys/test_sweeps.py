@@ -1,5 +1,5 @@
-"""Sweeps as a user runs them (`python run.py -m ...`, each in a subprocess): grids with a failing job,
-the joblib and submitit launchers, an Optuna search, and `fragment-llm` over their runs."""
+"""Sweeps as a user runs them (`python run.py -m ...`): a grid with a failing job, a job per directory, the
+joblib and submitit launchers (each in a subprocess), an Optuna search, and `fragment-llm` over their runs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import math
 import re
 
 import pytest
-from conftest import RUN, run_cli, run_in_process, tiny_overrides
+from helpers import RUN, run_cli, run_dirs, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
-
-from fragment_llm.launch.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -90,29 +88,13 @@ def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
     assert events.Scalars("hparams/best_val_loss")[-1].value == pytest.approx(good["best_val_loss"])
 
 
-def test_the_training_function_returns_a_finite_best_loss_or_inf(tmp_path, corpus):
-    from conftest import compose_config
-
-    good = compose_config(tiny_overrides(tmp_path, corpus, **{"train.max_iters": 2}))
-    assert math.isfinite(run_job(good, tmp_path / "good"))
-    bad = compose_config(tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0}))
-    assert run_job(bad, tmp_path / "bad") == math.inf
-
-
-def test_in_a_sweep_an_unexpected_error_ends_only_its_job(tmp_path, corpus, monkeypatch):
-    from conftest import compose_config
-
-    def broken_train(*args, **kwargs):
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr("fragment_llm.launch.job.train", broken_train)
-    cfg = compose_config(tiny_overrides(tmp_path, corpus))
-    assert run_job(cfg, tmp_path / "job", in_sweep=True) == math.inf
-    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: a bug"
-    assert "Traceback" in (tmp_path / "job" / "train.log").read_text()
-    with pytest.raises(RuntimeError, match="a bug"):
-        run_job(cfg, tmp_path / "single")
+def test_a_multirun_gives_each_job_its_own_run_directory(tmp_path, corpus):
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": "2,3"})
+    result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = run_dirs(tmp_path / "outputs" / "multirun")
+    assert [json.loads((run / "summary.json").read_text())["steps"] for run in runs] == [2, 3]
+    assert len({run.parent for run in runs}) == 1  # one sweep directory, a subdirectory per job
 
 
 @pytest.mark.parametrize(

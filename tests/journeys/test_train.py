@@ -1,25 +1,22 @@
-"""End to end: `python run.py` and `fragment-llm` as a user runs them, in subprocesses."""
+"""Training, as a user runs `python run.py`: a run writes every file of its run directory, bad input ends in
+one line and no checkpoint, `--cfg job` and `--help` show the composed config, runs started in the same
+second get their own directories, and other groups compose and run."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
-from conftest import RUN, run_cli, run_in_process, tiny_overrides
+from helpers import RUN, run_cli, run_dirs, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
 from fragment_llm.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-def run_dirs(outputs):
-    return sorted(path.parent for path in outputs.rglob("summary.json"))
 
 
 def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
@@ -82,6 +79,8 @@ BAD_RUNS = [
     (["train.resume={missing}"], "does not exist; give a run directory or a checkpoint file"),
     (["train.resume={binary}"], "is damaged or not a checkpoint"),
 ]
+
+
 if not torch.cuda.is_available():
     BAD_RUNS.append((["hardware.device=cuda"], "this machine has no CUDA device"))
 
@@ -144,19 +143,6 @@ def test_cfg_job_and_help_show_the_composed_config(train, tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither creates a run directory
 
 
-def test_fragment_llm_train_hands_every_argument_to_the_training_app(monkeypatch):
-    from fragment_llm.commands.main import main
-
-    given = []
-    app = types.ModuleType("fragment_llm.launch.hydra_app")  # importing the real one sets signal handlers
-    app.main = given.append
-    monkeypatch.setitem(sys.modules, app.__name__, app)
-    arguments = ["-m", "--cfg", "job", "-h", "--help", "model=small", "+model.x=1", "--", "-c"]
-    assert main(["train", *arguments]) == 0
-    assert main(["train"]) == 0
-    assert given == [arguments, []]
-
-
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})
     command = [sys.executable, RUN, *overrides]
@@ -187,22 +173,3 @@ def test_other_groups_compose_and_run(tmp_path, corpus):
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert run_dir.name.split("_")[1] == "tiny-gpu"
-
-
-def test_fragment_llm_runs_lists_past_runs(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 2})
-    assert run_in_process([RUN, *overrides], cwd=tmp_path).returncode == 0
-    listing = run_in_process(["-m", "fragment_llm", "runs", str(tmp_path / "outputs")], cwd=tmp_path)
-    assert listing.returncode == 0, listing.stderr
-    assert "completed" in listing.stdout and "tiny" in listing.stdout and "adamw" in listing.stdout
-    missing = run_in_process(["-m", "fragment_llm", "runs", str(tmp_path / "nowhere")], cwd=tmp_path)
-    assert missing.returncode == 2 and "is not a directory" in missing.stderr
-
-
-def test_a_multirun_gives_each_job_its_own_run_directory(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": "2,3"})
-    result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    runs = run_dirs(tmp_path / "outputs" / "multirun")
-    assert [json.loads((run / "summary.json").read_text())["steps"] for run in runs] == [2, 3]
-    assert len({run.parent for run in runs}) == 1  # one sweep directory, a subdirectory per job

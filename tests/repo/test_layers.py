@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = ROOT / "fragment_llm"
 # Bottom floor first: the shared leaves, then each package (see fragment_llm/README.md).

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, settings_for
+from helpers import ROOT, settings_for
 
 from fragment_llm.launch.compose import check_overrides
 
@@ -83,7 +83,8 @@ def test_readme_is_a_five_minute_read():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move depth beside the code it describes"
 
 
-# `--cfg job` and `--help` print instead of training: test_run_cli.test_cfg_job_and_help_show_the_composed_config
+# `--cfg job` and `--help` print instead of training: test_cfg_job_and_help_show_the_composed_config in
+# journeys/test_train.py
 TRAINING_COMMANDS = [
     arguments
     for arguments in dict.fromkeys(map(tuple, training_commands(documents())))  # each once, in every doc

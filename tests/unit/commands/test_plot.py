@@ -1,5 +1,5 @@
 """`fragment-llm plot` and a sweep's curves.png, drawn from runs' metrics.jsonl (written here by hand:
-test_watch.py checks what training writes there)."""
+unit/train/test_outputs.py checks what training writes there)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""The corpus and the token cache under stress: files that change while they are read, damaged cache
-entries, interrupted preparations, links, odd names, unreadable files and text that BPE training
-used to crawl through."""
+"""The token cache (data/cache.py, `prepare_data`): trained, encoded and reused; a corpus too small is one
+line; and under stress: files that change while they are read, damaged entries and tokenizers rebuilt,
+stale temporary files of dead processes removed."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -14,26 +13,54 @@ import sys
 
 import numpy as np
 import pytest
-from tokenizers import pre_tokenizers
+from helpers import prepare
 
-from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.data import cache as cache_module
-from fragment_llm.data import corpus as corpus_module
-from fragment_llm.data import readers as readers_module
-from fragment_llm.data.cache import prepare_data
-from fragment_llm.data.corpus import collect_documents, fingerprint
-from fragment_llm.data.readers import text_documents
-from fragment_llm.data.tokenizer import MAX_RUN, byte_level_pre_tokenizer, train_tokenizer
+from fragment_llm.data.tokenizer import END_OF_TEXT
 
 
-def text_config(path) -> DataConfig:
-    return DataConfig(source=DataSource.text, path=str(path), val_fraction=0.1)
+def test_prepare_trains_encodes_and_caches(tmp_path, corpus, caplog, monkeypatch):
+    cache = tmp_path / "cache"
+    first = prepare(corpus, cache)
+    assert isinstance(first.train, np.memmap) and isinstance(first.val, np.memmap)
+    assert first.train.dtype == np.uint16
+    assert first.vocab_size == 512
+    assert first.tokenizer.token_to_id(END_OF_TEXT) == 0
+    assert first.train_bytes + first.val_bytes == corpus.stat().st_size
+    sample = corpus.read_text()[:2000]
+    assert first.tokenizer.decode(first.tokenizer.encode(sample).ids) == sample
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second run on the same corpus must not tokenize")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "train_tokenizer", forbidden)
+        patch.setattr(cache_module, "_encode", forbidden)
+        with caplog.at_level(logging.INFO, logger="fragment_llm"):
+            second = prepare(corpus, cache)
+    assert "reusing" in caplog.text
+    assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
+    assert second.seconds < 1.0
+
+    retrained = prepare(corpus, cache, retrain=True)
+    assert retrained.tokenizer_hash == first.tokenizer_hash  # BPE training is deterministic
 
 
-def prepare(path, cache, **keys):
-    options = dict(vocab_size=512, block_size=128, min_frequency=2, retrain=False, cache_dir=cache)
-    options.update(keys)
-    return prepare_data(text_config(path), **options)
+def test_a_corpus_too_small_for_one_block_is_an_error(tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("A short text.\n" * 20)
+    with pytest.raises(ConfigError) as error:
+        prepare(path, tmp_path / "cache")
+    assert "too small" in str(error.value) and "model.block_size=128" in str(error.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fewer_merges_than_asked_sizes_the_model_from_the_real_vocabulary(tmp_path, corpus, caplog):
+    with caplog.at_level(logging.WARNING, logger="fragment_llm"):
+        prepared = prepare(corpus, tmp_path / "cache", vocab_size=50_000)
+    assert prepared.vocab_size < 50_000
+    assert "fewer than model.vocab_size=50000" in caplog.text
 
 
 def replace_file(path, content: bytes) -> None:
@@ -205,147 +232,3 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, corpus):
     prepare(corpus, cache)
     assert [path.exists() for path in stale] == [False, False]
     assert [path.exists() for path in kept] == [True, True, True, True]
-
-
-@pytest.mark.parametrize("pattern", ["{root}", "{root}/**/*.txt", "{root}/**", "{root}/*/*.txt"])
-def test_links_never_read_a_file_twice(tmp_path, pattern):
-    root = tmp_path / "texts"
-    (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text("first file\n")
-    (root / "sub" / "b.txt").write_text("second file\n")
-    (root / "sub" / "loop").symlink_to("..")  # sub/loop/sub/loop/... is the same folder again
-    (root / "sub" / "also_a.txt").symlink_to(root / "a.txt")
-    documents = text_documents(pattern.format(root=root))
-    real_names = sorted(os.path.realpath(document.name) for document in documents)
-    assert real_names == [str(root / "a.txt"), str(root / "sub" / "b.txt")]
-
-
-@pytest.mark.parametrize("name", ["a[1].txt", "notes*.txt", "what?.txt", "data[2]"])
-def test_a_path_that_exists_is_read_even_if_it_looks_like_a_pattern(tmp_path, name):
-    (tmp_path / "a1.txt").write_text("decoy that the pattern a[1].txt matches\n")
-    (tmp_path / "notes_old.txt").write_text("decoy\n")
-    (tmp_path / "whatX.txt").write_text("decoy\n")
-    target = tmp_path / name
-    if name.endswith(".txt"):
-        target.write_text("the real text\n")
-        expected = [str(target)]
-    else:
-        target.mkdir()
-        (target / "x.txt").write_text("the real text\n")
-        expected = [str(target / "x.txt")]
-    assert [document.name for document in text_documents(str(target))] == expected
-
-
-def make_unreadable(kind, tmp_path, monkeypatch):
-    """A path of the given kind, and the folder that holds it."""
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    (folder / "good.txt").write_text("readable text\n" * 50)
-    bad = folder / "bad.txt"
-    if kind == "no permission":
-        bad.write_text("secret\n")
-        bad.chmod(0)
-        if os.geteuid() == 0:  # root reads it anyway: answer as the system answers anyone else
-
-            def open_as_user(path, *args, **kwargs):
-                if os.fspath(path) == str(bad):
-                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-                return open(path, *args, **kwargs)
-
-            monkeypatch.setattr(readers_module, "open", open_as_user, raising=False)
-    elif kind == "pipe":
-        os.mkfifo(bad)
-    elif kind == "broken link":
-        bad.symlink_to(folder / "gone.txt")
-    elif kind == "device":
-        bad.symlink_to("/dev/null")
-    return bad, folder
-
-
-UNREADABLE = {
-    "no permission": "Permission denied; fix its permissions",
-    "pipe": "not a regular file",
-    "broken link": "broken link; fix the link",
-    "device": "not a regular file",
-}
-
-
-@pytest.mark.parametrize("via", ["path", "folder"])
-@pytest.mark.parametrize("kind", UNREADABLE)
-def test_unreadable_files_are_one_line_errors_before_any_training(tmp_path, monkeypatch, kind, via):
-    bad, folder = make_unreadable(kind, tmp_path, monkeypatch)
-    monkeypatch.setattr(cache_module, "train_tokenizer", lambda *args: pytest.fail("must fail before training"))
-    with pytest.raises(ConfigError) as error:
-        prepare(bad if via == "path" else folder, tmp_path / "cache", block_size=16)
-    message = str(error.value)
-    assert message.startswith(f"data: cannot read {bad}: ") and UNREADABLE[kind] in message
-    assert "\n" not in message
-    assert message.endswith("remove it from data.path")
-
-
-def test_a_file_that_becomes_unreadable_after_collection_is_a_one_line_error(tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for name in ("a.txt", "b.txt"):
-        (folder / name).write_text(f"text of {name}\n")
-    documents = collect_documents(text_config(folder))
-    (folder / "b.txt").unlink()
-    (folder / "b.txt").mkdir()
-    with pytest.raises(ConfigError) as error:
-        fingerprint(documents)
-    assert str(error.value).startswith(f"data: cannot read {folder / 'b.txt'}: Is a directory; ")
-
-
-LONG_RUNS = {
-    "letters": "x" * 10_000,
-    "digits": "7" * 10_000,
-    "spaces": "a" + " " * 10_000 + "b",
-    "newlines": "a" + "\n" * 10_000 + "b",
-    "punctuation": "=-" * 5_000,
-    "cjk": "漢字" * 5_000,
-    "base64": "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkrLw" * 200,
-}
-
-
-@pytest.mark.parametrize("run", LONG_RUNS, ids=list(LONG_RUNS))
-def test_the_pre_tokenizer_cuts_long_runs(run):
-    pieces = byte_level_pre_tokenizer().pre_tokenize_str(LONG_RUNS[run])
-    assert max(end - start for _, (start, end) in pieces) <= MAX_RUN + 1  # + a word's leading space
-
-
-def test_ordinary_text_is_split_exactly_as_gpt2_splits_it():
-    from pydoc_data.topics import topics  # the bundled corpus, ASCII-art tables included: the defaults' text
-
-    for text in topics.values():
-        gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text)
-        assert byte_level_pre_tokenizer().pre_tokenize_str(text) == gpt2
-
-
-def test_decoding_gives_back_the_exact_text(corpus):
-    tricky = [
-        "👩‍👩‍👧‍👦 family, 🇫🇷 flag, e\u0301 and \u00e9, Å and A\u030a",
-        "é" * 200 + " " + "漢字" * 100 + "\t\t\r\n" + " " * 300 + "end",
-        LONG_RUNS["base64"] + "==\n" + LONG_RUNS["punctuation"],
-        "\x00\x01 control \ufeff BOM \u200b zero width \U0010ffff",
-    ]
-    tokenizer = train_tokenizer([corpus.read_text()[:20_000], *tricky], vocab_size=512, min_frequency=2)
-    for text in tricky:
-        assert tokenizer.decode(tokenizer.encode(text).ids) == text
-
-
-def progress_lines(caplog) -> list[str]:
-    return [record.getMessage() for record in caplog.records if " MB (" in record.getMessage()]
-
-
-def test_progress_is_logged_for_long_passes_only(tmp_path, corpus, caplog, monkeypatch):
-    with caplog.at_level(logging.INFO, logger="fragment_llm"):
-        prepare(corpus, tmp_path / "quiet")
-    assert "Data: encoded in" in caplog.text and progress_lines(caplog) == []
-
-    caplog.clear()
-    monkeypatch.setattr(corpus_module, "PROGRESS_SECONDS", 0.0)  # as if every pass were a long one
-    with caplog.at_level(logging.INFO, logger="fragment_llm"):
-        prepare(corpus, tmp_path / "verbose")
-    progress = progress_lines(caplog)
-    for what in ("Data: checking the corpus", "Tokenizer: reading the training split", "Data: encoding"):
-        assert any(line.startswith(f"{what}: ") and line.endswith("MB/s)") for line in progress), what

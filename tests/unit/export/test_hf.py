@@ -1,6 +1,6 @@
-"""Export: a Hugging Face folder that transformers loads with our logits and our greedy text, as the
-transformers architecture each layout is (GPT-2, Llama, Qwen3) or with our own code
-(trust_remote_code), and bare safetensors."""
+"""Export (export/hf.py, export/hf_remote.py): a Hugging Face folder that transformers loads with our logits
+and our greedy text, as the transformers architecture each layout is (GPT-2, Llama, Qwen3) or with our
+own code (trust_remote_code); bare safetensors; and an interrupted export leaves the old files whole."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from safetensors.torch import load_model
 
 from fragment_llm.commands.main import main
 from fragment_llm.data.tokenizer import end_of_text_id
-from fragment_llm.export.hf import export_hf, export_safetensors, hf_architecture
+from fragment_llm.export.hf import WEIGHTS_FILE, export_hf, export_safetensors, hf_architecture
 from fragment_llm.export.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE, SHAPE_FILE
 from fragment_llm.model.generate import Sampling, generate_tokens
 from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.train.from_run import load_run
 
 LLAMA = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}
+
+
 MODERN = {
     "position": "rope",
     "norm": "rmsnorm",
@@ -32,6 +34,8 @@ MODERN = {
     "residual_scalars": True,
     "embed_norm": True,
 }
+
+
 # Each layout (GPTConfig's keys beyond the shape) and the class transformers loads it as.
 LAYOUTS = {
     "classic": ({}, "GPT2LMHeadModel"),
@@ -48,6 +52,8 @@ LAYOUTS = {
     ),
     "qk-norm with layernorm, remote": ({**LLAMA, "norm": "layernorm", "qk_norm": True}, "FragmentForCausalLM"),
 }
+
+
 REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE, SHAPE_FILE}
 
 
@@ -188,3 +194,21 @@ def test_the_safetensors_export_rebuilds_the_same_model(trained_run, tmp_path):
         assert torch.equal(model.state_dict()[name], tensor), name
     assert (model.lm_head.weight is model.wte.weight) == trained.config.tie_embeddings
     assert (tmp_path / "tokenizer.json").read_text() == (trained_run / "tokenizer.json").read_text()
+
+
+def test_an_interrupted_export_leaves_the_old_files_whole(trained_run, tmp_path, monkeypatch):
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / WEIGHTS_FILE).write_bytes(b"an old export")
+
+    def interrupted(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fragment_llm.export.hf.save_file", interrupted)
+    trained = load_run(trained_run)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(trained.model, trained.tokenizer, trained.tokenizer_path, out)
+    assert [path.name for path in out.iterdir()] == [WEIGHTS_FILE]
+    assert (out / WEIGHTS_FILE).read_bytes() == b"an old export"

@@ -1,28 +1,24 @@
-"""`fragment-llm eval --stride`: sliding-window evaluation scores every token exactly once and agrees with a
-token-by-token brute-force reference; the CLI prints it beside the non-overlapping figures.
+"""Scoring a model (model/evaluate.py): sliding-window evaluation scores every token exactly once and
+agrees with a token-by-token brute-force reference; bits per byte; the validation split scored as
+training scores it.
 
-Not tested: that the sliding windows' loss is lower. On conftest's tiny models it is not reliably so (they
+Not tested: that the sliding windows' loss is lower. On the tiny models it is not reliably so (they
 use only the last few tokens of context, and the per-position noise is larger than the gain)."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BLOCK
 
-from fragment_llm.commands.main import main
 from fragment_llm.config.schema import DataConfig, DataSource
 from fragment_llm.data.corpus import collect_documents, split_documents
-from fragment_llm.model.evaluate import evaluate_documents, evaluate_tokens, scored_losses, window_ends
-from fragment_llm.train.from_run import load_run
-
-BLOCK = 128  # conftest's tiny model
-
-
-@pytest.fixture(scope="module")
-def trained(trained_run):
-    return load_run(trained_run)
+from fragment_llm.model.evaluate import bits_per_byte, evaluate_documents, evaluate_tokens, scored_losses, window_ends
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +26,6 @@ def text_tokens(trained, corpus):
     """A piece of the corpus, 454 targets: three and a half context lengths."""
     ids = trained.tokenizer.encode(corpus.read_text()[:5000], add_special_tokens=False).ids
     return np.array(ids[: 3 * BLOCK + 70 + 1], dtype=np.int64)
-
-
-@pytest.fixture(scope="module")
-def val_documents(trained):
-    data = trained.settings["data"]
-    settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
-    return split_documents(collect_documents(settings), settings.val_fraction)[1]
 
 
 def token_loss(model, tokens: np.ndarray, start: int, target: int) -> float:
@@ -135,53 +124,18 @@ def test_a_stride_outside_the_context_is_refused(trained, text_tokens, stride):
         evaluate_tokens(trained.model, text_tokens, 1000, stride)
 
 
-def figures(out: str) -> dict[str, list[str]]:
-    """`Label: first | second` lines -> {label: [first, second]}."""
-    rows = {}
-    for line in out.splitlines():
-        label, colon, rest = line.partition(":")
-        if colon and "|" in rest:
-            rows[label] = [part.strip() for part in rest.split("|")]
-    return rows
+def test_bits_per_byte_is_nats_per_token_times_tokens_per_byte_over_ln2():
+    assert bits_per_byte(math.log(2), tokens=100, text_bytes=400) == pytest.approx(0.25)
 
 
-def test_eval_with_a_stride_prints_both_figures_side_by_side(trained_run, trained, val_documents, capsys):
-    assert main(["eval", str(trained_run), "--stride", "32"]) == 0
-    out = capsys.readouterr().out
-    flat = evaluate_documents(trained.model, trained.tokenizer, val_documents)
-    sliding = evaluate_documents(trained.model, trained.tokenizer, val_documents, stride=32)
-    rows = figures(out)
-    assert rows["Windows"] == ["non-overlapping", "sliding, stride 32"]
-    assert rows["Loss"] == [f"{flat.loss:.4f}", f"{sliding.loss:.4f} nats per token"]
-    assert rows["Perplexity"] == [f"{flat.perplexity:.2f}", f"{sliding.perplexity:.2f}"]
-    assert rows["Bits per byte"] == [f"{flat.bits_per_byte:.4f}", f"{sliding.bits_per_byte:.4f}"]
-    assert f"{flat.tokens:,} tokens" in out
-
-    assert main(["eval", str(trained_run)]) == 0  # without a stride: one figure each, as before
-    out = capsys.readouterr().out
-    assert f"Loss: {flat.loss:.4f} nats per token\n" in out and "|" not in out
-
-
-@pytest.mark.parametrize(
-    "stride,code,needle",
-    [
-        ("0", 2, "argument --stride: 0 is out of range; pass a value at least 1"),
-        ("x", 2, "argument --stride: x is not an integer"),
-        (  # a usage error, like a stride below 1
-            str(BLOCK + 1),
-            2,
-            f"--stride {BLOCK + 1} is longer than the model's context (block_size {BLOCK}); "
-            f"pass a stride in [1, {BLOCK}]",
-        ),
-    ],
-)
-def test_a_bad_stride_is_one_error_line_and_a_non_zero_exit(stride, code, needle, trained_run, capsys):
-    try:
-        returned = main(["eval", str(trained_run), "--stride", stride])
-    except SystemExit as exit:  # argparse's errors exit from inside parse_args
-        returned = exit.code
-    assert returned == code
-    captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
-    assert needle in captured.err and "Traceback" not in captured.err
-    assert captured.out == ""
+def test_evaluation_of_the_validation_split_matches_training(trained_run, trained):
+    documents = split_documents(collect_documents(DataConfig(DataSource.text, trained.settings["data"]["path"])), 0.1)[
+        1
+    ]
+    result = evaluate_documents(trained.model, trained.tokenizer, documents)
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert result.tokens == summary["val_tokens"]
+    # Training measures a subset of the windows: close, not equal.
+    assert result.loss == pytest.approx(summary["val_loss"], rel=0.05)
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+    assert result.bits_per_byte == pytest.approx(bits_per_byte(result.loss, result.tokens, result.text_bytes))

@@ -1,27 +1,17 @@
-"""Generation, evaluation and the training-time samples and bits per byte, on one tiny trained run."""
+"""Sampling (model/generate.py) on the tiny trained run: the cached and uncached paths agree past the
+context, seeds repeat, top-k and top-p keep the likeliest tokens, padding rows are never sampled, text
+streams whole characters; a tiny temperature is greedy and NaN logits an error."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import pytest
 import torch
 
-from fragment_llm.config.schema import DataConfig, DataSource
-from fragment_llm.data.corpus import collect_documents, split_documents
 from fragment_llm.data.tokenizer import end_of_text_id
-from fragment_llm.model.evaluate import bits_per_byte, evaluate_documents
-from fragment_llm.model.generate import Sampling, TextStream, generate_text, generate_tokens, sample_next
-from fragment_llm.runs.records import RunError
+from fragment_llm.model.generate import Sampling, SamplingError, TextStream, generate_text, generate_tokens, sample_next
 from fragment_llm.train.from_run import load_run
 
 GREEDY = Sampling(temperature=0)
-
-
-@pytest.fixture(scope="module")
-def trained(trained_run):
-    return load_run(trained_run)
 
 
 def tokens(trained, prompt, count, sampling=GREEDY, seed=0, use_cache=True):
@@ -94,55 +84,19 @@ def test_generated_text_is_the_tokens_up_to_the_end_of_the_document(trained):
     assert empty == expected and empty
 
 
-def test_training_reports_bits_per_byte_and_writes_samples(trained_run):
-    summary = json.loads((trained_run / "summary.json").read_text())
-    assert summary["best_val_bpb"] == pytest.approx(
-        bits_per_byte(summary["best_val_loss"], summary["val_tokens"], val_bytes(trained_run))
-    )
-    log = (trained_run / "train.log").read_text()
-    assert "bits per byte" in log
-    assert "Step 20 sample:" in log and "Step 40 sample:" in log
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"tensors": 0})
-    events.Reload()
-    assert "val/bpb" in events.Tags()["scalars"]
-    bpb = events.Scalars("val/bpb")[-1].value
-    loss = events.Scalars("val/loss")[-1].value
-    assert bpb == pytest.approx(loss / math.log(2) * summary["val_tokens"] / val_bytes(trained_run), rel=1e-5)
-    assert summary["val_bpb"] == pytest.approx(bpb, rel=1e-5)
-    assert "sample/text_summary" in events.Tags()["tensors"]
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_a_tiny_temperature_is_greedy(temperature):
+    logits = torch.tensor([3e38, -3e38, 3.3e38, 3.2e38])  # float32 logits over a tiny temperature overflow
+    generator = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, Sampling(temperature, top_k=0), generator) for _ in range(20)} == {2}
+    assert {sample_next(logits, Sampling(temperature, top_k=10**9, top_p=1e-300), generator) for _ in range(20)} == {2}
 
 
-def val_bytes(trained_run) -> int:
-    data = load_run(trained_run).settings["data"]
-    settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
-    return sum(document.size for document in split_documents(collect_documents(settings), settings.val_fraction)[1])
-
-
-def test_bits_per_byte_is_nats_per_token_times_tokens_per_byte_over_ln2():
-    assert bits_per_byte(math.log(2), tokens=100, text_bytes=400) == pytest.approx(0.25)
-
-
-def test_evaluation_of_the_validation_split_matches_training(trained_run, trained):
-    documents = split_documents(collect_documents(DataConfig(DataSource.text, trained.settings["data"]["path"])), 0.1)[
-        1
-    ]
-    result = evaluate_documents(trained.model, trained.tokenizer, documents)
-    summary = json.loads((trained_run / "summary.json").read_text())
-    assert result.tokens == summary["val_tokens"]
-    # Training measures a subset of the windows: close, not equal.
-    assert result.loss == pytest.approx(summary["val_loss"], rel=0.05)
-    assert result.perplexity == pytest.approx(math.exp(result.loss))
-    assert result.bits_per_byte == pytest.approx(bits_per_byte(result.loss, result.tokens, result.text_bytes))
-
-
-def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_run):
-    with pytest.raises(RunError, match="is not a run directory"):
-        load_run(tmp_path)
-    with pytest.raises(RunError, match="is not a directory"):
-        load_run(tmp_path / "missing")
-    (tmp_path / "tokenizer.json").write_text((trained_run / "tokenizer.json").read_text())
-    with pytest.raises(RunError, match=r"has no model \(models/final_model.pt\).*--checkpoint"):
-        load_run(tmp_path)
+def test_infinite_logits_are_certain_and_nan_logits_an_error():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.tensor([0.0, torch.inf, 5.0, torch.inf, -torch.inf])
+    assert {sample_next(logits, Sampling(1.0, top_k=0), generator) for _ in range(50)} == {1, 3}
+    assert sample_next(logits, Sampling(0.0), generator) == 1
+    for broken in ([0.0, torch.nan], [-torch.inf, -torch.inf]):
+        with pytest.raises(SamplingError, match="damaged or diverged"):
+            sample_next(torch.tensor(broken), Sampling(1.0), generator)

@@ -1,29 +1,40 @@
-"""Watching a run: metrics.jsonl as it trains (and after a resume), summary.json mid-run with its ETA,
-progress lines without a terminal, and checkpoints named once on the console."""
+"""What a run reports (train/outputs.py): metrics.jsonl as it trains (and after a resume), summary.json
+mid-run with its ETA, progress lines without a terminal, checkpoints named once on the console, bits per
+byte and samples in train.log and TensorBoard."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, package_logging_restored, settings_for, tiny_overrides
+from helpers import package_logging_restored, settings_for, tiny_overrides
 
+from fragment_llm.config.schema import DataConfig, DataSource
 from fragment_llm.console import setup_logging
+from fragment_llm.data.corpus import collect_documents, split_documents
+from fragment_llm.launch import conf
 from fragment_llm.launch.job import run_job
+from fragment_llm.model.evaluate import bits_per_byte
 from fragment_llm.runs.paths import RunPaths
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train import outputs
 from fragment_llm.train.checkpoint import load_checkpoint
+from fragment_llm.train.from_run import load_run
 from fragment_llm.train.outputs import RunOutputs
 from fragment_llm.train.trainer import Trainer, train
 
 KEYS = {"train.max_iters": 30, "train.eval_interval": 10, "train.save_interval": 10, "train.sample_every": 20}
+
+
 TOKENS_PER_STEP = 4 * 128  # tiny_overrides: batch 4, block 128
+
+
 TRAIN_FIELDS = ("step", "tokens", "elapsed_s", "train/loss", "lr", "grad_norm", "tokens_per_sec")
 
 
@@ -128,8 +139,35 @@ def test_a_full_disk_while_writing_metrics_ends_the_run_with_one_line(tmp_path, 
     run_dir.mkdir()
     (run_dir / RunPaths.METRICS).symlink_to("/dev/full")  # every write: no space left on device
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 5})
-    assert run_job(compose_config(overrides), run_dir, overrides) == float("inf")
+    assert run_job(conf.compose(overrides), run_dir, overrides) == float("inf")
     summary = read_summary(run_dir)
     assert summary["status"] == "failed"
     assert summary["error"].startswith(f"could not read or write {run_dir / RunPaths.METRICS}: No space left on device")
     assert "\n" not in summary["error"]
+
+
+def test_training_reports_bits_per_byte_and_writes_samples(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["best_val_bpb"] == pytest.approx(
+        bits_per_byte(summary["best_val_loss"], summary["val_tokens"], val_bytes(trained_run))
+    )
+    log = (trained_run / "train.log").read_text()
+    assert "bits per byte" in log
+    assert "Step 20 sample:" in log and "Step 40 sample:" in log
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "val/bpb" in events.Tags()["scalars"]
+    bpb = events.Scalars("val/bpb")[-1].value
+    loss = events.Scalars("val/loss")[-1].value
+    assert bpb == pytest.approx(loss / math.log(2) * summary["val_tokens"] / val_bytes(trained_run), rel=1e-5)
+    assert summary["val_bpb"] == pytest.approx(bpb, rel=1e-5)
+    assert "sample/text_summary" in events.Tags()["tensors"]
+
+
+def val_bytes(trained_run) -> int:
+    data = load_run(trained_run).settings["data"]
+    settings = DataConfig(source=DataSource(data["source"]), path=data["path"], val_fraction=data["val_fraction"])
+    return sum(document.size for document in split_documents(collect_documents(settings), settings.val_fraction)[1])

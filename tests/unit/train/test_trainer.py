@@ -1,27 +1,23 @@
-"""The training loop on tiny configs: learning, equivalences, precision, checkpoints, failures."""
+"""The training loop (train/trainer.py) on tiny configs: it learns, gradient accumulation and determinism,
+a NaN loss, torch.compile; a time budget ending the run and its schedule on time (the clock replaced
+by one that advances a fixed time per optimizer step, so that what the trainer decides is exact), the
+best model and early stopping, and dropout chosen by the epochs a run makes."""
 
 from __future__ import annotations
 
+import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import settings_for, tiny_overrides
+from helpers import make_trainer, settings_for, tiny_overrides
 
-from fragment_llm.config.schema import ConfigError, SchedulerConfig, SchedulerName
-from fragment_llm.model.gpt import GPT, GPTConfig
+from fragment_llm.config.dropout import dropout_for_epochs
+from fragment_llm.runs.paths import RunPaths
 from fragment_llm.runs.records import read_summary
-from fragment_llm.train.checkpoint import CheckpointError, load_checkpoint
-from fragment_llm.train.hardware import oom_advice, physical_cores, resolve_device
-from fragment_llm.train.optim import build_optimizer, lr_factor
+from fragment_llm.train.checkpoint import load_checkpoint
+from fragment_llm.train.from_run import find_resume_checkpoint
 from fragment_llm.train.trainer import Trainer, TrainingError, train
-
-
-def make_trainer(tmp_path, corpus, name="run", **keys) -> Trainer:
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    return Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
 
 
 def test_a_short_run_learns_and_fills_its_run_directory(tmp_path, corpus):
@@ -42,23 +38,6 @@ def test_a_short_run_learns_and_fills_its_run_directory(tmp_path, corpus):
     assert names == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "last.pt"]
     assert (run_dir / "checkpoints" / "last.pt").samefile(run_dir / "models" / "final_model.pt")
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-
-
-def test_checkpoints_round_trip_with_the_guides_keys(tmp_path, corpus):
-    trainer = make_trainer(tmp_path, corpus, **{"train.max_iters": 3})
-    trainer.fit()
-    checkpoint = load_checkpoint(tmp_path / "run" / "models" / "final_model.pt")
-    for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "config", "model_config", "step"):
-        assert key in checkpoint
-    assert type(checkpoint["config"]) is dict and checkpoint["config"]["optimizer"]["name"] == "adamw"
-    assert checkpoint["step"] == 3
-    model = GPT(GPTConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model_state_dict"])
-    model.eval(), trainer.model.eval()
-    idx = torch.randint(0, 512, (2, 64))
-    assert torch.equal(model(idx)[0], trainer.model(idx)[0])
-    optimizer = build_optimizer(model, trainer.settings.optimizer, torch.device("cpu"))
-    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, corpus):
@@ -86,78 +65,6 @@ def test_training_is_deterministic_on_cpu(tmp_path, corpus):
     assert all(torch.equal(a, b) for a, b in zip(first.model.parameters(), second.model.parameters()))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adafactor", "muon"])
-def test_other_optimizers_train(tmp_path, corpus, optimizer):
-    trainer = make_trainer(tmp_path, corpus, **{"optimizer": optimizer, "optimizer.lr": 1e-2, "train.max_iters": 15})
-    initial = trainer.evaluate()
-    trainer.fit()
-    assert trainer.best_val_loss < initial
-
-
-def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
-    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
-    # bf16 matmuls are hundreds of times slower on a CPU without native bf16, as CI's may be: no
-    # TensorBoard, whose MFU would measure the bf16 matmul peak, and two evaluation batches.
-    keys = {"train.max_iters": 2, "train.eval_iters": 1, "logging.tensorboard": False}
-    trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True, **keys})
-    assert trainer.precision.name == "bf16 autocast" and not trainer.precision.scaler.is_enabled()
-    trainer.fit()
-    assert math.isfinite(trainer.best_val_loss)
-
-
-def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus, monkeypatch, caplog):
-    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
-    trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True})
-    assert trainer.precision.name == "fp32" and trainer.precision.dtype is None
-    assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text
-
-
-def test_threads_default_to_the_physical_cores(tmp_path, corpus):
-    default = torch.get_num_threads()
-    try:
-        make_trainer(tmp_path, corpus, name="one", **{"hardware.num_threads": 1})
-        assert torch.get_num_threads() == 1
-        make_trainer(tmp_path, corpus, name="auto")
-        assert torch.get_num_threads() == physical_cores()
-    finally:
-        torch.set_num_threads(default)
-
-
-def test_schedules_warm_up_then_decay():
-    def curve(name, steps=100, **keys):
-        settings = SchedulerConfig(name=name, **{"warmup_fraction": 0.1, "min_lr_fraction": 0.1, **keys})
-        return [lr_factor(settings, step / steps, 1 / steps) for step in range(steps)]
-
-    cosine = curve(SchedulerName.cosine)
-    assert cosine[0] < 0.2 and cosine[:10] == sorted(cosine[:10])
-    assert cosine[10] == pytest.approx(1.0) and cosine[10:] == sorted(cosine[10:], reverse=True)
-    assert cosine[-1] == pytest.approx(0.1, abs=0.01)
-    linear = curve(SchedulerName.linear)
-    assert linear[55] == pytest.approx(0.55, abs=0.02) and linear[-1] == pytest.approx(0.1, abs=0.02)
-    assert curve(SchedulerName.constant)[10:] == [pytest.approx(1.0)] * 90
-    wsd = curve(SchedulerName.wsd, decay_fraction=0.3, min_lr_fraction=0.0)
-    assert wsd[10:70] == [pytest.approx(1.0)] * 60 and wsd[70:] == sorted(wsd[70:], reverse=True)
-    assert wsd[85] == pytest.approx(0.5) and wsd[-1] == pytest.approx(1 / 30)
-
-
-def test_the_schedule_matches_torchs_schedulers_step_for_step():
-    steps, warmup = 50, 5
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=0.1),
-        ],
-        milestones=[warmup],
-    )
-    settings = SchedulerConfig(name=SchedulerName.cosine, warmup_fraction=warmup / steps, min_lr_fraction=0.1)
-    for step in range(steps):
-        assert lr_factor(settings, step / steps, 1 / steps) == pytest.approx(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-
-
 def test_a_nan_loss_stops_the_run_and_writes_no_model(tmp_path, corpus):
     trainer = make_trainer(tmp_path, corpus, **{"train.max_iters": 5})
     with torch.no_grad():
@@ -170,43 +77,6 @@ def test_a_nan_loss_stops_the_run_and_writes_no_model(tmp_path, corpus):
         assert torch.equal(weight, before[name]) or name == "wte.weight", name
     assert not trainer.optimizer.state and trainer.step == 0
     assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "models").exists()
-
-
-def test_out_of_memory_advice_names_concrete_overrides():
-    advice = oom_advice(settings_for(["hardware=gpu", "model=medium"]))
-    assert "train.batch_size=8 train.grad_accum_steps=8" in advice
-    assert "model.block_size=512" in advice and "\n" not in advice
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_asking_for_a_missing_device_is_a_config_error():
-    with pytest.raises(ConfigError, match="hardware.device=cuda but this machine has no CUDA device"):
-        resolve_device("cuda")
-    assert resolve_device("auto").type in ("cpu", "mps")
-
-
-def test_damaged_and_missing_checkpoints_are_one_line_errors(tmp_path):
-    damaged = tmp_path / "damaged.pt"
-    damaged.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="damaged or not a checkpoint"):
-        load_checkpoint(damaged)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match="/dev/null is not a file; pass a .pt file"):
-        load_checkpoint(Path("/dev/null"))
-
-
-class Payload:
-    def __reduce__(self):
-        return (print, ("code ran",))
-
-
-def test_checkpoints_carrying_code_are_refused(tmp_path, capsys):
-    evil = tmp_path / "evil.pt"
-    torch.save({"model_state_dict": {}, "payload": Payload()}, evil)
-    with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(evil)
-    assert "code ran" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -222,14 +92,160 @@ def test_torch_compile_trains_the_same_model(tmp_path, corpus):
     assert "_orig_mod" not in next(iter(compiled.state()["model_state_dict"]))
 
 
-def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tmp_path, corpus):
-    trainer = make_trainer(tmp_path, corpus, **{"optimizer": "muon", "model.n_layer": 2})
-    muon = trainer.optimizer.optimizers["muon"]
-    muon_ids = {id(p) for group in muon.param_groups for p in group["params"]}
-    named = dict(trainer.model.named_parameters())
-    assert {name for name, p in named.items() if id(p) in muon_ids} == {
-        name for name, p in named.items() if name.startswith("blocks.") and p.dim() == 2
-    }
-    adamw_ids = {id(p) for group in trainer.optimizer.optimizers["adamw"].param_groups for p in group["params"]}
-    assert adamw_ids | muon_ids == {id(p) for p in named.values()} and not adamw_ids & muon_ids
-    assert trainer.optimizer.param_groups == [*muon.param_groups, *trainer.optimizer.optimizers["adamw"].param_groups]
+SECONDS_PER_STEP = 0.5
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """Training time = steps x 0.5 s (counting the steps a resumed run did before)."""
+
+    def loop_seconds(self):  # called once in each optimizer step
+        self.ticks += 1
+        return self.seconds_before + self.ticks * SECONDS_PER_STEP
+
+    original_fit = Trainer.fit
+
+    def fit(self):
+        self.ticks = 0
+        return original_fit(self)
+
+    monkeypatch.setattr(Trainer, "loop_seconds", loop_seconds)
+    monkeypatch.setattr(Trainer, "fit", fit)
+
+
+def fit_stopped_at(trainer: Trainer, stop_step: int, after_each_step=lambda: None) -> None:
+    """Fit until `stop_step`, where the trainer stops as on a signal (SIGTERM: a checkpoint, then the
+    stop's exception); `after_each_step` checks the trainer after every optimizer step."""
+    original_step = trainer.train_step
+
+    def step_then_stop():
+        result = original_step()
+        after_each_step()
+        if trainer.step == stop_step:
+            trainer.stop_agreed, trainer.stop_signal = True, 15
+        return result
+
+    trainer.train_step = step_then_stop
+    with pytest.raises(BaseException, match=f"stopped at step {stop_step}"):
+        trainer.fit()
+
+
+def fit_recording_lrs(trainer: Trainer) -> list[float]:
+    """Train, and return the learning rate set after each optimizer step."""
+    lrs = []
+    original = trainer.update_lr
+
+    def record():
+        original()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer.update_lr = record
+    trainer.fit()
+    return lrs
+
+
+def test_a_time_budget_ends_the_run_and_its_schedule_on_time(tmp_path, corpus, step_clock):
+    # 10 s at 0.5 s a step: 20 steps, whatever epochs and max_iters say; the cosine ends at its minimum.
+    trainer = make_trainer(tmp_path, corpus, **{"train.time_budget": "10s", "train.max_iters": 3, "train.epochs": 1})
+    lrs = fit_recording_lrs(trainer)
+    summary = read_summary(tmp_path / "run")
+    assert summary["steps"] == 20 and summary["train_seconds"] == 10.0 and summary["time_budget_s"] == 10.0
+    assert summary["status"] == "completed" and summary["startup_seconds"] >= 0 and summary["final_seconds"] >= 0
+    peak = trainer.settings.optimizer.lr
+    assert max(lrs) == pytest.approx(peak, rel=0.05)
+    assert lrs[-1] == pytest.approx(peak * trainer.settings.scheduler.min_lr_fraction)
+
+
+def test_a_resumed_run_spends_what_is_left_of_its_budget(tmp_path, corpus, step_clock):
+    keys = {"train.time_budget": "10s", "train.save_interval": 4, "train.eval_interval": 100}
+    first = make_trainer(tmp_path, corpus, "first", **keys)
+    fit_stopped_at(first, 8)
+    path, checkpoint = find_resume_checkpoint(tmp_path / "first")
+    assert checkpoint["step"] == 8 and checkpoint["train_seconds"] == 4.0
+    resumed = make_trainer(tmp_path, corpus, "resumed", **keys)
+    resumed = Trainer(resumed.settings, tmp_path / "resumed", checkpoint)
+    resumed.fit()
+    assert read_summary(tmp_path / "resumed")["steps"] == 20  # 12 more steps: 6 s of the 10
+
+
+def test_wsd_holds_the_peak_then_decays_over_its_last_share(tmp_path, corpus, step_clock):
+    trainer = make_trainer(
+        tmp_path, corpus, **{"train.time_budget": "10s", "scheduler": "wsd", "scheduler.decay_fraction": 0.5}
+    )
+    lrs = fit_recording_lrs(trainer)
+    peak = trainer.settings.optimizer.lr
+    # lrs[k] is set after step k + 1: the peak for the first half of the budget, then a linear decay to 0.
+    assert lrs[:10] == [pytest.approx(peak)] * 10 and lrs[10] < peak
+    assert lrs[14] == pytest.approx(peak * 0.5) and lrs[18] == pytest.approx(peak * 0.1)
+
+
+def fixed_losses(monkeypatch, losses):
+    """Validation losses, in order, instead of measured ones."""
+    import torch
+
+    from fragment_llm.train import trainer as trainer_module
+
+    values = iter(losses)
+    monkeypatch.setattr(trainer_module, "loss_sum", lambda *args: (torch.tensor(next(values)), 1))
+
+
+def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(tmp_path, corpus, monkeypatch):
+    # Evaluations at steps 0, 5, 10, ...: the best is at step 10; two more without a gain stop the run.
+    fixed_losses(monkeypatch, [6.0, 5.0, 4.0, 4.5, 4.2, 3.0])
+    trainer = make_trainer(
+        tmp_path, corpus, **{"train.eval_interval": 5, "train.max_iters": 100, "train.early_stop_patience": 2}
+    )
+    trainer.fit()
+    summary = read_summary(tmp_path / "run")
+    assert summary["steps"] == 20 and summary["early_stopped"] is True
+    assert summary["best_step"] == 10 and summary["best_val_loss"] == 4.0
+    best = load_checkpoint(tmp_path / "run" / RunPaths.BEST_MODEL)
+    assert best["step"] == 10 and best["val_loss"] == 4.0
+    final = load_checkpoint(tmp_path / "run" / "models" / "final_model.pt")
+    assert final["step"] == 20
+    assert any(
+        (best["model_state_dict"][name] != final["model_state_dict"][name]).any() for name in best["model_state_dict"]
+    )
+
+
+def dropouts(model) -> set[float]:
+    """Every dropout probability the model applies: its Dropout modules' and attention's own."""
+    found = {module.p for module in model.modules() if isinstance(module, torch.nn.Dropout)}
+    return found | {block.attn.dropout for block in model.blocks}
+
+
+def test_null_dropout_is_chosen_by_the_epochs_of_a_step_run(tmp_path, corpus):
+    long = make_trainer(
+        tmp_path, corpus, "long", **{"model.dropout": "null", "train.epochs": 32, "train.max_iters": 10**6}
+    )
+    assert long.total_steps == 32 * long.steps_per_epoch
+    assert dropouts(long.model) == {0.2} and long.model_config.dropout == 0.2
+    short = make_trainer(
+        tmp_path, corpus, "short", **{"model.dropout": "null", "train.epochs": 2, "train.max_iters": 10**6}
+    )
+    assert dropouts(short.model) == {0.0}
+    fixed = make_trainer(
+        tmp_path, corpus, "fixed", **{"model.dropout": 0.05, "train.epochs": 32, "train.max_iters": 10**6}
+    )
+    assert dropouts(fixed.model) == {0.05}
+
+
+def test_a_time_budget_chooses_dropout_from_its_pace_and_a_resume_keeps_it(tmp_path, corpus, step_clock, caplog):
+    # 20 s at 0.5 s a step: the pace is known after 10 steps (5 s), which projects 40 steps.
+    keys = {"model.dropout": "null", "train.time_budget": "20s", "train.batch_size": 64, "train.save_interval": 4}
+    caplog.set_level(logging.INFO, logger="fragment_llm")
+    first = make_trainer(tmp_path, corpus, "first", **keys)
+    expected = dropout_for_epochs(40 / first.steps_per_epoch)
+    assert expected > 0 and dropouts(first.model) == {0.0}
+
+    def dropout_chosen_after_step_10():
+        assert dropouts(first.model) == {0.0 if first.step <= 10 else expected}
+
+    fit_stopped_at(first, 12, dropout_chosen_after_step_10)
+    assert f"Dropout {expected} from step 10" in caplog.text
+    _, checkpoint = find_resume_checkpoint(tmp_path / "first")
+    assert checkpoint["step"] == 12 and checkpoint["model_config"]["dropout"] == expected
+    resumed = Trainer(first.settings, tmp_path / "first", checkpoint)
+    assert dropouts(resumed.model) == {expected} and not resumed.dropout_pending
+    resumed.fit()
+    assert read_summary(tmp_path / "first")["dropout"] == expected

@@ -1,0 +1,293 @@
+"""What the tests share besides fixtures (those are in conftest.py): the repository's paths, the tiny run's
+overrides, running `python run.py` and `fragment-llm` as a user would and checking their one-line errors,
+and hand-made run directories, corpora and models."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from fragment_llm.config.load import load_settings
+from fragment_llm.config.schema import Config, DataConfig, DataSource
+from fragment_llm.launch import conf
+from fragment_llm.signals import STOP_SIGNALS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+RUN = str(ROOT / "run.py")
+
+
+# ---- the tiny run: real, and seconds long ---------------------------------------------------------------
+BLOCK = 128  # the tiny model's context
+
+
+def tiny_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
+    """A 1-layer, 64-wide model on a local corpus: a real run that takes seconds."""
+    values = {
+        "data": "text",
+        "data.path": str(corpus),
+        "model.vocab_size": 512,
+        "model.block_size": 128,
+        "model.n_layer": 1,
+        "model.n_head": 2,
+        "model.n_embd": 64,
+        "model.dropout": 0.0,
+        "train.batch_size": 4,
+        "train.grad_accum_steps": 1,
+        "train.max_iters": 30,
+        "train.eval_interval": 10,
+        "train.eval_iters": 4,
+        "optimizer.lr": 3e-3,
+        "paths.outputs": str(tmp_path / "outputs"),
+        "paths.cache": str(tmp_path / "cache"),
+    }
+    values.update(keys)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def settings_for(overrides: list[str]) -> Config:
+    """The settings `python run.py OVERRIDES` trains with."""
+    return load_settings(conf.compose(overrides))
+
+
+def make_trainer(tmp_path, corpus, name="run", **keys):
+    """A Trainer of a tiny run in `tmp_path`/`name`, ready to fit."""
+    from fragment_llm.train.trainer import Trainer
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir)
+
+
+def train_tiny_run(root: Path, corpus: Path, **keys) -> Path:
+    """Train a tiny model in-process into `root`/run and return the run directory (a few seconds).
+    Its log goes to the run's train.log only; the package logger is restored afterwards (for caplog)."""
+    from fragment_llm.console import setup_logging
+    from fragment_llm.train.trainer import train
+
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True)
+    with package_logging_restored():
+        setup_logging(run_dir / "train.log", console_output=False)
+        train(settings_for(tiny_overrides(root, corpus, **keys)), run_dir)
+    return run_dir
+
+
+@contextlib.contextmanager
+def package_logging_restored() -> Iterator[None]:
+    """Around a run in a test, which sets the package logger up for itself (train.log, the console):
+    its handlers are closed afterwards and the logger is as it was before (for caplog, and the next run)."""
+    logger = logging.getLogger("fragment_llm")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    try:
+        yield
+    finally:
+        for handler in set(logger.handlers) - set(handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
+
+
+# ---- commands as a user runs them -----------------------------------------------------------------------
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would,
+    with `stdin` as its standard input."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="250")
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`run_cli` without starting a Python: `[RUN, ...]` or `["-m", "fragment_llm", ...]` run here, with
+    the command line, working directory, standard streams and COLUMNS a new process would have, and
+    its exit status taken from SystemExit. Importing torch takes seconds, so this is for the many
+    cases that test what a run or a tool does; what needs a process of its own (signals, kill -9,
+    torchrun, pipes, launchers) uses run_cli. What a run changes process-wide (signal handlers,
+    logging, Hydra's global state, the run stamp) is put back afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fragment_llm.commands.main import main as fragment_llm_main
+    from fragment_llm.launch.compose import this_run_stamp
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    loggers = [logging.root, *(logger for logger in logging.root.manager.loggerDict.values())]
+    logger_state = [
+        (logger, list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+    ]
+    argv, directory, standard_input, columns = sys.argv, os.getcwd(), sys.stdin, os.environ.get("COLUMNS")
+    this_run_stamp.cache_clear()  # each run names its own directory, as each process does
+    try:
+        os.chdir(cwd)
+        os.environ["COLUMNS"] = "250"
+        sys.stdin = io.StringIO(stdin or "")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                if args[0] == RUN:
+                    sys.argv = list(args)
+                    runpy.run_path(RUN, run_name="__main__")
+                    code = 0
+                else:
+                    assert args[:2] == ["-m", "fragment_llm"], args
+                    sys.argv = ["fragment-llm", *args[2:]]
+                    code = fragment_llm_main(list(args[2:]))
+            except SystemExit as exit:
+                code = exit.code
+                if isinstance(code, str):  # as Python does: the message on stderr, status 1
+                    print(code, file=sys.stderr)
+                    code = 1
+    finally:
+        sys.argv, sys.stdin = argv, standard_input
+        os.chdir(directory)
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for logger, logger_handlers, level, propagate, disabled in logger_state:
+            logger.handlers[:] = logger_handlers
+            logger.level, logger.propagate, logger.disabled = level, propagate, disabled
+        GlobalHydra.instance().clear()
+        this_run_stamp.cache_clear()
+    return subprocess.CompletedProcess(args, code or 0, out.getvalue(), err.getvalue())
+
+
+def call(argv, capsys):
+    """main(argv) in this process: its exit code, standard output and standard error."""
+    from fragment_llm.commands.main import main
+
+    try:
+        code = main([str(word) for word in argv])
+    except SystemExit as exit:  # argparse's errors exit from inside parse_args
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_dirs(outputs):
+    return sorted(path.parent for path in outputs.rglob("summary.json"))
+
+
+def one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:
+    """The process failed with exactly one `error:` line on standard error, holding `needle`."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+
+
+def assert_one_error_line(code, err, *needles):
+    assert code != 0
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert str(needle) in err, err
+
+
+# ---- run directories made by hand --------------------------------------------------------------------------
+SHARED = [
+    "data=text",
+    "data.path=/home/someone/books/the_collected_works_of_someone.txt",
+    "model.n_layer=1",
+    "model.n_embd=64",
+    "train.max_iters=60",
+]
+SWEEP = "multirun/2026-11-25/08-14-44_lr-seed_5c1e"
+
+
+def write_run(folder, overrides, summary, mode="MULTIRUN", choices=None):
+    """A run directory as run.py leaves it: summary.json and Hydra's records of it."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    choices = choices or {"model": "tiny", "hardware": "cpu", "optimizer": "adamw"}
+    lines = "".join(f"      {group}: {option}\n" for group, option in choices.items())
+    (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {mode}\n  runtime:\n    choices:\n{lines}")
+    return folder
+
+
+def assert_fits(text, width, whole):
+    """No line of `text` is wider than `width`, and each of `whole` (a `key=value`) is on one line."""
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width, text
+    for item in whole:
+        assert any(re.search(rf"(^|\s){re.escape(item)}(\s|$)", line) for line in lines), (item, text)
+
+
+def seeded_runs(root, bits_per_byte, statuses=None):
+    """A sweep over optimizer x train.seed, each job's best bits per byte as given (by optimizer)."""
+    job = 0
+    for optimizer, values in bits_per_byte.items():
+        for seed, bpb in enumerate(values, start=1):
+            summary = {
+                "status": (statuses or {}).get(job, "completed"),
+                "steps": 60,
+                "best_val_loss": bpb * 2.1,
+                "best_val_bpb": bpb,
+            }
+            write_run(root / str(job), [f"train.seed={seed}", f"optimizer={optimizer}", "model.n_layer=1"], summary)
+            job += 1
+    return root
+
+
+SEPARATED = {"adamw": [1.60, 1.61, 1.59], "muon": [1.50, 1.52, 1.49]}
+
+RECORDS = {
+    ".hydra/config.yaml": "model:\n  n_embd: 64\noptimizer:\n  lr: 0.003\n",
+    ".hydra/overrides.yaml": "- model.n_embd=64\n",
+    ".hydra/hydra.yaml": "hydra:\n  runtime:\n    choices:\n      model: tiny\n      hardware: cpu\n",
+}
+
+
+def copy_run(trained_run, folder, name="run"):
+    """A copy of the trained run with Hydra's records, as `run.py` leaves them."""
+    copy = folder / name
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    for record, text in RECORDS.items():
+        (copy / record).parent.mkdir(exist_ok=True)
+        (copy / record).write_text(text)
+    return copy
+
+
+# ---- corpora and models ----------------------------------------------------------------------------------
+def text_config(path, val_fraction: float = 0.1) -> DataConfig:
+    return DataConfig(source=DataSource.text, path=str(path), val_fraction=val_fraction)
+
+
+def prepare(path, cache, **keys):
+    from fragment_llm.data.cache import prepare_data
+
+    options = dict(vocab_size=512, block_size=128, min_frequency=2, retrain=False, cache_dir=cache)
+    options.update(keys)
+    return prepare_data(text_config(path), **options)
+
+
+SHAPE = dict(vocab_size=300, block_size=16, n_layer=3, n_head=2, n_embd=64)
+
+
+def small_gpt(**options):
+    """A 3-layer model of SHAPE with the layout `options`, every weight non-zero, in eval mode."""
+    import torch
+
+    from fragment_llm.model.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SHAPE, **options))
+    with torch.no_grad():  # zero-initialised weights would hide a mistake in the cached path
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.02)
+    return model.eval()

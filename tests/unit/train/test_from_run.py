@@ -1,0 +1,85 @@
+"""Continuing or deriving a run (train/from_run.py): the checkpoint a resume takes (the highest step, the
+previous one when the newest is damaged), an older checkpoint's settings in today's keys, and a folder
+that is not a run refused with the fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+from helpers import settings_for, tiny_overrides, train_tiny_run
+
+from fragment_llm.config.load import to_plain
+from fragment_llm.config.shape import Position
+from fragment_llm.launch import conf
+from fragment_llm.runs.records import RunError
+from fragment_llm.train.checkpoint import CheckpointError
+from fragment_llm.train.from_run import find_resume_checkpoint, load_run, resume_settings
+from fragment_llm.train.trainer import Trainer
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus, caplog):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    keys = {"train.max_iters": 12, "train.save_interval": 4}
+    Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir).fit()
+    final = run_dir / "models" / "final_model.pt"
+    final.write_bytes(final.read_bytes()[:1000])  # a truncated copy
+    with caplog.at_level(logging.WARNING, logger="fragment_llm"):
+        path, checkpoint = find_resume_checkpoint(run_dir)
+    assert path.name == "step_8.pt" and checkpoint["step"] == 8
+    assert "final_model.pt is damaged" in caplog.text
+    with pytest.raises(CheckpointError, match="final_model.pt is damaged or not a checkpoint"):
+        find_resume_checkpoint(final)
+    with pytest.raises(CheckpointError, match="does not exist; give a run directory or a checkpoint file"):
+        find_resume_checkpoint(tmp_path / "nowhere")
+
+
+def test_resume_picks_the_highest_step_not_the_newest_file(tmp_path, corpus):
+    run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 12, "train.save_interval": 4})
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)  # like cp -r: last.pt is a copy now, and file times are new
+    os.utime(copy / "checkpoints" / "step_4.pt")  # the oldest state has the newest file time
+    path, checkpoint = find_resume_checkpoint(copy)
+    assert checkpoint["step"] == 12 and path.name == "final_model.pt"
+    (copy / "models" / "final_model.pt").unlink()
+    (copy / "checkpoints" / "last.pt").unlink()
+    assert find_resume_checkpoint(copy)[1]["step"] == 8
+
+
+def test_an_older_checkpoints_settings_resume_in_todays_keys():
+    """A checkpoint from before `train.checkpoint_every` was renamed and before the layout keys and
+    cautious weight decay existed: its model is GPT-2's layout, its epoch checkpoints keep their
+    interval, and the keys it lacks in sections a resumed run may change take this command's value."""
+    saved = to_plain(settings_for(["train.checkpoint_every_epochs=2"]))
+    saved["train"]["checkpoint_every"] = saved["train"].pop("checkpoint_every_epochs")
+    for key in (
+        "position",
+        "norm",
+        "qk_norm",
+        "activation",
+        "tie_embeddings",
+        "zero_init",
+        "logit_softcap",
+        "value_embeddings",
+        "residual_scalars",
+        "embed_norm",
+    ):
+        del saved["model"][key]
+    del saved["optimizer"]["cautious_weight_decay"]
+    settings = resume_settings(conf.compose(["train.max_iters=20"]), saved, ["train.max_iters=20"])
+    assert settings.train.checkpoint_every_epochs == 2 and settings.train.max_iters == 20
+    assert settings.model.position is Position.learned and settings.model.activation.value == "gelu"
+    assert settings.model.value_embeddings is False and settings.optimizer.cautious_weight_decay is False
+
+
+def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_run):
+    with pytest.raises(RunError, match="is not a run directory"):
+        load_run(tmp_path)
+    with pytest.raises(RunError, match="is not a directory"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "tokenizer.json").write_text((trained_run / "tokenizer.json").read_text())
+    with pytest.raises(RunError, match=r"has no model \(models/final_model.pt\).*--checkpoint"):
+        load_run(tmp_path)
