@@ -99,6 +99,20 @@ class Preflight(Callback):
             lock.release()
 
 
+def check_preflight_kept(overrides: list[str]) -> None:
+    """Refuse an override that removes or replaces the pre-flight: without it Hydra writes its records
+    into a directory nobody checked (over a finished run's own)."""
+    from ..config.schema import ConfigError
+
+    for text in overrides:
+        key = text.split("=", 1)[0].lstrip("+~")
+        if key in ("hydra.callbacks", "hydra.callbacks.preflight") or key.startswith("hydra.callbacks.preflight."):
+            raise ConfigError(
+                f"{text}: the pre-flight callback checks the settings and claims the run directory before anything "
+                "is written, and stays; add a callback of your own with +hydra.callbacks.NAME._target_=..."
+            )
+
+
 def refuse_on_error(check: Callable[[DictConfig], None], config: DictConfig) -> None:
     """Run `check`; a problem it finds ends the command with one `error:` line and exit code 2."""
     from hydra.core.hydra_config import HydraConfig
@@ -130,6 +144,7 @@ def prepare_run(config: DictConfig) -> None:
     """Check a run's settings and claim its directory (rank 0: torchrun's other ranks share it)."""
     from ..runs.claim import claim_run_directory
     from ..runs.records import holds_run
+    from ..train.checkpoint import check_branch
     from ..train.distributed import from_environment
     from .job import Claim, requested_resume, starting_point
 
@@ -137,6 +152,8 @@ def prepare_run(config: DictConfig) -> None:
     overrides = OmegaConf.to_container(config.hydra.overrides.task)  # as given: `${...}` in one is not resolved
     start = starting_point(task, overrides, group_choices(config))
     directory = Path(config.hydra.run.dir)  # after the settings: its name is made of them
+    if start.checkpoint is not None:  # a resume never replaces the models of a line that went further
+        check_branch(directory, start.checkpoint["step"], f"train.resume={start.checkpoint_path}")
     check_folders(config, "hydra.run.dir", directory, start.settings.logging.tensorboard)
     main = from_environment().is_main
     lock = claim_run_directory(directory, requested_resume(task)) if main else nullcontext()

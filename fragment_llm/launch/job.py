@@ -26,7 +26,7 @@ from ..runs.records import holds_run, read_summary
 from ..signals import STOP_SIGNALS, handling
 from ..text import plural
 from ..train import distributed
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import check_branch, load_checkpoint
 from ..train.from_run import (
     find_init_checkpoint,
     find_resume_checkpoint,
@@ -151,6 +151,8 @@ def claim_run(
     is kept in the claim, for the job to record there."""
     try:
         start, problem = starting_point(cfg, overrides, choices), None
+        if start.checkpoint is not None:  # a resume never replaces the models of a line that went further
+            check_branch(run_dir, start.checkpoint["step"], f"train.resume={start.checkpoint_path}")
     except (UserError, OSError) as error:
         start, problem = None, error
     resume = requested_resume(cfg)

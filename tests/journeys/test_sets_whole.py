@@ -65,13 +65,14 @@ def run(line, tmp_path):
 def test_resuming_a_run_in_its_own_directory_from_an_earlier_checkpoint_is_refused_and_keeps_its_models(
     run, corpus, tmp_path
 ):
-    before = models(run)
+    before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
     step_20 = run / "checkpoints" / "step_20.pt"
     overrides = tiny_overrides(tmp_path, corpus, **LINE)
     result = run_in_process([RUN, *overrides, f"train.resume={step_20}", f"hydra.run.dir={run}"], cwd=tmp_path)
     one_error_line(result, "is at step 20, behind the run's newest state at step 45")
     assert "leave hydra.run.dir out" in result.stderr
-    assert models(run) == before  # the better step-45 models, best and final, are as they were
+    # Refused before anything is written: the better step-45 models, best and final, and every other file as they were
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
     path, state = find_resume_checkpoint(run, run)  # a later resume continues the line that went furthest
     assert path == run / "models" / "final_model.pt" and state["step"] == 45
 
