@@ -139,6 +139,13 @@ def load_checkpoint(path: Path, for_resume: bool = False) -> dict[str, Any]:
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint: {reason}") from None
     problem = checkpoint_problem(state, RESUME_KEYS if for_resume else MODEL_KEYS)
+    is_model = not checkpoint_problem(state, MODEL_KEYS)
+    if problem and is_model and any(key not in state for key in RESUME_KEYS):  # best_model.pt, or one copied
+        raise CheckpointError(
+            f"checkpoint {path} holds a model, not a training state to resume ({problem}); resume from its run "
+            f"directory (train.resume={RunPaths.checkpoint_run(path)}) or one of its checkpoints/*.pt, or start "
+            f"a new run from the model with train.init_from={path}"
+        )
     if problem:
         raise CheckpointError(f"checkpoint {path} is not a fragment-llm checkpoint: {problem}")
     return state

@@ -121,6 +121,8 @@ def test_copying_the_best_model_over_the_final_model_keeps_the_resume_point(run)
     assert path == last and state["step"] == 45
     assert model_checkpoint(run, None, "--checkpoint ") == final  # the tools take the model the user chose
     assert load_checkpoint(final)["step"] == load_checkpoint(best)["step"]
+    with pytest.raises(CheckpointError, match=f"holds a model, not a training state to resume .*train.resume={run}"):
+        find_resume_checkpoint(final)
 
 
 def test_last_pt_links_a_checkpoint_beside_it_and_copies_any_other(tmp_path):
