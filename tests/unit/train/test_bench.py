@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 from fragment_llm.commands.main import main
 from fragment_llm.train.bench import WARMUP_STEPS
