@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from ..config.schema import ConfigError  # noqa: E402
 from ..console import make_standard_streams_safe  # noqa: E402
-from ..files import write_text  # noqa: E402
-from .callbacks import group_choices, release_claims, take_prepared_run  # noqa: E402
+from ..files import file_problem, write_text  # noqa: E402
+from .callbacks import check_preflight_kept, group_choices, release_claims, take_prepared_run  # noqa: E402
 from .compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
 from .conf import CONF_DIR  # noqa: E402
 from .hydra_errors import hydra_errors_in_one_line  # noqa: E402
@@ -46,9 +46,16 @@ def hydra_job(cfg: DictConfig) -> float:
     output_dir = Path(hydra_config.runtime.output_dir)
     overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given, `${...}` unresolved
     prepared = take_prepared_run(output_dir)  # a run's directory, claimed by the pre-flight; None in a sweep
-    if prepared is not None and prepared.hydra_subdir is not None:
-        write_hydra_records(output_dir / prepared.hydra_subdir, cfg, overrides)
     claim = None if prepared is None else prepared.claim
+    if prepared is not None and prepared.hydra_subdir is not None:
+        try:
+            write_hydra_records(output_dir / prepared.hydra_subdir, cfg, overrides)
+        except BaseException as error:
+            claim.lock.release()
+            if isinstance(error, OSError):  # nothing else of the run's was touched
+                print(f"error: {file_problem(error)}", file=sys.stderr)
+                sys.exit(1)
+            raise
     choices = group_choices(HydraConfig.instance().cfg)
     best_val_loss = run_job(cfg, output_dir, overrides, in_sweep=in_sweep, choices=choices, claim=claim)
     if math.isinf(best_val_loss) and not in_sweep:
@@ -74,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv[1:] = argv
     try:
-        check_overrides(command_line(sys.argv[1:]).overrides)  # one line where Hydra would print a report
+        overrides = command_line(sys.argv[1:]).overrides
+        check_overrides(overrides)  # one line where Hydra would print a report
+        check_preflight_kept(overrides)
         sys.argv[1:] = prepare_torchrun(sys.argv[1:])  # under torchrun: one run directory for all ranks
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

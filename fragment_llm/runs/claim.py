@@ -7,6 +7,7 @@ have started in the directory in between); a refused claim leaves the directory 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -20,20 +21,31 @@ from .records import holds_run
 
 def check_writable_folder(key: str, folder: str) -> None:
     """`folder` is a folder a file can be written in, or one that can be made (its nearest existing
-    folder can be written), or one ConfigError line. Nothing is made: what a run writes is made once
-    it has claimed its directory."""
+    folder can be written), or one ConfigError line. Nothing is made (what a run writes is made once
+    it has claimed its directory), and nothing in the folder changes, not even its time."""
     path = Path(folder).expanduser()
     existing = next(part for part in (path, *path.parents) if os.path.lexists(part))
     if not existing.is_dir():
-        where = "is a file" if existing == path else f"is below the file {existing}"
-        raise ConfigError(f"{key}={folder} {where}, not a folder; set {key} to a folder")
+        raise ConfigError(f"{key}={folder} {what_is_there(path, existing)}, not a folder; set {key} to a folder")
     try:
-        with tempfile.TemporaryFile(dir=existing):  # no name: nothing appears in the folder
+        if existing == path:  # asked without writing: a file made and removed would change its time
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            return
+        with tempfile.TemporaryFile(dir=existing.resolve()):  # no name (O_TMPFILE): the folder is unchanged
             pass
     except OSError as error:
         raise ConfigError(
             f"{key}={folder} is not a writable folder ({error.strerror or error}); set {key} to a folder you can write"
         ) from None
+
+
+def what_is_there(path: Path, existing: Path) -> str:
+    """What stands where the folder `path` belongs: `existing`, itself or the nearest of its parents."""
+    dangling = existing.is_symlink() and not existing.exists()
+    if existing == path:
+        return f"is a link to nothing ({os.readlink(path)})" if dangling else "is a file"
+    return f"is below {existing}, a link to nothing" if dangling else f"is below the file {existing}"
 
 
 def claim_run_directory(run_dir: Path, resume: Optional[str], hydra_wrote: bool = False) -> "RunLock":
@@ -57,7 +69,8 @@ def claim_run_directory(run_dir: Path, resume: Optional[str], hydra_wrote: bool 
 
 def check_run_contents(run_dir: Path, resume: Optional[str], allowed: set[str]) -> None:
     """Refuse a directory holding anything but the run `resume` continues (`allowed`: names that are this
-    run's already)."""
+    run's already), or inside another run's."""
+    refuse_inside_a_run(run_dir, "hydra.run.dir")
     foreign = foreign_entries(run_dir, "hydra.run.dir", allowed)
     if not foreign or (holds_run(run_dir) and resumes(run_dir, resume)):
         return
@@ -89,6 +102,7 @@ def claim_sweep_directory(sweep_dir: Path) -> "RunLock":
 
 
 def check_sweep_contents(sweep_dir: Path) -> None:
+    refuse_inside_a_run(sweep_dir, "hydra.sweep.dir")
     foreign = foreign_entries(sweep_dir, "hydra.sweep.dir", set())
     if foreign and any(sweep_dir.glob(f"*/{RunPaths.SUMMARY}")):  # its jobs' runs, not every folder below
         raise ConfigError(
@@ -100,6 +114,16 @@ def check_sweep_contents(sweep_dir: Path) -> None:
             f"hydra.sweep.dir={sweep_dir} is not empty ({describe(foreign)}), and a sweep writes files of its own "
             "names there; leave hydra.sweep.dir out for a new sweep directory, or give a new or empty one"
         )
+
+
+def refuse_inside_a_run(directory: Path, key: str) -> None:
+    """A run's directory holds only what its run wrote: no other run or sweep goes inside it."""
+    for parent in Path(directory).resolve().parents:
+        if (parent / RunPaths.SUMMARY).is_file() and (parent / RunPaths.HYDRA).is_dir():
+            raise ConfigError(
+                f"{key}={directory} is inside the run directory {parent}, which holds only what its run wrote; "
+                "choose a folder outside it"
+            )
 
 
 def foreign_entries(directory: Path, key: str, allowed: set[str]) -> list[str]:

@@ -131,6 +131,15 @@ def test_a_resume_in_its_own_directory_records_its_command_once_it_runs(tmp_path
     assert not (run_copy / ".lock").exists()
 
 
+def test_a_resumed_run_whose_records_cannot_be_written_is_one_line_and_left_unlocked(tmp_path, corpus, run_copy):
+    shutil.rmtree(run_copy / ".hydra")
+    (run_copy / ".hydra").write_text("in the way")
+    result = run_in_process(resume_command(tmp_path, corpus, run_copy, "train.max_iters=6"), cwd=tmp_path)
+    one_error_line(result, f"{run_copy / '.hydra'}")
+    assert result.stderr.count("\n") == 1 and not (run_copy / ".lock").exists()
+    assert read_summary(run_copy)["status"] == "completed" and read_summary(run_copy)["steps"] == 4
+
+
 def test_a_resume_of_a_run_another_process_holds_is_refused_untouched(tmp_path, corpus, run_copy):
     holder = subprocess.Popen(
         [
@@ -186,13 +195,32 @@ def test_a_folder_of_the_users_own_files_is_refused_untouched(tmp_path, corpus):
     assert snapshot(tmp_path) == before
 
 
+def test_a_run_or_sweep_inside_a_run_or_without_the_preflight_is_refused(tmp_path, corpus, run_copy):
+    before = snapshot(run_copy)
+    for command, needle in [
+        ([f"hydra.run.dir={run_copy / 'inner'}"], f"is inside the run directory {run_copy}"),
+        ([f"paths.outputs={run_copy / 'outputs'}"], f"is inside the run directory {run_copy}"),
+        (["-m", f"hydra.sweep.dir={run_copy / 'sweep'}", "train.seed=1,2"], f"is inside the run directory {run_copy}"),
+        ([f"hydra.run.dir={run_copy}", "~hydra.callbacks.preflight"], "the pre-flight callback checks the settings"),
+        ([f"hydra.run.dir={run_copy}", "hydra.callbacks=null"], "the pre-flight callback checks the settings"),
+    ]:
+        sweep = command[:1] == ["-m"]
+        result = run_in_process(
+            [RUN, *command[:sweep], *tiny_overrides(tmp_path, corpus), *command[sweep:]], cwd=tmp_path
+        )
+        one_error_line(result, needle)
+    assert snapshot(run_copy) == before
+
+
 def test_a_run_directory_that_is_a_file_or_cannot_be_written_is_refused(tmp_path, corpus):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     before = snapshot(tmp_path)
     for run_dir, needle in [
         (a_file, "is a file, not a folder"),
         (a_file / "run", f"is below the file {a_file}, not a folder"),
+        (tmp_path / "dangling", f"is a link to nothing ({tmp_path / 'nowhere'})"),
         ("/proc/fragment-llm-run", "is not a writable folder"),
     ]:
         result = run_in_process([RUN, *tiny_overrides(tmp_path, corpus), f"hydra.run.dir={run_dir}"], cwd=tmp_path)
