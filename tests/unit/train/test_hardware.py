@@ -1,20 +1,27 @@
-"""What the machine can do, measured: cores, matmul peak, CPU bf16 speed, the SDPA kernel."""
+"""What the machine can do and setting a process up for it (train/hardware.py): cores, matmul peak, CPU bf16
+speed, the SDPA kernel, measured; the precision, threads and device a trainer gets, and out-of-memory advice."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 
+import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_trainer, settings_for
 from torch.profiler import ProfilerActivity, profile
 
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.train.hardware import (
     attention_kernel,
     cpu_bf16_speedup,
     keep_freed_memory,
     matmul_flops,
+    oom_advice,
     physical_cores,
+    resolve_device,
 )
 
 
@@ -58,3 +65,45 @@ def test_measuring_leaves_the_global_random_state_alone():
     cpu_bf16_speedup()
     attention_kernel(1, 1, 16, 8, torch.float32, torch.device("cpu"))
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 2.0)  # as with AVX512-BF16 or AMX
+    # bf16 matmuls are hundreds of times slower on a CPU without native bf16, as CI's may be: no
+    # TensorBoard, whose MFU would measure the bf16 matmul peak, and two evaluation batches.
+    keys = {"train.max_iters": 2, "train.eval_iters": 1, "logging.tensorboard": False}
+    trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True, **keys})
+    assert trainer.precision.name == "bf16 autocast" and not trainer.precision.scaler.is_enabled()
+    trainer.fit()
+    assert math.isfinite(trainer.best_val_loss)
+
+
+def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus, monkeypatch, caplog):
+    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: 0.0025)  # as on an AVX2-only CPU
+    trainer = make_trainer(tmp_path, corpus, **{"hardware.amp": True})
+    assert trainer.precision.name == "fp32" and trainer.precision.dtype is None
+    assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text
+
+
+def test_threads_default_to_the_physical_cores(tmp_path, corpus):
+    default = torch.get_num_threads()
+    try:
+        make_trainer(tmp_path, corpus, name="one", **{"hardware.num_threads": 1})
+        assert torch.get_num_threads() == 1
+        make_trainer(tmp_path, corpus, name="auto")
+        assert torch.get_num_threads() == physical_cores()
+    finally:
+        torch.set_num_threads(default)
+
+
+def test_out_of_memory_advice_names_concrete_overrides():
+    advice = oom_advice(settings_for(["hardware=gpu", "model=medium"]))
+    assert "train.batch_size=8 train.grad_accum_steps=8" in advice
+    assert "model.block_size=512" in advice and "\n" not in advice
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_missing_device_is_a_config_error():
+    with pytest.raises(ConfigError, match="hardware.device=cuda but this machine has no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")
