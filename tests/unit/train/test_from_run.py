@@ -25,8 +25,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, co
     run_dir.mkdir()
     keys = {"train.max_iters": 12, "train.save_interval": 4}
     Trainer(settings_for(tiny_overrides(tmp_path, corpus, **keys)), run_dir).fit()
-    final = run_dir / "models" / "final_model.pt"
+    final, last = run_dir / "models" / "final_model.pt", run_dir / "checkpoints" / "last.pt"
     final.write_bytes(final.read_bytes()[:1000])  # a truncated copy
+    last.write_bytes(last.read_bytes()[:1000])  # and its copy, the newest state at step 12
     with caplog.at_level(logging.WARNING, logger="fragment_llm"):
         path, checkpoint = find_resume_checkpoint(run_dir)
     assert path.name == "step_8.pt" and checkpoint["step"] == 8
