@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from .files import TEXT_ERRORS, file_problem
+from .files import TEXT_ERRORS, file_problem, named_file
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -44,6 +45,22 @@ def make_standard_streams_safe() -> None:
             stream.reconfigure(errors=UNSHOWABLE)
 
 
+def failing_standard_output(error: OSError) -> str | None:
+    """Standard output's name when `error`, which names no file, came from writing it (`fragment-llm runs
+    --json > /dev/full`, a full disk): a line written now fails too. Standard output then points at
+    /dev/null, so that Python's last flush does not fail again. The command has failed, so its output is
+    cut short anyway: the line does no harm where standard output works."""
+    if named_file(error) is not None:
+        return None
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return "standard output"
+    return None
+
+
 def command_line_text(value: str) -> str:
     """An argument (or a line of standard input) as the text its bytes spell in UTF-8. Under a locale
     whose encoding cannot decode them (the C locale: ASCII) Python hands such bytes over as surrogates,
@@ -68,15 +85,20 @@ class ConsoleHandler(logging.Handler):
             console.print(message, markup=False, soft_wrap=True)
 
 
-class LogFileHandler(logging.FileHandler):
-    """train.log. When a write fails (a full disk), the file stops with one warning on the console,
-    instead of logging's traceback on every later record; the run's own error handling goes on."""
+class LogFileHandler(logging.handlers.WatchedFileHandler):
+    """train.log, opened again where it was removed or replaced during the run (records written on would
+    be lost with no error). When a write fails (a full disk, the run's folder removed), the file stops
+    with one warning on the console, instead of logging's traceback on every later record; the run's own
+    error handling goes on."""
 
     broken = False
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.broken:
-            super().emit(record)
+            try:
+                super().emit(record)
+            except OSError:  # opening it again failed: outside the write that logging guards itself
+                self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         self.broken = True

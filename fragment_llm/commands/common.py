@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ..console import error_console
 from ..errors import UserError
-from ..files import named_file
 from ..runs.records import find_runs, holds_run, record_damage
 
 if TYPE_CHECKING:
@@ -48,6 +47,9 @@ class Parser(argparse.ArgumentParser):
         fail(f"{message}; see `{self.prog} --help`")
         sys.exit(2)
 
+    def print_help(self, file=None) -> None:
+        (file or sys.stdout).write(self.format_help())  # argparse would hide a failed write (a full disk)
+
 
 def fail(message: str) -> int:
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
@@ -60,22 +62,6 @@ def end_on_closed_pipe() -> int:
     now points at /dev/null, so that Python's last flush does not fail again, and the exit code is 1."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1
-
-
-def failing_standard_output(error: OSError) -> str | None:
-    """Standard output's name when `error`, which names no file, came from writing it (`fragment-llm runs
-    --json > /dev/full`, a full disk): a line written now fails too. Standard output then points at
-    /dev/null, so that Python's last flush does not fail again. The command has failed, so its output is
-    cut short anyway: the line does no harm where standard output works."""
-    if named_file(error) is not None:
-        return None
-    try:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    except OSError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return "standard output"
-    return None
 
 
 def in_range(low: float, high: float = math.inf, kind: type = int):

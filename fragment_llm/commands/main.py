@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..console import make_standard_streams_safe
+from ..console import failing_standard_output, make_standard_streams_safe
 from ..errors import UserError
 from ..files import file_problem
 from . import bench, compare, evaluate, export, generate, plot, runs, show, train
-from .common import CLIError, Parser, end_on_closed_pipe, fail, failing_standard_output
+from .common import CLIError, Parser, end_on_closed_pipe, fail
 
 # torch and the model's code load only in the handlers of the commands that run a model (generate,
 # eval, export, bench, train): `runs`, `show`, `compare` and `plot` start in a fraction of a second.

@@ -11,7 +11,7 @@ from typing import Iterator
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from ..console import error_console
+from ..console import error_console, failing_standard_output
 from ..files import file_problem
 
 # Hydra prints an exception that reaches it with a traceback, unless this is set: then it raises it.
@@ -32,7 +32,7 @@ def hydra_errors_in_one_line() -> Iterator[None]:
     except (HydraException, OmegaConfBaseException) as error:  # before OSError: a missing config is both
         fail(" ".join(str(error).split()))
     except OSError as error:
-        fail(file_problem(error))
+        fail(file_problem(error, unnamed=failing_standard_output(error)))  # `--cfg job > /dev/full`
     finally:
         os.environ.pop(FULL_ERROR, None)
 

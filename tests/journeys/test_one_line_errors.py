@@ -220,9 +220,10 @@ TENSORBOARD_FAILURES = {
 }
 
 
-def train_with(tmp_path, corpus, monkeypatch, method: str, sabotage, **keys) -> tuple[Path, str]:
+def train_with(tmp_path, corpus, monkeypatch, method: str, sabotage, code=0) -> tuple[Path, str]:
     """Train a tiny run with run.py's command line, calling `sabotage(outputs)` as RunOutputs.`method`
-    is first called at step 10 (or at all, for methods without a step); its directory and standard error."""
+    is first called at step 10 (or at all, for methods without a step); its directory and standard error,
+    once it has ended with exit code `code`."""
     original, done = getattr(RunOutputs, method), []
 
     def sabotaged(self, *args, **kwargs):
@@ -232,9 +233,10 @@ def train_with(tmp_path, corpus, monkeypatch, method: str, sabotage, **keys) -> 
 
     monkeypatch.setattr(RunOutputs, method, sabotaged)
     run_dir = tmp_path / "run"
-    result = run_in_process([RUN, *tiny_overrides(tmp_path, corpus, **keys), f"hydra.run.dir={run_dir}"], tmp_path)
+    result = run_in_process([RUN, *tiny_overrides(tmp_path, corpus), f"hydra.run.dir={run_dir}"], tmp_path)
     assert done, f"RunOutputs.{method} was never called"
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
     return run_dir, result.stderr
 
 
@@ -263,6 +265,41 @@ def test_tensorboard_that_cannot_start_lets_the_run_go_on(tmp_path, corpus, monk
 
 
 # ---- the run's files, the commands' output -----------------------------------------------------------------
+def test_a_metrics_file_removed_mid_run_is_said_and_written_anew(tmp_path, corpus, monkeypatch):
+    run_dir, err = train_with(tmp_path, corpus, monkeypatch, "evaluated", lambda out: out.paths.metrics.unlink())
+    assert err.count(f"warning: {run_dir / RunPaths.METRICS} was removed or replaced during the run") == 1, err
+    steps = [json.loads(line)["step"] for line in (run_dir / RunPaths.METRICS).read_text().splitlines()]
+    assert steps == list(range(steps[0], 31)) and 0 < steps[0] <= 11  # the rows from then on, none lost unsaid
+
+
+def test_a_metrics_file_replaced_by_a_folder_ends_the_run_in_one_line(tmp_path, corpus, monkeypatch):
+    def replace(outputs):
+        outputs.paths.metrics.unlink()
+        outputs.paths.metrics.mkdir()
+
+    run_dir, err = train_with(tmp_path, corpus, monkeypatch, "evaluated", replace, code=1)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: could not read or write {run_dir / RunPaths.METRICS}: Is a directory; it is a folder where a file "
+        "belongs: move it away or choose another name (checkpoints already written are intact)"
+    ]
+
+
+def test_a_log_removed_mid_run_is_opened_again(tmp_path, corpus, monkeypatch):
+    run_dir, err = train_with(tmp_path, corpus, monkeypatch, "evaluated", lambda out: out.paths.log.unlink())
+    assert "warning" not in err and "Done: 30 steps" in (run_dir / RunPaths.LOG).read_text()
+
+
+def test_a_log_that_cannot_be_written_is_one_warning_and_the_run_goes_on(tmp_path, corpus, monkeypatch):
+    def replace(outputs):
+        outputs.paths.log.unlink()
+        outputs.paths.log.mkdir()
+
+    run_dir, err = train_with(tmp_path, corpus, monkeypatch, "evaluated", replace)
+    assert err.count("warning: ") == 1 and f"warning: could not write {run_dir / RunPaths.LOG}: Is a directory" in err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.slow
 def test_a_full_token_cache_names_the_file_in_the_cache(tmp_path, corpus):
     keys = {"logging.tensorboard": False}
@@ -291,6 +328,19 @@ def test_standard_output_on_a_full_disk_is_named(form, outputs, tmp_path):
         result.stderr
         == "error: standard output: No space left on device; the disk is full: free space or write elsewhere\n"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["-m", "fragment_llm", "--help"], [RUN, "--cfg", "job"], [RUN, "--help"]])
+def test_help_and_config_printed_to_a_full_disk_are_one_line(command, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, *command], stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert result.stderr == f"error: standard output: No space left on device; {FILE_ADVICE[errno.ENOSPC]}\n"
 
 
 def test_a_plot_into_a_file_that_stands_for_a_folder_names_it(finished_run, tmp_path):
