@@ -17,7 +17,7 @@ import socket
 import stat
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import IO, Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
@@ -119,6 +119,17 @@ def naming(path: Path | str, *stand_ins: Path | str) -> Iterator[None]:
         if error.filename is None or str(error.filename) in {str(name) for name in stand_ins}:
             raise named(error, path) from error
         raise
+
+
+def still_at(handle: IO, path: Path | str) -> bool:
+    """Whether the open file `handle` is still the file at `path`: not removed or replaced, as a file kept
+    open for appending can be during a run, when what is written on goes nowhere the user can see."""
+    try:
+        here = os.stat(path)
+    except OSError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _file_mode() -> int:

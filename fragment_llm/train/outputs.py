@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,7 +22,7 @@ from tokenizers import Tokenizer
 from ..config.load import to_plain
 from ..config.schema import Config, TrainConfig
 from ..console import console
-from ..files import file_problem, named, utf8_text, write_text
+from ..files import file_problem, named, still_at, utf8_text, write_text
 from ..model.gpt import GPTConfig
 from ..runs.paths import RunPaths
 from ..runs.records import flatten, read_metrics, update_summary
@@ -51,16 +50,6 @@ def clock(seconds: float) -> str:
 def _finite(value: float) -> Optional[float]:
     """JSON has no NaN or infinity (an fp16 step's gradient norm may be one): null instead."""
     return value if math.isfinite(value) else None
-
-
-def _still_at(handle: IO, path: Path) -> bool:
-    """Whether the open file `handle` is still the file at `path` (not removed, not replaced)."""
-    try:
-        here = os.stat(path)
-    except OSError:
-        return False
-    opened = os.fstat(handle.fileno())
-    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _quiet_tensorboard_threads() -> None:
@@ -303,7 +292,7 @@ class RunOutputs:
             return
         path = self.paths.metrics
         try:
-            if self.metrics_file is not None and not _still_at(self.metrics_file, path):
+            if self.metrics_file is not None and not still_at(self.metrics_file, path):
                 self.close_metrics()  # removed or replaced: rows written on would be lost with no error
                 log.warning("%s was removed or replaced during the run; its rows from here on go to a new one", path)
             if self.metrics_file is None:
