@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from omegaconf import OmegaConf
+
 from fragment_llm.config.load import load_settings
 from fragment_llm.config.schema import Config, DataConfig, DataSource
 from fragment_llm.launch import conf
@@ -29,22 +31,27 @@ RUN = str(ROOT / "run.py")
 
 
 # ---- the tiny run: real, and seconds long ---------------------------------------------------------------
-BLOCK = 128  # the tiny model's context
+def flat_keys(node: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as `section.key` -> value."""
+    keys = {}
+    for key, value in node.items():
+        keys.update(flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return keys
+
+
+FAST = flat_keys(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "debug" / "fast.yaml")))
+BLOCK = FAST["model.block_size"]  # the tiny model's context: 128
 
 
 def tiny_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
-    """A 1-layer, 64-wide model on a local corpus: a real run that takes seconds."""
+    """debug=fast's model (1 layer, 64 wide) and batch on a local corpus, 30 steps long: a real run that takes
+    seconds. conf/debug/fast.yaml's keys are given one by one rather than as `debug=fast`, which does not
+    combine with `train.resume` or `train.init_from` (many tests add them to these), and without its
+    `train.epochs`: the hardware group's (8 on a CPU) leaves `train.max_iters` to decide a run's length."""
     values = {
         "data": "text",
         "data.path": str(corpus),
-        "model.vocab_size": 512,
-        "model.block_size": 128,
-        "model.n_layer": 1,
-        "model.n_head": 2,
-        "model.n_embd": 64,
-        "model.dropout": 0.0,
-        "train.batch_size": 4,
-        "train.grad_accum_steps": 1,
+        **{key: value for key, value in FAST.items() if key != "train.epochs"},
         "train.max_iters": 30,
         "train.eval_interval": 10,
         "train.eval_iters": 4,
