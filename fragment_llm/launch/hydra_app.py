@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..signals import STOP_SIGNALS
@@ -47,17 +48,15 @@ def hydra_job(cfg: DictConfig) -> float:
     overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given, `${...}` unresolved
     prepared = take_prepared_run(output_dir)  # a run's directory, claimed by the pre-flight; None in a sweep
     claim = None if prepared is None else prepared.claim
-    if prepared is not None and prepared.hydra_subdir is not None:
-        try:
-            write_hydra_records(output_dir / prepared.hydra_subdir, cfg, overrides)
-        except BaseException as error:
-            claim.lock.release()
-            if isinstance(error, OSError):  # nothing else of the run's was touched
+    with nullcontext() if claim is None else claim.lock:  # released however the job ends
+        if prepared is not None and prepared.hydra_subdir is not None:
+            try:
+                write_hydra_records(output_dir / prepared.hydra_subdir, cfg, overrides)
+            except OSError as error:  # nothing else of the run's was touched
                 print(f"error: {file_problem(error)}", file=sys.stderr)
                 sys.exit(1)
-            raise
-    choices = group_choices(HydraConfig.instance().cfg)
-    best_val_loss = run_job(cfg, output_dir, overrides, in_sweep=in_sweep, choices=choices, claim=claim)
+        choices = group_choices(HydraConfig.instance().cfg)
+        best_val_loss = run_job(cfg, output_dir, overrides, in_sweep=in_sweep, choices=choices, claim=claim)
     if math.isinf(best_val_loss) and not in_sweep:
         sys.exit(1)
     return best_val_loss
