@@ -35,7 +35,7 @@ def keys_help(_root_: DictConfig) -> str:
 
 def key_table() -> str:
     """conf/README.md's key table: every key with its value under each option of the group that sets it (the
-    default option first), its range or choices, and its meaning. tests/test_config.py checks that
+    default option first), its range or choices, and its meaning. tests/unit/launch/test_keys.py checks that
     conf/README.md holds exactly this table."""
     defaults = chosen_defaults()
     default = compose([])
