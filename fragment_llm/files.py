@@ -208,6 +208,7 @@ def write_text(path: Path, text: str) -> None:
 # nesting such files have: theirs are kilobytes to a few megabytes, a handful of levels deep, with
 # hundreds of values at most (a summary, a config).
 READ_LIMIT = 64 << 20
+READ_CHUNK = 1 << 20
 NESTING_LIMIT = 64
 VALUES_LIMIT = 1_000_000
 
@@ -241,8 +242,12 @@ def open_checked(path: Path | str, limit: int = READ_LIMIT) -> Iterator[BinaryIO
 
 def read_checked(path: Path | str, limit: int = READ_LIMIT) -> bytes:
     """The bytes of `path`, checked as open_checked does (a file that grows past `limit` as it is read too)."""
+    chunks, size = [], 0
     with open_checked(path, limit) as handle:
-        data = handle.read(limit + 1)
+        while size <= limit and (chunk := handle.read(min(READ_CHUNK, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)  # read in chunks: one read of `limit` bytes would reserve them all up front
     if len(data) > limit:
         raise UnreadableFile(path, f"more than {limit:,} bytes, more than such a file holds")
     return data

@@ -187,7 +187,8 @@ class TrainConfig(Section):
     init_from: Optional[str] = setting(
         "a run directory (its `models/final_model.pt`) or a checkpoint file: a new run that starts from its "
         "weights and tokenizer, at step 0 with a fresh optimizer and schedule, on this command's data; the "
-        'model keys are the parent\'s (see fragment_llm/train/README.md, "Fine-tuning from a run"); null: random initial weights'
+        "model keys are the parent's (see fragment_llm/train/README.md, "
+        '"Fine-tuning from a run"); null: random initial weights'
     )
     log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
     sample_every: int = setting(

@@ -15,7 +15,6 @@ refused (fragment_llm/train/README.md, "Stopping and resuming").
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ..config.shape import config_problem
-from ..files import atomic_path
+from ..files import atomic_path, file_problem
 from ..runs.paths import RunPaths
 from ..runs.records import RunError
 
@@ -44,21 +43,22 @@ class CheckpointError(RunError, RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    try:
-        with atomic_path(path) as temporary:
-            torch.save(state, temporary)
+    try:  # through a Python file, so that a failed write is an OSError with its errno, not torch's RuntimeError
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            torch.save(state, handle)
     except OSError as error:
-        raise _not_written(path, "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error)))
-    except RuntimeError as error:  # torch's zip writer reports a failed write (full disk, file-size limit) so
-        raise _not_written(
-            path, f"the write failed, the disk may be full or the file too large ({str(error).splitlines()[0]})"
-        )
+        raise _not_written(path, error) from None
+    except RuntimeError as error:  # torch's own writer failing otherwise: what it said
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {str(error).splitlines()[0]}; choose a writable paths.outputs "
+            "(the previous checkpoint is intact)"
+        ) from None
 
 
-def _not_written(path: Path, reason: str) -> CheckpointError:
+def _not_written(path: Path, error: OSError) -> CheckpointError:
+    """One line for a checkpoint that could not be written: the file, why, and the fix for that cause."""
     return CheckpointError(
-        f"could not write checkpoint {path}: {reason}; free space or choose a writable paths.outputs "
-        "(the previous checkpoint is intact)"
+        f"could not write checkpoint {file_problem(error, path)} (the previous checkpoint is intact)"
     )
 
 
@@ -71,7 +71,7 @@ def point_last(directory: Path, target: Path) -> None:
             if not (target.parent.resolve() == directory.resolve() and _linked(target, temporary)):
                 shutil.copyfile(target, temporary)
     except OSError as error:
-        raise _not_written(last, "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error)))
+        raise _not_written(last, error) from None
 
 
 def _linked(target: Path, link: Path) -> bool:

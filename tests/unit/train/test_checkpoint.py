@@ -73,9 +73,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, 
     model = {"model_config": config, "model_state_dict": GPT(GPTConfig(**config)).state_dict()}
     save_checkpoint(path, {**model, "step": 1})
 
-    def fill_disk(state, target):
-        with open(target, "wb") as handle:
-            handle.write(b"partial")
+    def fill_disk(state, handle):  # save_checkpoint hands torch.save an open file
+        handle.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", fill_disk)
