@@ -151,7 +151,7 @@ def prepare_run(config: DictConfig) -> None:
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     overrides = OmegaConf.to_container(config.hydra.overrides.task)  # as given: `${...}` in one is not resolved
     start = starting_point(task, overrides, group_choices(config))
-    directory = Path(config.hydra.run.dir)  # after the settings: its name is made of them
+    directory = home_expanded(config)  # after the settings: its name is made of them
     if start.checkpoint is not None:  # a resume never replaces the models of a line that went further
         check_branch(directory, start.checkpoint["step"], f"train.resume={start.checkpoint_path}")
     check_folders(config, "hydra.run.dir", directory, start.settings.logging.tensorboard)
@@ -170,9 +170,20 @@ def prepare_sweep(config: DictConfig) -> None:
     from ..runs.claim import claim_sweep_directory
 
     check_sweep_jobs(config)
-    directory = Path(config.hydra.sweep.dir)
+    directory = Path(config.hydra.sweep.dir)  # a `~` in it is left as it is: each job composes it anew
     check_folders(config, "hydra.sweep.dir", directory, bool(config.logging.tensorboard))
     _sweep_locks[directory.resolve()] = claim_sweep_directory(directory)
+
+
+def home_expanded(config: DictConfig) -> Path:
+    """The run's directory, a leading `~` taken as the home folder, as the data paths take it (Hydra
+    would make a folder named `~`)."""
+    directory = Path(config.hydra.run.dir)
+    if str(directory).startswith("~"):
+        directory = directory.expanduser()
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(directory)
+    return directory
 
 
 def check_folders(config: DictConfig, key: str, directory: Path, tensorboard: bool) -> None:

@@ -277,3 +277,11 @@ def test_two_runs_started_together_on_one_directory_leave_one_whole_run(tmp_path
     assert f"train.seed={winners[0]}" in overrides and f"train.seed={loser}" not in overrides
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").train.seed == winners[0]
     assert read_summary(run_dir)["status"] == "completed" and not (run_dir / ".lock").exists()
+
+
+def test_a_run_directory_under_the_home_folder_is_claimed_there(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    keys = {"train.max_iters": 2}
+    result = run_in_process([RUN, *tiny_overrides(tmp_path, corpus, **keys), 'hydra.run.dir="~/run"'], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_summary(tmp_path / "home" / "run")["status"] == "completed" and not (tmp_path / "~").exists()
