@@ -122,6 +122,12 @@ def test_a_resumed_run_rewrites_the_rows_after_its_checkpoint(watched, tmp_path,
     with open(copy / RunPaths.METRICS, "a") as metrics:
         metrics.write('{"step": 31, "tok')  # a crash cut the last row short
     checkpoint = load_checkpoint(copy / "checkpoints" / "step_10.pt", for_resume=True)
+    # As if the process died after step 30's row and before any checkpoint past step 10: a resume from a
+    # checkpoint behind the directory's newest state is refused (a branch would replace its models).
+    shutil.rmtree(copy / RunPaths.MODELS)
+    for later in (copy / RunPaths.CHECKPOINTS).iterdir():
+        if later.name != "step_10.pt":
+            later.unlink()
     Trainer(settings_for(tiny_overrides(tmp_path, corpus, **KEYS)), copy, checkpoint).fit()
 
     rows, first = metrics_rows(copy), metrics_rows(run_dir)
@@ -134,10 +140,17 @@ def test_a_resumed_run_rewrites_the_rows_after_its_checkpoint(watched, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_a_full_disk_while_writing_metrics_ends_the_run_with_one_line(tmp_path, corpus):
+def test_a_full_disk_while_writing_metrics_ends_the_run_with_one_line(tmp_path, corpus, monkeypatch):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / RunPaths.METRICS).symlink_to("/dev/full")  # every write: no space left on device
+    log_step = RunOutputs.log_step
+
+    def disk_fills(self, *args, **kwargs):  # once the run holds its directory: a folder of other files is refused
+        if not (run_dir / RunPaths.METRICS).is_symlink():
+            (run_dir / RunPaths.METRICS).unlink(missing_ok=True)
+            (run_dir / RunPaths.METRICS).symlink_to("/dev/full")  # every write: no space left on device
+        return log_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunOutputs, "log_step", disk_fills)
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 5})
     assert run_job(conf.compose(overrides), run_dir, overrides) == float("inf")
     summary = read_summary(run_dir)
