@@ -28,44 +28,53 @@ def all_files(folder):
     return sorted(str(path) for path in folder.rglob("*"))
 
 
-def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
+def test_a_bad_value_in_a_grid_is_refused_before_any_job_runs(tmp_path, corpus):
     overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "model.dropout": "0.0,2.0"})
+    result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: model.dropout=2.0 is out of range")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_grid_records_a_failing_job_and_reports_every_job(tmp_path, corpus):
+    empty = tmp_path / "empty.txt"  # job 1's corpus: it fails on its own, reading it
+    empty.write_text("")
+    overrides = tiny_overrides(tmp_path, corpus, **{"train.max_iters": 3, "data.path": f"{corpus},{empty}"})
     result = run_in_process([RUN, "-m", *overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    assert re.fullmatch(r"\d\d-\d\d-\d\d_dropout_[0-9a-f]{4}", sweep_dir.name)
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_path_[0-9a-f]{4}", sweep_dir.name)
     good, bad = (json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1"))
     assert good["status"] == "completed" and math.isfinite(good["best_val_loss"])
-    assert bad["status"] == "failed" and "model.dropout=2.0 is out of range" in bad["error"]
+    assert bad["status"] == "failed" and f"data.path={empty} is empty" in bad["error"]
 
     report = (sweep_dir / "sweep.txt").read_text()
-    assert "model.dropout=0.0" in report and "model.dropout=2.0" in report
+    assert f"data.path={corpus}" in report and f"data.path={empty}" in report
     assert "completed" in report and "failed" in report and f"{good['best_val_loss']:.4f}" in report
-    assert "data.path" not in report  # only what varies between the jobs
-    assert "model.dropout=2.0" in result.stdout  # and printed at the end of the sweep
+    assert "model.dropout" not in report  # only what varies between the jobs
+    assert f"data.path={empty}" in result.stdout  # and printed at the end of the sweep
 
     # The runs table over the sweep: JSON for scripts, filters, sorting, and no files created.
     before = all_files(tmp_path)
     runs = runs_json(sweep_dir, cwd=tmp_path)
     assert [(run["name"], run["status"]) for run in runs] == [("0", "completed"), ("1", "failed")]
-    assert (
-        runs[0]["tokens"] == 3 * 4 * 128 and runs[0]["model"] == "tiny" and "model.dropout=0.0" in runs[0]["overrides"]
-    )
+    assert runs[0]["tokens"] == 3 * 4 * 128 and runs[0]["model"] == "tiny"
+    assert f"data.path={corpus}" in runs[0]["overrides"]
     assert [run["name"] for run in runs_json(sweep_dir, "--filter", "status=failed", cwd=tmp_path)] == ["1"]
-    assert [run["name"] for run in runs_json(sweep_dir, "--filter", "model.dropout=2", cwd=tmp_path)] == ["1"]
+    assert [run["name"] for run in runs_json(sweep_dir, "--filter", f"data.path={empty}", cwd=tmp_path)] == ["1"]
     assert [run["name"] for run in runs_json(sweep_dir, "--sort", "status", "--limit", "1", cwd=tmp_path)] == ["0"]
     table = fragment_llm("runs", tmp_path / "outputs", cwd=tmp_path)
-    assert table.returncode == 0 and "failed" in table.stdout and "model.dropout=2.0" in table.stdout
+    assert table.returncode == 0 and "failed" in table.stdout and f"data.path={empty}" in table.stdout
     assert all_files(tmp_path) == before
 
     shown = fragment_llm("show", sweep_dir / "0", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "model.n_embd" in shown.stdout and "best_val_loss" in shown.stdout and "final_model.pt" in shown.stdout
     command = next(line for line in shown.stdout.splitlines() if line.startswith("Reproduce: "))
-    assert command.startswith("Reproduce: fragment-llm train ") and "model.dropout=0.0" in command
+    assert command.startswith("Reproduce: fragment-llm train ") and f"data.path={corpus}" in command
     compared = fragment_llm("compare", "0", "1", "--root", sweep_dir, cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
-    assert "model.dropout" in compared.stdout and "optimizer.lr" not in compared.stdout
+    assert "data.path" in compared.stdout and "optimizer.lr" not in compared.stdout
 
     for args, needle in [
         (["show", "nowhere"], "is not a run directory"),

@@ -63,11 +63,15 @@ def test_a_run_writes_every_artifact_of_the_run_directory(tmp_path, corpus):
     assert load_checkpoint(run_dir / "models" / "final_model.pt")["step"] == summary["steps"]
 
 
-BAD_RUNS = [
+# Found reading the corpus, once the run has its directory: a failed run is recorded there.
+BAD_CORPORA = [
     (["data.path={empty}"], "is empty"),
     (["data.path={binary}"], "is not UTF-8 text"),
     (["data.path={small}"], "corpus is too small"),
     (["data.path={missing}"], "does not exist"),
+]
+# Refused before anything is written (issue 27): no run directory, no outputs/, no cache.
+BAD_SETTINGS = [
     (["model.dropout=1.5"], "model.dropout=1.5 is out of range [0.0, 0.9]"),
     (["train.batch_size=0"], "train.batch_size=0 is out of range [1, 256]"),
     (["model.n_layer=0"], "model.n_layer=0 is out of range [1, 48]"),
@@ -82,7 +86,8 @@ BAD_RUNS = [
 
 
 if not torch.cuda.is_available():
-    BAD_RUNS.append((["hardware.device=cuda"], "this machine has no CUDA device"))
+    BAD_SETTINGS.append((["hardware.device=cuda"], "this machine has no CUDA device"))
+BAD_RUNS = BAD_CORPORA + BAD_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +107,9 @@ def assert_one_line_and_no_checkpoint(result, outputs, extra, needle):
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (extra, result.stderr)
+    if any(needle == text for _, text in BAD_SETTINGS):
+        assert result.returncode == 2 and not outputs.exists(), sorted(outputs.rglob("*"))  # nothing written
+        return
     (run_dir,) = run_dirs(outputs / "outputs")
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "summary.json", "train.log"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -144,7 +152,9 @@ def test_cfg_job_and_help_show_the_composed_config(train, tmp_path):
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, corpus):
-    overrides = tiny_overrides(tmp_path, corpus, **{"model.dropout": 2.0})
+    empty = tmp_path / "empty.txt"  # each run fails reading it, in a directory of its own
+    empty.write_text("")
+    overrides = tiny_overrides(tmp_path, empty)
     command = [sys.executable, RUN, *overrides]
     processes = [
         subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)
