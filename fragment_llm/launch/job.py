@@ -86,18 +86,7 @@ def run_job(
         outputs = RunOutputs(run_dir, ranks)
         outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         try:
-            if claim.problem is not None:
-                raise claim.problem
-            start = claim.start
-            announce(start, run_dir, outputs)
-            settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
-            if ranks.is_main and (checkpoint_path or parent_path):
-                record_config(run_dir, settings, start.choices)
-            outputs.try_update(choices=start.choices)
-            if settings.hardware.nproc > 1 and not ranks.distributed:
-                return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
-            distributed.init_process_group(ranks)
-            return train(settings, run_dir, start.checkpoint, ranks, start.parent)
+            return train_claimed(claim, run_dir, ranks, outputs)
         except (UserError, OSError) as error:  # an OSError (a full disk, a missing permission) names its file
             outputs.failed(error)
             return math.inf
@@ -135,6 +124,24 @@ class Claim(NamedTuple):
     lock: RunLock | nullcontext
     start: Optional[Start]
     problem: Optional[BaseException] = None
+
+
+def train_claimed(claim: Claim, run_dir: Path, ranks: distributed.Ranks, outputs: RunOutputs) -> float:
+    """Train from what the claim checked (a refusal it found is raised here, into the run's log and
+    summary): record what a resumed or fine-tuned run trains with, then train, in this process or in
+    `hardware.nproc` spawned ranks."""
+    if claim.problem is not None:
+        raise claim.problem
+    start = claim.start
+    announce(start, run_dir, outputs)
+    settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
+    if ranks.is_main and (checkpoint_path or parent_path):
+        record_config(run_dir, settings, start.choices)
+    outputs.try_update(choices=start.choices)
+    if settings.hardware.nproc > 1 and not ranks.distributed:
+        return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
+    distributed.init_process_group(ranks)
+    return train(settings, run_dir, start.checkpoint, ranks, start.parent)
 
 
 def claim_run(
