@@ -107,6 +107,28 @@ def package_logging_restored() -> Iterator[None]:
 
 
 # ---- commands as a user runs them -----------------------------------------------------------------------
+@contextlib.contextmanager
+def lock_held_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding `run_dir`'s lock, as a run training into it would, until the block ends."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from fragment_llm.runs.claim import RunLock; "
+            f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run `python ARGS...` (e.g. `[RUN, key=value]` or `["-m", "fragment_llm", ...]`) as a user would,
     with `stdin` as its standard input."""

@@ -7,13 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import threading
 
 import pytest
 import torch
-from helpers import ROOT, RUN, one_error_line, run_cli, run_in_process, tiny_overrides
+from helpers import RUN, lock_held_elsewhere, one_error_line, run_cli, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 
 from fragment_llm.launch.conf import compose
@@ -141,19 +139,7 @@ def test_a_resumed_run_whose_records_cannot_be_written_is_one_line_and_left_unlo
 
 
 def test_a_resume_of_a_run_another_process_holds_is_refused_untouched(tmp_path, corpus, run_copy):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from fragment_llm.runs.claim import RunLock; "
-            f"lock = RunLock({str(run_copy)!r}).acquire(); print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_copy) as holder:
         before = snapshot(run_copy)
         for extra, needle in [
             ([], f"is in use: another process (pid {holder.pid})"),
@@ -164,9 +150,6 @@ def test_a_resume_of_a_run_another_process_holds_is_refused_untouched(tmp_path, 
         new_run = run_in_process([RUN, *tiny_overrides(tmp_path, corpus), f"hydra.run.dir={run_copy}"], cwd=tmp_path)
         one_error_line(new_run, "is in use")
         assert snapshot(run_copy) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # ---- the directory: only ever this run's ------------------------------------------------------------

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from helpers import (
-    ROOT,
     RUN,
+    lock_held_elsewhere,
     one_error_line,
     run_in_process,
     settings_for,
@@ -136,19 +133,7 @@ def test_resuming_into_its_own_directory_is_allowed_but_not_twice_at_once(tmp_pa
 @pytest.mark.slow
 def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, corpus):
     run_dir = train_tiny_run(tmp_path, corpus, **{"train.max_iters": 2})
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from fragment_llm.runs.claim import RunLock; "
-            f"lock = RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_dir) as holder:
         result = run_in_process(
             [
                 RUN,
@@ -159,9 +144,6 @@ def test_a_second_process_training_into_a_busy_directory_is_refused(tmp_path, co
             cwd=tmp_path,
         )
         one_error_line(result, f"is in use: another process (pid {holder.pid})")
-    finally:
-        holder.kill()
-        holder.wait()
     assert read_summary(run_dir)["steps"] == 2
 
 
