@@ -5,10 +5,9 @@ directory, models/final_model.pt, or models/best_model.pt when asked for as `bes
 finish names the checkpoints it has, to be given by name. Resuming continues from a run's newest valid
 checkpoint instead (`find_resume_checkpoint`), since it needs the optimizer's state too.
 
-One rule finds the tokenizer a model was trained with (`model_tokenizer`): the one its checkpoint
-carries, checked against the checkpoint's tokenizer_hash; from a checkpoint older than that, its run's
-tokenizer.json, checked the same way. The run's tokenizer.json, which exports copy and users load,
-must agree with it wherever it is read.
+One rule finds the tokenizer a model was trained with: the one its checkpoint carries, checked against
+the checkpoint's tokenizer_hash (`carried_tokenizer`); a checkpoint older than that records only the
+hash. The run's tokenizer.json, which exports copy and users load, must match it (`load_run`).
 
 A resumed run keeps the checkpoint's settings, with the command line's changes where they may change
 (`resume_settings`); a fine-tuned one takes its parent's model and tokenizer keys (`fine_tune_settings`).
@@ -71,25 +70,6 @@ def model_checkpoint(path: Path, asked: Optional[str], flag: str) -> Path:
         f"{label} has no {RunPaths.FINAL_MODEL} (the run did not finish); start from one of its checkpoints by "
         f"name: {' or '.join(f'{flag}{candidate}' for candidate in named)}"
     )
-
-
-def model_tokenizer(checkpoint: Path, state: dict[str, Any]) -> Tokenizer:
-    """The tokenizer the checkpoint's model was trained with (see the module's docstring)."""
-    carried = carried_tokenizer(state)
-    run_file = RunPaths(RunPaths.checkpoint_run(checkpoint)).tokenizer
-    if carried is not None and not run_file.exists():
-        return carried
-    if not run_file.exists():
-        raise CheckpointError(
-            f"{checkpoint} carries no tokenizer and its run has no {RunPaths.TOKENIZER}; pass a checkpoint "
-            "inside the run directory it came from"
-        )
-    tokenizer = run_tokenizer(run_file)
-    if state.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
-        raise CheckpointError(
-            f"{checkpoint} was trained with another tokenizer than {run_file}; pass the run directory it came from"
-        )
-    return carried or tokenizer
 
 
 def carried_tokenizer(state: Optional[dict[str, Any]]) -> Optional[Tokenizer]:
@@ -164,7 +144,8 @@ def load_run(run_dir: Path, checkpoint: Path | str | None = None, device: str | 
     path = model_checkpoint(run_dir, None if checkpoint is None else str(checkpoint), "--checkpoint ")
     tokenizer = run_tokenizer(tokenizer_path)  # the file the tools copy: it must be intact, and the model's
     state = load_checkpoint(path)
-    if tokenizer_hash(tokenizer) != tokenizer_hash(model_tokenizer(path, state)):
+    carried = carried_tokenizer(state)  # checked against the checkpoint's hash; None from an older checkpoint
+    if (tokenizer_hash(carried) if carried else state.get("tokenizer_hash")) not in (None, tokenizer_hash(tokenizer)):
         raise RunError(
             f"{path} was trained with another tokenizer than {tokenizer_path}; pass the run directory it came from"
         )
