@@ -33,7 +33,8 @@ from .corpus import (
     total_bytes,
 )
 from .document import Document
-from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, text_ids, tokenizer_hash, train_tokenizer
+from .fast_encoder import CorpusEncoder, corpus_encoder
+from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -245,23 +246,30 @@ def _encode_corpus(tokenizer: Tokenizer, corpus: _SplitCorpus, tokens_dir: Path,
     started = time.perf_counter()
     progress = Progress("Data: encoding", total_bytes(documents))
     meta = {"dtype": dtype.name}
-    for split, split_documents_, split_hashes in (
-        ("train", corpus.train, corpus.train_hashes),
-        ("val", corpus.val, corpus.val_hashes),
-    ):
-        meta[split] = _encode(tokenizer, split_documents_, split_hashes, progress, tokens_dir / f"{split}.bin", dtype)
+    with corpus_encoder(tokenizer, total_bytes(documents)) as encoder:
+        for split, split_documents_, split_hashes in (
+            ("train", corpus.train, corpus.train_hashes),
+            ("val", corpus.val, corpus.val_hashes),
+        ):
+            path = tokens_dir / f"{split}.bin"
+            meta[split] = _encode(encoder, split_documents_, split_hashes, progress, path, dtype)
     write_json(tokens_dir / "meta.json", meta)  # last: the entry exists once its files are complete
-    log.info("Data: encoded in %s", _rate(total_bytes(documents), started))
+    log.info("Data: encoded in %s with %s", _rate(total_bytes(documents), started), encoder.library)
 
 
 def _encode(
-    tokenizer: Tokenizer, documents: list[Document], hashes: list[str], progress: Progress, path: Path, dtype: np.dtype
+    encoder: CorpusEncoder,
+    documents: list[Document],
+    hashes: list[str],
+    progress: Progress,
+    path: Path,
+    dtype: np.dtype,
 ) -> dict:
     """Encode documents into a flat token file; return its entry for meta.json (tokens, bytes, checksum)."""
     tokens = 0
     checksum = new_hash()
     with atomic_path(path) as temporary, open(temporary, "wb") as out:
-        for ids in token_arrays(tokenizer, documents, dtype, hashes, progress):
+        for ids in token_arrays(encoder.tokenizer, documents, dtype, hashes, progress, encoder):
             ids.tofile(out)
             checksum.update(ids)
             tokens += len(ids)
@@ -275,26 +283,32 @@ def token_arrays(
     dtype: np.dtype,
     hashes: Optional[list[str]] = None,
     progress: Optional[Progress] = None,
+    encoder: Optional[CorpusEncoder] = None,
 ) -> Iterator[np.ndarray]:
     """The documents' token ids in pieces, `<|endoftext|>` after each document; with `hashes`, each
     document is checked as it is read (see corpus.document_texts). Pieces of text are encoded
     ENCODE_BATCH at a time across document boundaries, so that the tokenizer's threads have work even
-    when a corpus is thousands of small files."""
+    when a corpus is thousands of small files. `encoder` is one for a whole pass (fast_encoder's), made
+    here for these documents when not given."""
+    if encoder is None:
+        with corpus_encoder(tokenizer, total_bytes(documents)) as encoder:
+            yield from token_arrays(tokenizer, documents, dtype, hashes, progress, encoder)
+        return
     batch: list[Optional[str]] = []  # None marks a document's end
     progress = progress or Progress("Data: encoding", total_bytes(documents))
     for text in document_texts(documents, progress, hashes):
         batch.append(text)
         if len(batch) >= ENCODE_BATCH:
-            yield _encode_batch(tokenizer, batch, dtype)
+            yield _encode_batch(encoder, batch, dtype)
             batch = []
     if batch:
-        yield _encode_batch(tokenizer, batch, dtype)
+        yield _encode_batch(encoder, batch, dtype)
 
 
-def _encode_batch(tokenizer: Tokenizer, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
-    encodings = iter(text_ids(tokenizer, [text for text in batch if text is not None]))
-    separator = np.array([end_of_text_id(tokenizer)], dtype=dtype)
-    return np.concatenate([separator if text is None else np.asarray(next(encodings), dtype=dtype) for text in batch])
+def _encode_batch(encoder: CorpusEncoder, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
+    encodings = iter(encoder.encode([text for text in batch if text is not None]))
+    separator = np.array([end_of_text_id(encoder.tokenizer)], dtype=dtype)
+    return np.concatenate([separator if text is None else next(encodings) for text in batch], dtype=dtype)
 
 
 def _open_token_files(tokens_dir: Path, dtype: np.dtype, block_size: int) -> tuple[np.memmap, np.memmap]:

@@ -47,6 +47,27 @@ def test_prepare_trains_encodes_and_caches(tmp_path, corpus, caplog, monkeypatch
     assert retrained.tokenizer_hash == first.tokenizer_hash  # BPE training is deterministic
 
 
+def test_the_token_files_are_the_same_whichever_library_encodes(tmp_path, corpus, caplog):
+    """tiktoken (the `fast` extra) encodes a large corpus; forced here on a small one, its token files are
+    byte for byte those of tokenizers, and the log says which encoded."""
+    pytest.importorskip("tiktoken")
+    from fragment_llm.data.fast_encoder import encoding_with
+
+    text = corpus.read_text()
+    texts = ["x" * 3000 + " the end\n" + "漢字" * 700 + text, "<|endoftext|> in text\r\n" + text[:10_000]]
+    for index, text in enumerate(texts):
+        (tmp_path / "corpus").mkdir(exist_ok=True)
+        (tmp_path / "corpus" / f"{index}.txt").write_text(text, encoding="utf-8")
+    prepared = {}
+    for library in ("tokenizers", "tiktoken"):
+        with encoding_with(library), caplog.at_level(logging.INFO, logger="fragment_llm"):
+            prepared[library] = prepare(tmp_path / "corpus", tmp_path / library, vocab_size=300)
+        assert f"with {library}" in caplog.records[-2].getMessage()  # Data: encoded in ... with tiktoken
+    assert prepared["tokenizers"].tokenizer_hash == prepared["tiktoken"].tokenizer_hash
+    for split in ("train", "val"):
+        assert np.array_equal(getattr(prepared["tokenizers"], split), getattr(prepared["tiktoken"], split))
+
+
 def test_a_corpus_too_small_for_one_block_is_an_error(tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("A short text.\n" * 20)

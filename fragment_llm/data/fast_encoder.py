@@ -1,0 +1,325 @@
+"""Encoding a corpus: with tiktoken where it gives exactly the ids `tokenizers` gives, several times
+faster, else with `tokenizers` itself.
+
+tiktoken runs the same byte-level BPE as our tokenizers (ids as ranks, the merges' order as their
+ids), but its regex engine refuses the run bound of our pre-tokenizer (`{1,1024}`, see
+tokenizer.MAX_RUN), so it splits with GPT-2's unbounded regex. The two splits are the same on a text
+whose runs of one class of character (letters, numbers, whitespace, anything else) are all at most
+MAX_RUN long, and whose every character both regex engines class alike: such texts go to tiktoken,
+any other (a 2 KB line of base64) to tokenizers. tiktoken is used only for a tokenizer that
+`tiktoken_ranks` proves it encodes identically; any other goes to tokenizers whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import Iterator, Optional
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+from ..config.schema import ConfigError
+from .tokenizer import END_OF_TEXT, GPT2_WORDS, MAX_RUN, byte_level_pre_tokenizer, text_ids
+
+log = logging.getLogger(__name__)
+
+# Below this many bytes to encode, tokenizers alone: checking a tokenizer and the regex engines for
+# tiktoken takes about half a second, more than tiktoken saves on a small corpus.
+FAST_MIN_BYTES = 8 << 20
+# Code points both regex engines are asked about: the planes in use (0-3) and plane 14's tags and
+# variation selectors. A text with any other (unassigned today, or private use) goes to tokenizers.
+PROBED_RANGES = ((0, 0xD800), (0xE000, 0x40000), (0xE0000, 0xE1000))
+# A character's class, as the split's regex sees it: a run of one class is one word (cut at MAX_RUN).
+CLASS_PATTERNS = {b"L": r"\p{L}", b"N": r"\p{N}", b"S": r"\s"}
+OTHER, UNKNOWN = b"O", b"X"  # anything else; a character not probed or classed differently by the engines
+LONG_RUNS = [cls * (MAX_RUN + 1) for cls in (*CLASS_PATTERNS, OTHER)]
+FAST_HINT = "Data: pip install 'fragment-llm[fast]' encodes corpora several times faster (tiktoken)"
+
+
+def encode_threads() -> int:
+    """The threads tokenizers encodes with (its Rayon pool: RAYON_RS_NUM_THREADS, else every core this
+    process may use; one with TOKENIZERS_PARALLELISM off), so that tiktoken gets the same."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("0", "false", "off", "no"):
+        return 1
+    for name in ("RAYON_RS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CorpusEncoder:
+    """Encodes batches of texts into arrays of token ids, as text only (see tokenizer.text_only): with
+    `encoding` (tiktoken's, from tiktoken_encoding) where its split is ours, else with tokenizers. Make
+    one per pass over a corpus and close it: it holds a pool of encode_threads() threads."""
+
+    def __init__(self, tokenizer: Tokenizer, encoding=None):
+        self.tokenizer = tokenizer
+        self.tiktoken = encoding
+        self.pool = None
+        if encoding is not None:
+            _character_classes()  # once, before the threads would each ask for it
+            self.pool = ThreadPoolExecutor(encode_threads())
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's token ids (uint32)."""
+        if self.pool is None:
+            return [np.asarray(ids, dtype=np.uint32) for ids in _library_ids(self.tokenizer, texts)]
+        arrays = list(self.pool.map(self._tiktoken_ids, texts))
+        slow = [index for index, array in enumerate(arrays) if array is None]
+        for index, ids in zip(slow, _library_ids(self.tokenizer, [texts[index] for index in slow])):
+            arrays[index] = np.asarray(ids, dtype=np.uint32)
+        return arrays
+
+    @property
+    def library(self) -> str:
+        return "tokenizers" if self.tiktoken is None else "tiktoken"
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def __enter__(self) -> "CorpusEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tiktoken_ids(self, text: str) -> Optional[np.ndarray]:
+        """The text's ids from tiktoken, or None where its split could differ from ours."""
+        if not splits_alike(text):
+            return None
+        return self.tiktoken.encode_to_numpy(text, disallowed_special=())
+
+
+def corpus_encoder(tokenizer: Tokenizer, size: int) -> CorpusEncoder:
+    """The encoder for a pass over `size` bytes of text: with tiktoken where it pays and is exact."""
+    library = _library.get()
+    if library == "tokenizers" or (library is None and size < FAST_MIN_BYTES):
+        return CorpusEncoder(tokenizer)
+    return CorpusEncoder(tokenizer, tiktoken_encoding(tokenizer))
+
+
+_library: ContextVar[Optional[str]] = ContextVar("library", default=None)
+
+
+@contextlib.contextmanager
+def encoding_with(library: str) -> Iterator[None]:
+    """Inside the block, corpora are encoded with `library`: "tokenizers", or "tiktoken" (whatever the
+    size, where it is exact). The bench compares the two; tests make small corpora take tiktoken."""
+    token = _library.set(library)
+    try:
+        yield
+    finally:
+        _library.reset(token)
+
+
+def tiktoken_encoding(tokenizer: Tokenizer):
+    """tiktoken's Encoding of `tokenizer`, or None where tiktoken is not installed or would not give
+    tokenizers' ids (a line says so, once)."""
+    try:
+        import tiktoken
+    except ImportError:
+        _log_once(FAST_HINT)
+        return None
+    ranks = tiktoken_ranks(tokenizer)
+    if isinstance(ranks, str):
+        _log_once(f"Data: encoding with tokenizers, not tiktoken: {ranks}")
+        return None
+    return tiktoken.Encoding("fragment-llm", pat_str=GPT2_WORDS, mergeable_ranks=ranks, special_tokens={END_OF_TEXT: 0})
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(message: str) -> None:
+    log.info(message)
+
+
+def _library_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """tokenizers' ids; a lone surrogate (which UTF-8 cannot hold) is a clear error, not its TypeError."""
+    try:
+        return text_ids(tokenizer, texts)
+    except TypeError:
+        for text in texts:
+            _check_encodable(text)
+        raise
+
+
+def _check_encodable(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise lone_surrogate_error(text, error.start) from None
+
+
+def lone_surrogate_error(text: str, index: int) -> ConfigError:
+    return ConfigError(
+        f"data: the text {text[max(0, index - 20) : index + 20]!r} holds a lone surrogate "
+        f"(U+{ord(text[index]):04X}, half of a UTF-16 pair, e.g. a JSON \\u escape without its other half), "
+        "which is no character; fix that text or remove it from the corpus"
+    )
+
+
+# Where tiktoken's split is ours: every run of one class at most MAX_RUN, every character classed alike.
+
+
+def splits_alike(text: str) -> bool:
+    """Whether GPT-2's unbounded regex (tiktoken's) splits `text` as our bounded one does."""
+    if text.isascii():
+        classes = text.encode("ascii").translate(_ascii_classes())
+    else:
+        try:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        except UnicodeEncodeError as error:
+            raise lone_surrogate_error(text, error.start) from None
+        classes = _character_classes()[codes].tobytes()
+        if UNKNOWN in classes:
+            return False
+    return not any(run in classes for run in LONG_RUNS)
+
+
+@functools.lru_cache(maxsize=None)
+def _character_classes() -> np.ndarray:
+    """Each code point's class (CLASS_PATTERNS, OTHER or UNKNOWN) as both regex engines see it: the
+    Oniguruma of tokenizers and the Rust regex of tiktoken, each with its own Unicode tables, asked
+    once per process about every probed code point."""
+    codes = np.concatenate([np.arange(start, end, dtype="<u4") for start, end in PROBED_RANGES])
+    probe = codes.tobytes().decode("utf-32-le")
+    table = np.full(0x110000, UNKNOWN[0], dtype=np.uint8)
+    table[codes] = OTHER[0]
+    disputed = []
+    for cls, pattern in CLASS_PATTERNS.items():
+        by_tiktoken, by_tokenizers = _tiktoken_members(pattern, probe), _tokenizers_members(pattern, probe, codes)
+        table[np.intersect1d(by_tiktoken, by_tokenizers)] = cls[0]
+        disputed.append(np.setxor1d(by_tiktoken, by_tokenizers))
+    table[np.concatenate(disputed)] = UNKNOWN[0]
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _ascii_classes() -> bytes:
+    return _character_classes()[:128].tobytes() + UNKNOWN * 128
+
+
+def _tiktoken_members(pattern: str, probe: str) -> np.ndarray:
+    """The code points of `probe` that match `pattern` in tiktoken's regex engine: its pieces are kept,
+    the rest of the text dropped, and each byte encodes as itself."""
+    import tiktoken
+
+    byte_ranks = {bytes([byte]): byte for byte in range(256)}
+    matcher = tiktoken.Encoding("probe", pat_str=f"{pattern}+", mergeable_ranks=byte_ranks, special_tokens={})
+    members = bytes(matcher.encode_ordinary(probe)).decode("utf-8")
+    return np.frombuffer(members.encode("utf-32-le"), dtype="<u4")
+
+
+def _tokenizers_members(pattern: str, probe: str, codes: np.ndarray) -> np.ndarray:
+    """The code points of `probe` that match `pattern` in tokenizers' regex engine: all but the pieces
+    left when the matches are removed."""
+    pieces = pre_tokenizers.Split(Regex(f"{pattern}+"), behavior="removed").pre_tokenize_str(probe)
+    others = "".join(piece for piece, _ in pieces)
+    return np.setdiff1d(codes, np.frombuffer(others.encode("utf-32-le"), dtype="<u4"))
+
+
+# Which tokenizers tiktoken encodes exactly as tokenizers does.
+
+
+def tiktoken_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | str:
+    """tiktoken's mergeable ranks (each token's bytes and id) for a tokenizer that tiktoken encodes
+    exactly as tokenizers does, or why it may not. That is a tokenizer of exactly our structure
+    (train_tokenizer's) whose merges tiktoken's rule (merge the adjacent pair whose joined bytes have
+    the lowest id) reproduces:
+
+    - each merge makes a new token, the merges' order is their tokens' order of ids, and a token's
+      parts come before it: both merge the same pairs in the same order while both can;
+    - tokenizers encodes every token's own bytes, as a word, into that one token. tiktoken can also
+      join two adjacent parts that are not a merge of the tokenizer (`a`+`bc` where `abc` is made from
+      `ab`+`c`); tokenizers cannot. Two such parts side by side mean that tokenizers' merges, which act
+      on a span of a word as on that span alone, left the span `abc` so: they do the same to the word
+      `abc`, which then does not encode as its token. So where every token encodes as itself, tiktoken
+      never meets such a pair, and the two make the same merges.
+    """
+    spec = json.loads(tokenizer.to_str())
+    problem = _structure_problem(spec)
+    if problem is not None:
+        return problem
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in spec["model"]["merges"]]
+    byte_of = {char: byte for byte, char in byte_level_alphabet().items()}
+    ranks = {}
+    for token, token_id in vocab.items():
+        if token_id == 0 and token == END_OF_TEXT:
+            continue
+        if any(char not in byte_of for char in token):
+            return f"its token {token!r} is not made of bytes"
+        ranks[bytes(byte_of[char] for char in token)] = token_id
+    if sum(len(token) == 1 for token in ranks) != 256:
+        return "it does not hold all 256 bytes"
+    if len(merges) != len(ranks) - 256:
+        return "some of its tokens are not made by exactly one merge"
+    previous = -1
+    for left, right in merges:
+        made = vocab.get(left + right, -1)
+        if not previous < made or vocab.get(left, made) >= made or vocab.get(right, made) >= made:
+            return f"its merge {left!r} + {right!r} is out of the order of ids"
+        previous = made
+    if not _tokens_encode_as_themselves(spec, vocab):
+        return "some of its tokens do not encode as themselves"
+    return ranks
+
+
+def _structure_problem(spec: dict) -> Optional[str]:
+    """What in a tokenizer.json differs from train_tokenizer's structure, or None."""
+    ours = _reference_spec()
+    model = spec.get("model", {})
+    settings = {key: value for key, value in ours["model"].items() if key not in ("vocab", "merges")}
+    checks = [
+        ("normalizer", spec.get("normalizer"), None),
+        ("pre-tokenizer", spec.get("pre_tokenizer"), ours["pre_tokenizer"]),
+        ("post-processor", spec.get("post_processor"), None),
+        ("truncation", spec.get("truncation"), None),
+        ("padding", spec.get("padding"), None),
+        ("BPE settings", {key: model.get(key) for key in settings}, settings),
+        ("added tokens", _added(spec.get("added_tokens")), _added(ours["added_tokens"])),
+    ]
+    for what, theirs, wanted in checks:
+        if theirs != wanted:
+            return f"its {what} differ from those of the tokenizers this toolkit trains"
+    return None
+
+
+def _added(tokens: Optional[list]) -> list:
+    return [(token.get("id"), token.get("content"), token.get("special")) for token in tokens or []]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_spec() -> dict:
+    """An empty tokenizer of train_tokenizer's structure, as parsed JSON: what the checks compare with."""
+    from tokenizers import decoders, models
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([END_OF_TEXT])
+    return json.loads(tokenizer.to_str())
+
+
+def _tokens_encode_as_themselves(spec: dict, vocab: dict[str, int]) -> bool:
+    """Whether tokenizers' BPE encodes each multi-byte token's bytes, as one word, into that token."""
+    spec = {**spec, "pre_tokenizer": {"type": "WhitespaceSplit"}, "added_tokens": []}
+    words = {token: token_id for token, token_id in vocab.items() if len(token) > 1 and token != END_OF_TEXT}
+    encoded = Tokenizer.from_str(json.dumps(spec)).encode(" ".join(words), add_special_tokens=False).ids
+    return encoded == list(words.values())
+
+
+@functools.lru_cache(maxsize=None)
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's map of bytes to the characters that byte-level BPE spells them with (tokenizers'
+    ByteLevel): printable Latin-1 stands for itself, the other bytes for U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + n) for n, byte in enumerate(others)}}
