@@ -21,7 +21,7 @@ def test_missing_paths_and_empty_folders_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         collect_documents(text_config(tmp_path / "nope.txt"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="holds no .txt files"):
+    with pytest.raises(ConfigError, match="holds no text, JSON Lines or Parquet files"):
         collect_documents(text_config(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="matches no files"):
         collect_documents(text_config(tmp_path / "*.md"))
