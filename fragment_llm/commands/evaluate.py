@@ -4,9 +4,11 @@ validation split by default), and with --stride in sliding windows beside them."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config.load import with_added_data_keys
 from ..config.schema import ConfigError, DataConfig, DataSource
 from ..console import console, error_console
 from ..runs.paths import RunPaths
@@ -58,7 +60,9 @@ def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[li
         source = DataSource(data["source"])
     except (TypeError, KeyError, ValueError):
         raise RunError(f"{trained.checkpoint_path} does not record its training data; pass --data PATH") from None
-    settings = DataConfig(source=source, path=data.get("path"), val_fraction=data.get("val_fraction"))
+    data = with_added_data_keys(data)
+    keys = {item.name for item in dataclasses.fields(DataConfig)} - {"source"}
+    settings = DataConfig(source=source, **{key: data[key] for key in keys if key in data})
     where = f"{settings.source.value}: {settings.path}" if settings.path else settings.source.value
     try:
         train, val = split_documents(collect_documents(settings), settings.val_fraction)
@@ -127,7 +131,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.stride is None:
         result = evaluate_documents(trained.model, trained.tokenizer, documents)
     else:
-        tokens, text_bytes = document_tokens(trained.tokenizer, documents), sum(doc.size for doc in documents)
+        tokens, text_bytes = document_tokens(trained.tokenizer, documents)
         result, sliding = (evaluate_tokens(trained.model, tokens, text_bytes, stride) for stride in (None, args.stride))
     console.print(f"Model: {trained.checkpoint_path}", markup=False, soft_wrap=True)
     console.print(

@@ -77,6 +77,14 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
 RENAMED_KEYS = {"train.checkpoint_every": "train.checkpoint_every_epochs"}
 
 
+def with_added_data_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A recorded `data` section with the keys added since it may have been written, at the values that
+    read its corpus as it was read then (data=text, before JSON Lines and Parquet)."""
+    if data.get("source") != "text":
+        return data
+    return {"split": "train", "text_field": "text", "skip_bad_records": False, **data}
+
+
 def to_plain(settings: Config) -> dict[str, Any]:
     """The settings as plain containers (enums as strings), for checkpoints and summaries."""
     return OmegaConf.to_container(OmegaConf.structured(settings), enum_to_str=True)

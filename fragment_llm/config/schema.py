@@ -56,16 +56,18 @@ def setting(
     *,
     low_open: bool = False,
     options: tuple[str, ...] = (),
+    default: Any = None,
 ) -> Any:
     """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
     only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
-    others; any other key has no default, as conf/ sets it."""
+    others, unless it has a `default` (what code that builds a section by hand gets: `data.text_field` is
+    `text`); any other key has no default, as conf/ sets it."""
     metadata: dict[str, Any] = {"help": help}
     if low is not None:
         metadata["range"] = Interval(low, high, low_open)
     if options:
         metadata["options"] = options
-    return field(default=None if options else MISSING, metadata=metadata)
+    return field(default=default if options else MISSING, metadata=metadata)
 
 
 class Section:
@@ -75,15 +77,16 @@ class Section:
     `DataConfig(source=...)` built only to read a corpus) is not checked."""
 
     SECTION: ClassVar[str]
+    CHOICE: ClassVar[str] = "name"  # the field that holds the section's option (its group's choice)
 
     def __post_init__(self) -> None:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
         for item in fields(self):
             value, key = values[item.name], f"{self.SECTION}.{item.name}"
             needed_by = item.metadata.get("options", ())
-            if value is None and needed_by and values["name"] in needed_by:
+            if value is None and needed_by and values[self.CHOICE] in needed_by:
                 raise ConfigError(
-                    f"{key} is not set, and {self.SECTION}={values['name'].value} needs it; give {key}=VALUE"
+                    f"{key} is not set, and {self.SECTION}={values[self.CHOICE].value} needs it; give {key}=VALUE"
                 )
             if "range" in item.metadata and value not in (None, MISSING):
                 item.metadata["range"].check(key, value)
@@ -112,6 +115,7 @@ class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
     stdlib = "stdlib"
+    hf = "hf"
 
 
 def model_section() -> type[Section]:
@@ -270,16 +274,41 @@ class SchedulerConfig(Section):
 @dataclass
 class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
+    CHOICE: ClassVar[str] = "source"
 
     source: DataSource = setting(
         "the corpus (the data group sets it): Python's documentation, the standard "
         "library's .py sources, or your own text (`data.path`)"
     )
     path: Optional[str] = setting(
-        "for `data=text`: a file, a folder (every .txt file below it) or a glob; must be UTF-8 text. A path that "
-        "exists is taken as it is, even with `[`, `*` or `?` in its name; each file is read once, however many "
-        "links lead to it; `**` does not follow links to folders; names starting with a dot are skipped in "
-        "folders and globs; an unreadable file (permissions, a broken link, a pipe) is an error naming it"
+        "for `data=text`: a file, a folder or a glob. Each file is read by its extension: plain text (.txt and any "
+        "other), JSON Lines (.jsonl, .json), Parquet (.parquet), any of these compressed (.gz, .bz2, .xz, .zst), or a "
+        "folder written by Hugging Face `datasets` (save_to_disk). A folder means its .txt, .jsonl, .json, .parquet "
+        "files and their compressed forms. A path that exists is taken as it is, even with `[`, `*` or `?` in its "
+        "name; each file is read once, however many links lead to it; `**` does not follow links to folders; names "
+        "starting with a dot are skipped in folders and globs; an unreadable file is an error naming it",
+        options=("text",),
+    )
+    name: Optional[str] = setting(
+        "for `data=hf`: the Hugging Face dataset to read, OWNER/NAME, through `datasets` from its local cache",
+        options=("hf",),
+    )
+    split: Optional[str] = setting(
+        "a dataset's split to read (`data=hf`, or a folder save_to_disk wrote from a DatasetDict)",
+        options=("text", "hf"),
+        default="train",
+    )
+    text_field: Optional[str] = setting(
+        "for records (JSON Lines, Parquet, datasets): the field that holds a document's text; a dotted path "
+        "(`meta.body`) reads a nested object",
+        options=("text", "hf"),
+        default="text",
+    )
+    skip_bad_records: Optional[bool] = setting(
+        "true: skip a record that cannot be read (not JSON, no text field, not a string) and say how many were "
+        "skipped and where the first was; false: such a record is an error naming it",
+        options=("text", "hf"),
+        default=False,
     )
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
@@ -288,10 +317,6 @@ class DataConfig(Section):
         0.5,
         low_open=True,
     )
-
-    def validate(self) -> None:
-        if self.source is DataSource.text and not self.path:
-            raise ConfigError("data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob")
 
 
 @dataclass

@@ -24,9 +24,8 @@ from ..files import UnreadableFile, atomic_path, read_json, write_json, write_te
 from ..text import plural
 from .corpus import (
     Progress,
+    check_documents,
     collect_documents,
-    corpus_hash,
-    document_hashes,
     document_texts,
     new_hash,
     split_documents,
@@ -69,6 +68,8 @@ class _SplitCorpus:
     train_hashes: list[str]
     val_hashes: list[str]
     hash: str
+    train_bytes: int  # of text: what bits per byte divide by
+    val_bytes: int
 
 
 def prepare_data(
@@ -119,8 +120,8 @@ def prepare_data(
         vocab_size=real_vocab,
         train=train,
         val=val,
-        train_bytes=total_bytes(corpus.train),
-        val_bytes=total_bytes(corpus.val),
+        train_bytes=corpus.train_bytes,
+        val_bytes=corpus.val_bytes,
         seconds=seconds,
     )
 
@@ -130,10 +131,23 @@ def _read_corpus(data: DataConfig, block_size: int) -> _SplitCorpus:
     per document), before any tokenizer work starts."""
     documents = collect_documents(data)
     train, val = split_documents(documents, data.val_fraction)
-    hashes = document_hashes(train + val)
-    corpus = _SplitCorpus(documents, train, val, hashes[: len(train)], hashes[len(train) :], corpus_hash(hashes))
-    for split, split_documents_ in (("training", train), ("validation", val)):
-        size = total_bytes(split_documents_) + len(split_documents_)
+    checked = check_documents(train + val)
+    hashes, text_bytes = checked.hashes, checked.text_bytes
+    corpus = _SplitCorpus(
+        documents,
+        train,
+        val,
+        hashes[: len(train)],
+        hashes[len(train) :],
+        checked.hash,
+        sum(text_bytes[: len(train)]),
+        sum(text_bytes[len(train) :]),
+    )
+    for split, split_documents_, size in (
+        ("training", train, corpus.train_bytes),
+        ("validation", val, corpus.val_bytes),
+    ):
+        size += len(split_documents_)
         if size < block_size + 1:
             raise _too_small(split, size, block_size, "byte")
     return corpus

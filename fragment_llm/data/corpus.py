@@ -12,11 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from ..config.schema import ConfigError, DataConfig, DataSource
-from .document import Document, changed_error
-from .readers import pydoc_documents, stdlib_documents, text_documents
+from ..text import plural
+from .compression import NAMES
+from .document import changed_error
+from .readers import AnyDocument, hub_documents, pydoc_documents, stdlib_documents, text_documents
+from .records import Skips, TextField
+from .tables import KINDS, TableDocument
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +29,55 @@ CORPUS_HASH_VERSION = 2  # how corpus_hash is computed: checkpoints record it, t
 PROGRESS_SECONDS = 5.0
 
 
-def collect_documents(data: DataConfig) -> list[Document]:
+def collect_documents(data: DataConfig) -> list[AnyDocument]:
+    """The corpus's documents, non-empty, in order; the log says what they are."""
+    text_field = TextField(data.text_field, data.skip_bad_records)
     if data.source is DataSource.pydoc:
         documents = pydoc_documents()
     elif data.source is DataSource.stdlib:
         documents = stdlib_documents()
+    elif data.source is DataSource.hf:
+        documents = hub_documents(data)
     else:
-        documents = text_documents(data.path)
-    return [document for document in documents if document.size > 0]
+        documents = text_documents(data.path, text_field=text_field, split=data.split)
+    documents = [document for document in documents if document.size > 0]
+    if not documents:
+        raise ConfigError(f"data: {describe_source(data)} holds no documents; give it some text")
+    log.info("Data: %s: %s", describe_source(data), describe_files(documents))
+    return documents
 
 
-def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+def describe_source(data: DataConfig) -> str:
+    if data.source is DataSource.text:
+        return f"data.path={data.path}"
+    if data.source is DataSource.hf:
+        return f"data.name={data.name} (split {data.split or 'train'})"
+    return f"data={data.source.value}"
+
+
+def describe_files(documents: list[AnyDocument]) -> str:
+    """The documents' formats, counts and bytes on disk: `2 files of JSON Lines (zstd), 12.3 MB`."""
+    kinds: dict[str, int] = {}
+    for document in documents:
+        kinds[format_name(document)] = kinds.get(format_name(document), 0) + 1
+    parts = [f"{plural(count, 'file')} of {kind}" for kind, count in kinds.items()]
+    return f"{', '.join(parts)}, {total_bytes(documents) / 1e6:,.1f} MB"
+
+
+def format_name(document: AnyDocument) -> str:
+    if isinstance(document, TableDocument):
+        return KINDS[document.kind]
+    if document.path is None:
+        return "text"
+    kind = "JSON Lines" if document.lines else "text"
+    return f"{kind} ({NAMES[document.compression]})" if document.compression else kind
+
+
+def split_documents(documents: list[AnyDocument], val_fraction: float) -> tuple[list[AnyDocument], list[AnyDocument]]:
     """The last `val_fraction` of the corpus, by bytes, is the validation split.
 
-    With several documents the split falls between documents; a single document is cut at the
-    first line break after the split point.
+    With several documents the split falls between documents; a single document is cut in two (at the
+    first line break after the split point; a JSON Lines file, a table: between records).
     """
     total = sum(document.size for document in documents)
     train_bytes = total * (1 - val_fraction)
@@ -49,25 +88,11 @@ def split_documents(documents: list[Document], val_fraction: float) -> tuple[lis
             if cumulative >= train_bytes:
                 break
         return documents[: index + 1], documents[index + 1 :]
-    document = documents[0]
-    cut = _line_break_after(document, int(train_bytes))
-    return [document.slice(0, cut)], [document.slice(cut, document.size - cut)]
+    train, val = documents[0].halves(1 - val_fraction)
+    return [train], [val]
 
 
-def _line_break_after(document: Document, offset: int) -> int:
-    position = 0
-    for block in document.blocks():
-        if position + len(block) > offset:
-            newline = block.find(b"\n", max(0, offset - position))
-            if newline >= 0 and position + newline + 1 < document.size:
-                return position + newline + 1
-        position += len(block)
-    # No line break after the split point: cut at the split point, on a character boundary.
-    data = b"".join(document.slice(offset, min(4, document.size - offset)).blocks())
-    return offset + next((i for i, byte in enumerate(data) if byte & 0xC0 != 0x80), 0)
-
-
-def total_bytes(documents: list[Document]) -> int:
+def total_bytes(documents: list[AnyDocument]) -> int:
     """The documents' bytes."""
     return sum(document.size for document in documents)
 
@@ -83,7 +108,10 @@ class Progress:
         self.started = self.logged = time.perf_counter()
 
     def update(self, block: bytes) -> None:
-        self.done += len(block)
+        self.advance(len(block))
+
+    def advance(self, count: int) -> None:
+        self.done += count
         now = time.perf_counter()
         if now - self.logged >= PROGRESS_SECONDS:
             self.logged = now
@@ -101,37 +129,66 @@ def new_hash() -> hashlib.blake2b:
     return hashlib.blake2b(digest_size=16)
 
 
-def document_hashes(documents: list[Document]) -> list[str]:
-    """Each document's hash, checking on the way that each one is UTF-8 text and that not all are whitespace."""
+@dataclass
+class Checked:
+    """A corpus read once: each document's hash and the bytes of text it gives (a JSON Lines or Parquet
+    file's records' texts, a compressed file's decompressed text: what bits per byte divide by)."""
+
+    hashes: list[str]
+    text_bytes: list[int]
+
+    @property
+    def hash(self) -> str:
+        """One hash for the corpus, from its documents' hashes in order."""
+        return hashlib.blake2b("\n".join(self.hashes).encode(), digest_size=16).hexdigest()
+
+
+def check_documents(documents: list[AnyDocument]) -> Checked:
+    """Read every document once: hash it and count its text, checking on the way that it is UTF-8 text,
+    that each record gives its text (or is skipped, with data.skip_bad_records) and that not all of the
+    corpus is whitespace. The log says how many documents (records) there are, and what was skipped."""
     progress = Progress("Data: checking the corpus", total_bytes(documents))
-    hashes = []
+    checked = Checked([], [])
     whitespace_only = True
+    skips = Skips()
+    records = 0
     for document in documents:
         digest = new_hash()
-        for text in document.texts(digest, progress):
-            whitespace_only = whitespace_only and not text.strip()
-        hashes.append(digest.hexdigest())
+        text_bytes = 0
+        for text in document.texts(digest, progress, skips):
+            if text is None:  # between two records
+                records += 1
+                continue
+            if not text_bytes:
+                records += 1
+            text_bytes += len(text) if text.isascii() else len(text.encode())
+            if whitespace_only:
+                whitespace_only = not text.strip()
+        checked.hashes.append(digest.hexdigest())
+        checked.text_bytes.append(text_bytes)
+    if not records:
+        raise ConfigError(
+            f"data: the corpus ({documents[0].name}, ...) holds no text (no records with text); give it text"
+        )
     if whitespace_only:
         raise ConfigError(f"data: the corpus ({documents[0].name}, ...) holds only whitespace; give it text")
-    return hashes
+    log.info("Data: %s, %s MB of text", plural(records, "document"), f"{sum(checked.text_bytes) / 1e6:,.1f}")
+    if skips.count:
+        log.warning("Data: %s", skips.summary())
+    return checked
 
 
-def corpus_hash(hashes: list[str]) -> str:
-    """One hash for a corpus from its documents' hashes, in order."""
-    return hashlib.blake2b("\n".join(hashes).encode(), digest_size=16).hexdigest()
-
-
-def fingerprint(documents: list[Document]) -> str:
-    """Hash every document's bytes, checking on the way that each one is UTF-8 text."""
-    return corpus_hash(document_hashes(documents))
+def fingerprint(documents: list[AnyDocument]) -> str:
+    """The corpus's hash, every document read and checked (check_documents)."""
+    return check_documents(documents).hash
 
 
 def document_texts(
-    documents: list[Document], progress: Progress, hashes: Optional[list[str]] = None
+    documents: list[AnyDocument], progress: Progress, hashes: Optional[list[str]] = None
 ) -> Iterator[Optional[str]]:
-    """The documents' texts, with None after each document. With `hashes` (from document_hashes), each
-    document is hashed again as it is read and must match: whatever consumes these texts gets exactly
-    the text that was fingerprinted, or an error."""
+    """The documents' texts, with None after each document (and between a file's records). With `hashes`
+    (from check_documents), each document is hashed again as it is read and must match: whatever
+    consumes these texts gets exactly the text that was fingerprinted, or an error."""
     for index, document in enumerate(documents):
         digest = new_hash()
         yield from document.texts(digest, progress)

@@ -29,7 +29,7 @@ def compose_settings(overrides: list[str]) -> Config:
     from hydra.errors import HydraException
 
     try:
-        cfg = compose(overrides)
+        cfg = compose(with_implied_choices(overrides))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
     return load_settings(cfg)
@@ -143,6 +143,22 @@ def register_resolvers() -> None:
 
 
 # ---- checking a command line's overrides before Hydra ------------------------------------------------------
+IMPLIED_CHOICES = {"data.path": "data=text", "data.name": "data=hf"}  # a key only that option reads
+
+
+def with_implied_choices(arguments: list[str]) -> list[str]:
+    """`arguments` with the option a key implies when the command line names the key but not its group's
+    option: `data.path=my_corpus/` alone reads my_corpus/ (data=text), not the default corpus."""
+    overrides = [argument for argument in arguments if not argument.startswith("-")]
+    chosen = {override.lstrip("+~").split("=", 1)[0] for override in overrides}
+    implied = []
+    for key, choice in IMPLIED_CHOICES.items():
+        group = choice.split("=")[0]
+        if key in chosen and group not in chosen and choice not in implied:
+            implied.append(choice)
+    return [*arguments, *implied]
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Refuse, in one ConfigError line, the command-line overrides Hydra itself would refuse with a
     multi-line report: bad syntax, an unknown key or group option, `+` on a key that exists, a key

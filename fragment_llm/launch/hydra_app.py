@@ -33,7 +33,13 @@ from ..config.schema import ConfigError  # noqa: E402
 from ..console import make_standard_streams_safe  # noqa: E402
 from ..files import file_problem, write_text  # noqa: E402
 from .callbacks import check_preflight_kept, group_choices, release_claims, take_prepared_run  # noqa: E402
-from .compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
+from .compose import (  # noqa: E402
+    check_overrides,
+    command_line,
+    prepare_torchrun,
+    register_resolvers,
+    with_implied_choices,
+)
 from .conf import CONF_DIR  # noqa: E402
 from .hydra_errors import hydra_errors_in_one_line  # noqa: E402
 from .job import run_job  # noqa: E402
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv[1:] = argv
     try:
+        sys.argv[1:] = with_implied_choices(sys.argv[1:])  # data.path=FILE alone reads FILE (data=text)
         overrides = command_line(sys.argv[1:]).overrides
         check_overrides(overrides)  # one line where Hydra would print a report
         check_preflight_kept(overrides)

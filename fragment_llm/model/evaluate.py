@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from ..config.schema import ConfigError
 from ..data.batches import to_device
 from ..data.cache import token_arrays
-from ..data.corpus import fingerprint
+from ..data.corpus import check_documents
 from ..data.document import Document
 from ..model.gpt import GPT
 
@@ -93,13 +93,14 @@ def scored_losses(model: GPT, tokens: np.ndarray, stride: int | None = None) -> 
             yield F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="none")
 
 
-def document_tokens(tokenizer: Tokenizer, documents: list[Document]) -> np.ndarray:
-    """The documents' tokens, as training reads them, checked to be enough to evaluate."""
-    fingerprint(documents)  # checks, as for training data, that the files are UTF-8 text
+def document_tokens(tokenizer: Tokenizer, documents: list[Document]) -> tuple[np.ndarray, int]:
+    """The documents' tokens, as training reads them, checked to be enough to evaluate, and the bytes of
+    their text."""
+    text_bytes = sum(check_documents(documents).text_bytes)  # checks, as for training data, that they are text
     tokens = np.concatenate(list(token_arrays(tokenizer, documents, np.dtype(np.int64))))
     if len(tokens) < 2:
         raise ConfigError(f"{documents[0].name} holds too little text to evaluate (one token); give it more text")
-    return tokens
+    return tokens, text_bytes
 
 
 def evaluate_tokens(model: GPT, tokens: np.ndarray, text_bytes: int, stride: int | None = None) -> Evaluation:
@@ -121,5 +122,4 @@ def evaluate_documents(
 ) -> Evaluation:
     """The model's loss on all of the documents' text: in non-overlapping windows of its context length,
     or, with a `stride`, in windows that slide by `stride` tokens (block_size / stride times the work)."""
-    tokens = document_tokens(tokenizer, documents)
-    return evaluate_tokens(model, tokens, sum(document.size for document in documents), stride)
+    return evaluate_tokens(model, *document_tokens(tokenizer, documents), stride)

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from ..config.load import RENAMED_KEYS, load_settings, to_plain
+from ..config.load import RENAMED_KEYS, load_settings, to_plain, with_added_data_keys
 from ..config.schema import SECTIONS, Config, ConfigError
 from ..config.shape import GPT2_LAYOUT
 from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_str, tokenizer_hash
@@ -314,6 +314,7 @@ def upgrade_saved_settings(saved: dict[str, Any], current: dict[str, Any]) -> di
         if old_name in upgraded.get(old_section, {}):
             upgraded.setdefault(new_section, {})[new_name] = upgraded[old_section].pop(old_name)
     upgraded["model"] = {**GPT2_LAYOUT, **upgraded.get("model", {})}
+    upgraded["data"] = with_added_data_keys(upgraded.get("data", {}))
     for section in SECTIONS:
         if section not in RESUME_LOCKED:
             upgraded[section] = {**current[section], **upgraded.get(section, {})}

@@ -335,7 +335,7 @@ def test_eval_scores_text_quoting_the_token_as_text(trained_run, tmp_path, corpu
 
     texts = quoting_corpus(tmp_path / "docs", corpus)
     trained = load_run(trained_run)
-    tokens = document_tokens(trained.tokenizer, text_documents(str(tmp_path / "docs"))).tolist()
+    tokens = document_tokens(trained.tokenizer, text_documents(str(tmp_path / "docs")))[0].tolist()
     assert tokens.count(trained.tokenizer.token_to_id(END_OF_TEXT)) == len(texts)
 
 

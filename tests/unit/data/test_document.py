@@ -32,3 +32,46 @@ def test_a_file_that_becomes_unreadable_after_collection_is_a_one_line_error(tmp
     with pytest.raises(ConfigError) as error:
         fingerprint(documents)
     assert str(error.value).startswith(f"data: cannot read {folder / 'b.txt'}: Is a directory; ")
+
+
+def json_lines(count: int) -> tuple[list[str], bytes]:
+    import json
+
+    texts = [f"record {i}: " + "ünïcode and words " * (i % 9 + 1) for i in range(count)]
+    return texts, "".join(json.dumps({"text": text}) + "\n" for text in texts).encode()
+
+
+@pytest.mark.parametrize("name", ["one.jsonl", "one.jsonl.gz", "one.txt.bz2"])
+def test_a_single_file_is_cut_between_lines_and_both_parts_read_back(tmp_path, name):
+    import bz2
+    import gzip
+
+    texts, raw = json_lines(5000)
+    compress = {".gz": gzip.compress, ".bz2": bz2.compress}.get(tmp_path.joinpath(name).suffix, lambda data: data)
+    (tmp_path / name).write_bytes(compress(raw))
+    (document,) = collect_documents(text_config(tmp_path / name))
+    train, val = document.halves(0.9)
+    read = [text for part in (train, val) for text in part.texts() if text is not None]
+    if name.endswith(".txt.bz2"):  # plain text: the parts are the decompressed bytes, cut at a line break
+        assert "".join(read) == raw.decode() and read[-1].endswith("\n")
+    else:
+        assert read == texts and val.first_line == len([text for text in train.texts() if text is not None]) + 1
+
+
+def test_a_bad_record_in_the_validation_part_is_named_by_its_line_in_the_file(tmp_path):
+    texts, raw = json_lines(1000)
+    lines = raw.decode().splitlines(keepends=True)
+    lines[950] = "{broken\n"
+    (tmp_path / "c.jsonl").write_text("".join(lines))
+    (document,) = collect_documents(text_config(tmp_path / "c.jsonl"))
+    train, val = document.halves(0.9)
+    list(train.texts())
+    with pytest.raises(ConfigError, match=r"data: .*c.jsonl line 951 is not JSON"):
+        list(val.texts())
+
+
+def test_a_json_document_over_many_lines_is_not_json_lines(tmp_path):
+    (tmp_path / "list.json").write_text('[\n  {"text": "a"},\n  {"text": "b"}\n]\n')
+    (document,) = collect_documents(text_config(tmp_path / "list.json"))
+    with pytest.raises(ConfigError, match=r"list.json is not JSON Lines .* write one JSON object per line"):
+        list(document.texts())
