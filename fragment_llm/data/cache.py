@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKSUM_BLOCK = 1 << 20
 ENCODE_BATCH = 64
+ENCODE_BATCH_CHARS = 1 << 20
 # 3: a special token's spelling in a document is encoded as text (tokenizer.text_only), no longer as
 # the token, so token files of earlier versions may hold other ids for the same text.
 CACHE_VERSION = 3
@@ -300,29 +301,33 @@ def token_arrays(
     encoder: Optional[CorpusEncoder] = None,
 ) -> Iterator[np.ndarray]:
     """The documents' token ids in pieces, `<|endoftext|>` after each document; with `hashes`, each
-    document is checked as it is read (see corpus.document_texts). Pieces of text are encoded
-    ENCODE_BATCH at a time across document boundaries, so that the tokenizer's threads have work even
-    when a corpus is thousands of small files. `encoder` is one for a whole pass (fast_encoder's), made
-    here for these documents when not given."""
+    document is checked as it is read (see corpus.document_texts). Pieces of text are encoded in
+    batches (text_batches). `encoder` is one for a whole pass (fast_encoder's), made here for these
+    documents when not given."""
     if encoder is None:
         with corpus_encoder(tokenizer, total_bytes(documents)) as encoder:
             yield from token_arrays(tokenizer, documents, dtype, hashes, progress, encoder)
         return
-    batch: list[Optional[str]] = []  # None marks a document's end
-    progress = progress or Progress("Data: encoding", total_bytes(documents))
-    for text in document_texts(documents, progress, hashes):
+    end_of_text = np.array([end_of_text_id(tokenizer)], dtype=dtype)
+    texts = document_texts(documents, progress or Progress("Data: encoding", total_bytes(documents)), hashes)
+    for encodings in encoder.encode_ahead(text_batches(texts)):
+        yield np.concatenate([end_of_text if ids is None else ids for ids in encodings], dtype=dtype)
+
+
+def text_batches(texts: Iterable[Optional[str]]) -> Iterator[list[Optional[str]]]:
+    """Texts (None: a document's end) in batches of at least ENCODE_BATCH texts and ENCODE_BATCH_CHARS
+    characters, across document boundaries, so that the encoder's threads have work even when a corpus
+    is thousands of small files or records."""
+    batch: list[Optional[str]] = []
+    chars = 0
+    for text in texts:
         batch.append(text)
-        if len(batch) >= ENCODE_BATCH:
-            yield _encode_batch(encoder, batch, dtype)
-            batch = []
+        chars += 0 if text is None else len(text)
+        if len(batch) >= ENCODE_BATCH and chars >= ENCODE_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
     if batch:
-        yield _encode_batch(encoder, batch, dtype)
-
-
-def _encode_batch(encoder: CorpusEncoder, batch: list[Optional[str]], dtype: np.dtype) -> np.ndarray:
-    encodings = iter(encoder.encode([text for text in batch if text is not None]))
-    separator = np.array([end_of_text_id(encoder.tokenizer)], dtype=dtype)
-    return np.concatenate([separator if text is None else next(encodings) for text in batch], dtype=dtype)
+        yield batch
 
 
 def _open_token_files(tokens_dir: Path, dtype: np.dtype, block_size: int) -> tuple[np.memmap, np.memmap]:

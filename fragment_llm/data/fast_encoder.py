@@ -19,7 +19,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, pre_tokenizers
@@ -29,15 +29,13 @@ from .tokenizer import END_OF_TEXT, GPT2_WORDS, MAX_RUN, byte_level_pre_tokenize
 
 log = logging.getLogger(__name__)
 
-# Below this many bytes to encode, tokenizers alone: checking a tokenizer and the regex engines for
-# tiktoken takes about half a second, more than tiktoken saves on a small corpus.
-FAST_MIN_BYTES = 8 << 20
-# Code points both regex engines are asked about: the planes in use (0-3) and plane 14's tags and
-# variation selectors. A text with any other (unassigned today, or private use) goes to tokenizers.
-PROBED_RANGES = ((0, 0xD800), (0xE000, 0x40000), (0xE0000, 0xE1000))
+# Below this many bytes to encode, tokenizers alone: what tiktoken saves on a small corpus is less than
+# checking the tokenizer for it (tiktoken_ranks) costs.
+FAST_MIN_BYTES = 4 << 20
+CHUNK_CHARS = 1 << 16  # what a thread takes at a time: a 64 KB piece of a file, or many small records
 # A character's class, as the split's regex sees it: a run of one class is one word (cut at MAX_RUN).
 CLASS_PATTERNS = {b"L": r"\p{L}", b"N": r"\p{N}", b"S": r"\s"}
-OTHER, UNKNOWN = b"O", b"X"  # anything else; a character not probed or classed differently by the engines
+OTHER, DISPUTED, UNPROBED = b"O", b"X", b"?"  # anything else; classed otherwise by the engines; not asked yet
 LONG_RUNS = [cls * (MAX_RUN + 1) for cls in (*CLASS_PATTERNS, OTHER)]
 FAST_HINT = "Data: pip install 'fragment-llm[fast]' encodes corpora several times faster (tiktoken)"
 
@@ -57,33 +55,36 @@ def encode_threads() -> int:
 class CorpusEncoder:
     """Encodes batches of texts into arrays of token ids, as text only (see tokenizer.text_only): with
     `encoding` (tiktoken's, from tiktoken_encoding) where its split is ours, else with tokenizers. Make
-    one per pass over a corpus and close it: it holds a pool of encode_threads() threads."""
+    one per pass over a corpus and close it: it holds threads (encode_threads() for tiktoken; one for
+    tokenizers, which has its own)."""
 
     def __init__(self, tokenizer: Tokenizer, encoding=None):
         self.tokenizer = tokenizer
         self.tiktoken = encoding
-        self.pool = None
-        if encoding is not None:
-            _character_classes()  # once, before the threads would each ask for it
-            self.pool = ThreadPoolExecutor(encode_threads())
-
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """Each text's token ids (uint32)."""
-        if self.pool is None:
-            return [np.asarray(ids, dtype=np.uint32) for ids in _library_ids(self.tokenizer, texts)]
-        arrays = list(self.pool.map(self._tiktoken_ids, texts))
-        slow = [index for index, array in enumerate(arrays) if array is None]
-        for index, ids in zip(slow, _library_ids(self.tokenizer, [texts[index] for index in slow])):
-            arrays[index] = np.asarray(ids, dtype=np.uint32)
-        return arrays
+        self.pool = ThreadPoolExecutor(1 if encoding is None else encode_threads())
 
     @property
     def library(self) -> str:
         return "tokenizers" if self.tiktoken is None else "tiktoken"
 
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's token ids (uint32)."""
+        return self._start(texts)()
+
+    def encode_ahead(self, batches: Iterable[list[Optional[str]]]) -> Iterator[list[Optional[np.ndarray]]]:
+        """Each batch's token ids, text by text (a None, a document's end, stays None), in order. The next
+        batch is gathered (`batches` read on: the files read, decompressed, hashed) while this one encodes."""
+        pending = None
+        for batch in batches:
+            started = batch, self._start([text for text in batch if text is not None])
+            if pending is not None:
+                yield _aligned(*pending)
+            pending = started
+        if pending is not None:
+            yield _aligned(*pending)
+
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.pool.shutdown()
 
     def __enter__(self) -> "CorpusEncoder":
         return self
@@ -91,11 +92,45 @@ class CorpusEncoder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _tiktoken_ids(self, text: str) -> Optional[np.ndarray]:
-        """The text's ids from tiktoken, or None where its split could differ from ours."""
-        if not splits_alike(text):
-            return None
-        return self.tiktoken.encode_to_numpy(text, disallowed_special=())
+    def _start(self, texts: list[str]) -> Callable[[], list[np.ndarray]]:
+        """Start encoding `texts` in the threads; the function returned waits for their ids."""
+        if self.tiktoken is None:
+            return self.pool.submit(_library_arrays, self.tokenizer, texts).result
+        futures = [self.pool.submit(self._tiktoken_ids, chunk) for chunk in _chunks(texts)]
+
+        def finish() -> list[np.ndarray]:
+            arrays = [array for future in futures for array in future.result()]
+            slow = [index for index, array in enumerate(arrays) if array is None]
+            for index, ids in zip(slow, _library_arrays(self.tokenizer, [texts[index] for index in slow])):
+                arrays[index] = ids
+            return arrays
+
+        return finish
+
+    def _tiktoken_ids(self, texts: list[str]) -> list[Optional[np.ndarray]]:
+        """The texts' ids from tiktoken; None for a text whose split could differ from ours."""
+        return [
+            self.tiktoken.encode_to_numpy(text, disallowed_special=()) if splits_alike(text) else None for text in texts
+        ]
+
+
+def _aligned(batch: list[Optional[str]], finish: Callable[[], list[np.ndarray]]) -> list[Optional[np.ndarray]]:
+    """The ids `finish` gives for a batch's texts, with None where the batch has None."""
+    arrays = iter(finish())
+    return [None if text is None else next(arrays) for text in batch]
+
+
+def _chunks(texts: list[str]) -> Iterator[list[str]]:
+    """Consecutive texts in chunks of at least CHUNK_CHARS characters: a thread's work, each."""
+    chunk, chars = [], 0
+    for text in texts:
+        chunk.append(text)
+        chars += len(text)
+        if chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
 
 
 def corpus_encoder(tokenizer: Tokenizer, size: int) -> CorpusEncoder:
@@ -140,10 +175,10 @@ def _log_once(message: str) -> None:
     log.info(message)
 
 
-def _library_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+def _library_arrays(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
     """tokenizers' ids; a lone surrogate (which UTF-8 cannot hold) is a clear error, not its TypeError."""
     try:
-        return text_ids(tokenizer, texts)
+        return [np.asarray(ids, dtype=np.uint32) for ids in text_ids(tokenizer, texts)]
     except TypeError:
         for text in texts:
             _check_encodable(text)
@@ -177,52 +212,63 @@ def splits_alike(text: str) -> bool:
             codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
         except UnicodeEncodeError as error:
             raise lone_surrogate_error(text, error.start) from None
-        classes = _character_classes()[codes].tobytes()
-        if UNKNOWN in classes:
+        classes = _CLASSES[codes].tobytes()
+        if UNPROBED in classes:
+            _probe(np.unique(codes[_CLASSES[codes] == UNPROBED[0]]))
+            classes = _CLASSES[codes].tobytes()
+        if DISPUTED in classes:
             return False
     return not any(run in classes for run in LONG_RUNS)
 
 
-@functools.lru_cache(maxsize=None)
-def _character_classes() -> np.ndarray:
-    """Each code point's class (CLASS_PATTERNS, OTHER or UNKNOWN) as both regex engines see it: the
-    Oniguruma of tokenizers and the Rust regex of tiktoken, each with its own Unicode tables, asked
-    once per process about every probed code point."""
-    codes = np.concatenate([np.arange(start, end, dtype="<u4") for start, end in PROBED_RANGES])
-    probe = codes.tobytes().decode("utf-32-le")
-    table = np.full(0x110000, UNKNOWN[0], dtype=np.uint8)
-    table[codes] = OTHER[0]
-    disputed = []
+# Each code point's class (CLASS_PATTERNS, OTHER, DISPUTED), as both regex engines see it, filled in as
+# texts bring code points: the Oniguruma of tokenizers and the Rust regex of tiktoken each have their own
+# Unicode tables, which may be of different versions.
+_CLASSES = np.full(0x110000, UNPROBED[0], dtype=np.uint8)
+
+
+def _probe(codes: np.ndarray) -> None:
+    """Class `codes` as both regex engines do: a code point that they class differently is DISPUTED."""
+    probe = codes.astype("<u4").tobytes().decode("utf-32-le")
+    classes = np.full(len(codes), OTHER[0], dtype=np.uint8)
+    disputed = np.zeros(len(codes), dtype=bool)
     for cls, pattern in CLASS_PATTERNS.items():
-        by_tiktoken, by_tokenizers = _tiktoken_members(pattern, probe), _tokenizers_members(pattern, probe, codes)
-        table[np.intersect1d(by_tiktoken, by_tokenizers)] = cls[0]
-        disputed.append(np.setxor1d(by_tiktoken, by_tokenizers))
-    table[np.concatenate(disputed)] = UNKNOWN[0]
-    return table
+        by_tiktoken = np.isin(codes, _tiktoken_members(pattern, probe))
+        by_tokenizers = np.isin(codes, _tokenizers_members(pattern, probe))
+        classes[by_tiktoken & by_tokenizers] = cls[0]
+        disputed |= by_tiktoken != by_tokenizers
+    classes[disputed] = DISPUTED[0]
+    _CLASSES[codes] = classes
 
 
 @functools.lru_cache(maxsize=None)
 def _ascii_classes() -> bytes:
-    return _character_classes()[:128].tobytes() + UNKNOWN * 128
+    """The classes of ASCII, as bytes.translate takes them."""
+    _probe(np.arange(128))
+    return _CLASSES[:128].tobytes() + DISPUTED * 128
 
 
 def _tiktoken_members(pattern: str, probe: str) -> np.ndarray:
     """The code points of `probe` that match `pattern` in tiktoken's regex engine: its pieces are kept,
     the rest of the text dropped, and each byte encodes as itself."""
-    import tiktoken
-
-    byte_ranks = {bytes([byte]): byte for byte in range(256)}
-    matcher = tiktoken.Encoding("probe", pat_str=f"{pattern}+", mergeable_ranks=byte_ranks, special_tokens={})
-    members = bytes(matcher.encode_ordinary(probe)).decode("utf-8")
+    members = bytes(_tiktoken_matcher(pattern).encode_ordinary(probe)).decode("utf-8")
     return np.frombuffer(members.encode("utf-32-le"), dtype="<u4")
 
 
-def _tokenizers_members(pattern: str, probe: str, codes: np.ndarray) -> np.ndarray:
-    """The code points of `probe` that match `pattern` in tokenizers' regex engine: all but the pieces
-    left when the matches are removed."""
+@functools.lru_cache(maxsize=None)
+def _tiktoken_matcher(pattern: str):
+    import tiktoken
+
+    byte_ranks = {bytes([byte]): byte for byte in range(256)}
+    return tiktoken.Encoding("probe", pat_str=f"{pattern}+", mergeable_ranks=byte_ranks, special_tokens={})
+
+
+def _tokenizers_members(pattern: str, probe: str) -> np.ndarray:
+    """The code points of `probe` that match `pattern` in tokenizers' regex engine: all but what is
+    left when Split removes the matches."""
     pieces = pre_tokenizers.Split(Regex(f"{pattern}+"), behavior="removed").pre_tokenize_str(probe)
-    others = "".join(piece for piece, _ in pieces)
-    return np.setdiff1d(codes, np.frombuffer(others.encode("utf-32-le"), dtype="<u4"))
+    others = np.frombuffer("".join(piece for piece, _ in pieces).encode("utf-32-le"), dtype="<u4")
+    return np.setdiff1d(np.frombuffer(probe.encode("utf-32-le"), dtype="<u4"), others, assume_unique=True)
 
 
 # Which tokenizers tiktoken encodes exactly as tokenizers does.

@@ -77,7 +77,7 @@ ADVERSARIAL = {
     "CRLF": "line one\r\nline two\r\n\r\n\rbare CR\n\r\n" * 40,
     "contractions": "it's IT'S we'll they're I'd y'all's 's't're've'm'll'd ''s" * 10,
     "invisible": "\ufeffBOM \u200b\u200c\u200d zero widths \u200e\u200f\u202e marks \u2060\u00ad",
-    "outside the probed planes": "tag \U000e0041\U000e007f private \ue000\U000f0000 unassigned \U00040000 \U0010ffff",
+    "far planes": "tag \U000e0041\U000e007f private \ue000\U000f0000 unassigned \U00040000 \U0010ffff",
     "noncharacters": "\ufffe\uffff\ufdd0 \U0001fffe",
     "mixed scripts": "Привет мир, γειά σου, مرحبا بالعالم, שלום, नमस्ते, こんにちは世界, 안녕하세요 123٤٥٦ ⅷ ½",
 }
@@ -149,10 +149,10 @@ def test_identical_ids_on_every_unicode_category(tokenizer, category):
     identical(tokenizer, texts)
 
 
-def test_identical_ids_on_every_code_point_in_use(tokenizer):
-    """Every code point of planes 0-3 and 14 (all that are assigned), 1,000 to a text."""
-    codes = [code for code in range(0x40000) if not 0xD800 <= code < 0xE000] + list(range(0xE0000, 0xE1000))
-    text = "".join(map(chr, codes))
+@pytest.mark.slow
+def test_identical_ids_on_every_code_point(tokenizer):
+    """Every code point but the surrogates, 1,000 to a text."""
+    text = "".join(chr(code) for code in range(sys.maxunicode + 1) if not 0xD800 <= code < 0xE000)
     identical(tokenizer, [text[start : start + 1000] for start in range(0, len(text), 1000)])
 
 
@@ -169,7 +169,18 @@ def test_a_text_goes_to_tiktoken_only_where_its_split_is_ours():
             for space in (False, True):
                 longest = length + (space and name in WHITESPACE)
                 assert splits_alike(run_text(name, length, space)) == (longest <= MAX_RUN), (name, length, space)
-    assert not splits_alike(ADVERSARIAL["outside the probed planes"])  # characters never asked about
+
+
+def test_a_character_the_regex_engines_class_otherwise_goes_to_tokenizers(monkeypatch):
+    """As if tokenizers' Unicode tables were older than tiktoken's and had no letter `ꟊ` (U+A7CA)."""
+    monkeypatch.setattr(fast_encoder, "_CLASSES", np.full(0x110000, ord("?"), dtype=np.uint8))
+    older = fast_encoder._tokenizers_members
+    monkeypatch.setattr(
+        fast_encoder, "_tokenizers_members", lambda pattern, probe: older(pattern, probe.replace("\ua7ca", ""))
+    )
+    assert splits_alike("ordinary text, é and 漢字")
+    assert not splits_alike("a letter \ua7ca of Unicode 14")
+    assert fast_encoder._CLASSES[0xA7CA] == ord("X") and fast_encoder._CLASSES[ord("é")] == ord("L")
 
 
 def test_tiktoken_alone_would_differ_where_the_encoder_does_not_use_it(tokenizer):
