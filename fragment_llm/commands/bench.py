@@ -1,5 +1,5 @@
 """`fragment-llm bench OVERRIDES...`: how fast this machine trains, tokenizes and generates with a
-config, as a table (and JSON)."""
+config, and prepares a large corpus, as a table (and JSON)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="timed rounds, each a block of optimizer steps (about 0.5 s) of the trainer and then "
         "of the bare loop (default: 10)",
     )
+    parser.add_argument(
+        "--prepare-mb",
+        type=in_range(0, 1e6, float),
+        default=16,
+        metavar="MB",
+        help="the preparation section: prepare a corpus of this many MB made from the standard library's "
+        "sources, against the tokenizer libraries' own batch encode of its text; 0 leaves it out (default: 16)",
+    )
+    parser.add_argument(
+        "--prepare-format",
+        choices=["txt", "jsonl.zst"],
+        default="txt",
+        help="the preparation corpus's files: .txt files, or JSON Lines shards compressed with zstd (default: txt)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.set_defaults(handler=handle)
 
@@ -55,10 +69,40 @@ def figures(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("generation, no cache", f"{generate['uncached_tokens_per_sec']:,.0f} tokens/s"),
         ("peak resident memory", f"{result['peak_rss_mb']:,.0f} MB"),
     ]
+    if result.get("prepare"):
+        rows += preparation_figures(result["prepare"])
     if result["cpu_bf16_speedup"] is not None:
         speedup = result["cpu_bf16_speedup"]
         verdict = "hardware.amp=true uses bf16" if speedup >= 1 else "no native bf16: hardware.amp=true stays fp32"
         rows.insert(6, ("CPU bf16 matmul vs fp32", f"{speedup:.3g}x ({verdict})"))
+    return rows
+
+
+def preparation_figures(prepare: dict[str, Any]) -> list[tuple[str, str]]:
+    """The preparation section's rows: each library's preparation against the library alone."""
+    rows = [
+        (
+            "preparation corpus",
+            f"{prepare['megabytes']:,.0f} MB of {prepare['format']}, {plural(prepare['threads'], 'thread')}",
+        )
+    ]
+    own = {"tokenizers": "encode_batch", "tiktoken": "encode_ordinary_batch"}
+    for library, figures in ((name, prepare[name]) for name in ("tokenizers", "tiktoken")):
+        if figures is None:
+            rows.append((f"preparation with {library}", "not installed: pip install 'fragment-llm[fast]'"))
+            continue
+        rows += [
+            (
+                f"preparation with {library}",
+                f"{figures['prepare_mb_per_sec']:,.2f} MB/s, {figures['tokens'] / figures['seconds']:,.0f} tokens/s, "
+                f"{figures['peak_rss_mb']:,.0f} MB peak",
+            ),
+            (f"{library} alone ({own[library]})", f"{figures['library_mb_per_sec']:,.2f} MB/s"),
+            (f"preparation / {library} alone", f"{figures['ratio']:.3f}"),
+        ]
+    if prepare["tiktoken"] is not None:
+        speedup = prepare["tiktoken"]["prepare_mb_per_sec"] / prepare["tokenizers"]["prepare_mb_per_sec"]
+        rows.append(("preparation, tiktoken / tokenizers", f"{speedup:.2f}x"))
     return rows
 
 
@@ -72,7 +116,7 @@ def handle(args: argparse.Namespace) -> int:
         markup=False,
         soft_wrap=True,
     )
-    result = run_bench(settings, args.steps)
+    result = run_bench(settings, args.steps, args.prepare_mb, args.prepare_format)
     setup = result["config"]
     table = Table(
         title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "

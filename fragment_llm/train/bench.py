@@ -5,7 +5,8 @@ real trainer's tokens per second (its loop's own steps, each with what a run rep
 against a bare loop over the same model and batches (forward, backward, clip, optimizer step;
 nothing else), the matmul peak of this machine for the dtype in use (so MFU is against what the
 hardware really does), tokenizer training and encoding on the bundled corpus, generation with and
-without the key/value cache, start-up time and peak memory.
+without the key/value cache, start-up time and peak memory; and the preparation of a large corpus
+against the tokenizer libraries alone (bench_prepare.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..data.tokenizer import train_tokenizer
 from ..model.generate import Sampling, generate_tokens
 from ..model.gpt import GPT
 from ..text import plural
+from ..train.bench_prepare import preparation_speed
 from ..train.hardware import attention_kernel, cpu_bf16_speedup, peak_matmul_flops
 from ..train.optim import build_optimizer
 from ..train.trainer import Due, Trainer
@@ -159,8 +161,9 @@ def training_speed(trainer: Trainer, trainer_step, rounds: int) -> dict[str, Any
     }
 
 
-def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
-    """Every figure of the bench for `settings`, as a nested dict (the JSON the command writes)."""
+def run_bench(settings: Config, rounds: int, prepare_mb: float = 0, prepare_format: str = "txt") -> dict[str, Any]:
+    """Every figure of the bench for `settings`, as a nested dict (the JSON the command writes); with
+    `prepare_mb`, the preparation of a corpus that large (bench_prepare.py)."""
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = BenchTrainer(settings, Path(run_dir))
         trainer.model.train()
@@ -174,6 +177,7 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
         )
         cached, uncached = generation_speed(trainer.model, True), generation_speed(trainer.model, False)
     train_mb_per_sec, encode_mb_per_sec = tokenizer_speed(settings.model.vocab_size)
+    prepare = preparation_speed(settings.model.vocab_size, prepare_mb, prepare_format) if prepare_mb > 0 else None
     return {
         "config": {
             "model": f"{plural(config.n_layer, 'layer')}, {plural(config.n_head, 'head')}, {config.n_embd} wide, "
@@ -196,5 +200,6 @@ def run_bench(settings: Config, rounds: int) -> dict[str, Any]:
             "uncached_tokens_per_sec": uncached,
             "cache_speedup": cached / uncached,
         },
+        "prepare": prepare,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
