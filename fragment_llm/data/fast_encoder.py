@@ -5,10 +5,10 @@ tiktoken runs the same byte-level BPE as our tokenizers (ids as ranks, the merge
 ids), but its regex engine refuses the run bound of our pre-tokenizer (`{1,1024}`, see
 tokenizer.MAX_RUN), so it splits with GPT-2's unbounded regex. The two splits are the same on a text
 whose runs of one class of character (letters, numbers, whitespace, anything else) are all at most
-MAX_RUN long, and whose every character both regex engines class alike: such texts go to tiktoken,
-any other (a 2 KB line of base64) to tokenizers. tiktoken is used only for a tokenizer that
-`tiktoken_ranks` proves it encodes identically; any other goes to tokenizers whole.
-"""
+MAX_RUN long, and whose every character both regex engines class alike (each engine is asked, once
+per process, about every code point the corpus brings): such texts go to tiktoken, any other (a 2 KB
+line of base64) to tokenizers. tiktoken is used only for a tokenizer that `tiktoken_ranks` proves it
+encodes identically; any other goes to tokenizers whole. Both run on the same number of threads."""
 
 from __future__ import annotations
 

@@ -164,5 +164,15 @@ def prepare_here(folder: str, library: str) -> None:
         cache = Path(folder) / f"cache-{library}"
         prepared = prepare_data(data, tokenizer.get_vocab_size(), 16, 2, False, cache, tokenizer=tokenizer)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "tokens": len(prepared.train) + len(prepared.val), "peak_rss_mb": peak}))
+    tokens = len(prepared.train) + len(prepared.val)
+    print(json.dumps({"seconds": seconds, "tokens": tokens, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's getrusage counts the memory of the process that
+    started this one too (it carries over a fork and an exec); /proc's high-water mark does not."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="utf-8")
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -4,6 +4,7 @@ printed, never asserted)."""
 from __future__ import annotations
 
 import json
+import resource
 
 import torch
 from helpers import tiny_overrides
@@ -83,6 +84,8 @@ def test_the_preparation_section_reads_json_lines_compressed_with_zstd(tmp_path,
     assert prepare["format"] == "jsonl.zst" and 1 <= prepare["megabytes"] < 1.1
     assert prepare["tokenizers"]["tokens"] == prepare["tiktoken"]["tokens"] > 100_000
     assert all(prepare[library][figure] > 0 for library in ("tokenizers", "tiktoken") for figure in PREPARE_FIGURES)
+    # Each preparation's own peak, not this process's (which getrusage in a child would report: torch and all)
+    assert prepare["tiktoken"]["peak_rss_mb"] < resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def test_the_preparation_corpus_is_the_size_asked_for_in_either_form(tmp_path):
