@@ -172,7 +172,12 @@ def check_documents(documents: list[AnyDocument]) -> Checked:
         )
     if whitespace_only:
         raise ConfigError(f"data: the corpus ({documents[0].name}, ...) holds only whitespace; give it text")
-    log.info("Data: %s, %s MB of text", plural(records, "document"), f"{sum(checked.text_bytes) / 1e6:,.1f}")
+    log.info(
+        "Data: %s %s, %s MB of text",
+        f"{records:,}",
+        "document" if records == 1 else "documents",
+        f"{sum(checked.text_bytes) / 1e6:,.1f}",
+    )
     if skips.count:
         log.warning("Data: %s", skips.summary())
     return checked
