@@ -40,7 +40,8 @@ CHECKSUM_BLOCK = 1 << 20
 ENCODE_BATCH = 64
 # 3: a special token's spelling in a document is encoded as text (tokenizer.text_only), no longer as
 # the token, so token files of earlier versions may hold other ids for the same text.
-CACHE_VERSION = 3
+# 4: tokenizers reserve the chat tokens (tokenizer.CHAT_TOKENS): one cached before lacks them.
+CACHE_VERSION = 4
 
 
 @dataclass

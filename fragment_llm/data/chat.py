@@ -13,12 +13,9 @@ from typing import Iterable, Mapping
 
 from tokenizers import AddedToken, Tokenizer
 
-from .tokenizer import END_OF_TEXT, end_of_text_id, text_ids, text_only
+from .tokenizer import CHAT_TOKENS, END_OF_TEXT, END_OF_TURN, ROLE_TOKENS, end_of_text_id, text_ids, text_only
 
-ROLES = ("system", "user", "assistant")
-ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
-END_OF_TURN = "<|end|>"
-CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+ROLES = tuple(ROLE_TOKENS)
 
 
 def has_chat_tokens(tokenizer: Tokenizer) -> bool:
@@ -27,7 +24,8 @@ def has_chat_tokens(tokenizer: Tokenizer) -> bool:
 
 def with_chat_tokens(tokenizer: Tokenizer) -> Tokenizer:
     """`tokenizer` with the chat tokens it lacks added as special tokens, after its vocabulary (ids
-    vocab_size, vocab_size + 1, ...): a model trained before them needs rows for them grown."""
+    vocab_size, vocab_size + 1, ...): a tokenizer trained before they were reserved (tokenizer.py)
+    lacks them, and its model needs rows for them grown."""
     missing = [token for token in CHAT_TOKENS if tokenizer.token_to_id(token) is None]
     if missing:
         tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in missing])

@@ -16,8 +16,22 @@ MESSAGES = [
 ]
 
 
-def test_chat_tokens_follow_the_vocabulary_and_survive_saving():
+def test_tokenizers_reserve_the_chat_tokens_after_end_of_text():
     tokenizer = train_tokenizer(list(topics.values())[:40], 400, 2)
+    assert [tokenizer.token_to_id(token) for token in ("<|endoftext|>", *ROLE_TOKENS.values(), END_OF_TURN)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+def test_chat_tokens_added_to_an_older_tokenizer_follow_its_vocabulary_and_survive_saving():
+    older = train_tokenizer(list(topics.values())[:40], 400, 2).to_str()
+    for token in (*ROLE_TOKENS.values(), END_OF_TURN):  # a tokenizer trained before they were reserved
+        older = older.replace(token, token.replace("|", "!"))
+    tokenizer = tokenizer_from_str(older)
     size = tokenizer.get_vocab_size()
     assert not has_chat_tokens(tokenizer)
     tokenizer = with_chat_tokens(with_chat_tokens(tokenizer))  # twice: added once
