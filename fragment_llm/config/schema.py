@@ -56,16 +56,18 @@ def setting(
     *,
     low_open: bool = False,
     options: tuple[str, ...] = (),
+    default: Any = MISSING,
 ) -> Any:
     """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
     only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
-    others; any other key has no default, as conf/ sets it."""
+    others; any other key has no default, as conf/ sets it, unless it is one that only some choices of
+    a group read (`data.text_field`), which conf/ may leave out and which has its `default`."""
     metadata: dict[str, Any] = {"help": help}
     if low is not None:
         metadata["range"] = Interval(low, high, low_open)
     if options:
         metadata["options"] = options
-    return field(default=None if options else MISSING, metadata=metadata)
+    return field(default=None if options else default, metadata=metadata)
 
 
 class Section:
@@ -112,6 +114,7 @@ class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
     stdlib = "stdlib"
+    hf = "hf"
 
 
 def model_section() -> type[Section]:
@@ -276,10 +279,31 @@ class DataConfig(Section):
         "library's .py sources, or your own text (`data.path`)"
     )
     path: Optional[str] = setting(
-        "for `data=text`: a file, a folder (every .txt file below it) or a glob; must be UTF-8 text. A path that "
-        "exists is taken as it is, even with `[`, `*` or `?` in its name; each file is read once, however many "
-        "links lead to it; `**` does not follow links to folders; names starting with a dot are skipped in "
-        "folders and globs; an unreadable file (permissions, a broken link, a pipe) is an error naming it"
+        "for `data=text`: a file, a folder or a glob. Each file is read by its extension: plain text (.txt and any "
+        "other), JSON Lines (.jsonl, .json), Parquet (.parquet), any of these compressed (.gz, .bz2, .xz, .zst), or a "
+        "folder written by Hugging Face `datasets` (save_to_disk). A folder means its .txt, .jsonl, .json, .parquet "
+        "files and their compressed forms. A path that exists is taken as it is, even with `[`, `*` or `?` in its "
+        "name; each file is read once, however many links lead to it; `**` does not follow links to folders; names "
+        "starting with a dot are skipped in folders and globs; an unreadable file is an error naming it",
+        default=None,
+    )
+    name: Optional[str] = setting(
+        "for `data=hf`: the Hugging Face dataset to read, OWNER/NAME, through `datasets` from its local cache",
+        default=None,
+    )
+    split: Optional[str] = setting(
+        "for a dataset with splits (`data=hf`, or a saved DatasetDict folder): the split to read; null: `train`",
+        default=None,
+    )
+    text_field: str = setting(
+        "for records (JSON Lines, Parquet, datasets): the field that holds a document's text; a dotted path "
+        "(`meta.body`) reads a nested object",
+        default="text",
+    )
+    skip_bad_records: bool = setting(
+        "true: skip a record that cannot be read (not JSON, no text field, not a string) and say how many were "
+        "skipped and where the first was; false: such a record is an error naming it",
+        default=False,
     )
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
@@ -292,6 +316,8 @@ class DataConfig(Section):
     def validate(self) -> None:
         if self.source is DataSource.text and not self.path:
             raise ConfigError("data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob")
+        if self.source is DataSource.hf and not self.name:
+            raise ConfigError("data.name is not set; data=hf needs data.name=OWNER/NAME, a dataset in the local cache")
 
 
 @dataclass
