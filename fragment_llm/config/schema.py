@@ -115,6 +115,7 @@ class DataSource(str, Enum):
     text = "text"
     stdlib = "stdlib"
     hf = "hf"
+    mix = "mix"
 
 
 def model_section() -> type[Section]:
@@ -276,7 +277,7 @@ class DataConfig(Section):
 
     source: DataSource = setting(
         "the corpus (the data group sets it): Python's documentation, the standard "
-        "library's .py sources, or your own text (`data.path`)"
+        "library's .py sources, your own text (`data.path`), or a mixture of corpora (`data.sources`)"
     )
     path: Optional[str] = setting(
         "for `data=text`: a file, a folder or a glob. Each file is read by its extension: plain text (.txt and any "
@@ -305,9 +306,16 @@ class DataConfig(Section):
         "skipped and where the first was; false: such a record is an error naming it",
         default=False,
     )
+    sources: Optional[list[Any]] = setting(
+        "for `data=mix`: the corpora to draw training windows from by weight, a list of "
+        "`{source:pydoc,weight:1}` or `{path:FILE,weight:3}` (keys: source, path, name, split, text_field, weight; "
+        "`path` alone means a text source; weight defaults to 1); each source has its own validation split "
+        '(see fragment_llm/data/README.md, "Mixtures")',
+        default=None,
+    )
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
-        "documents; a single file is cut at a line break)",
+        "documents; a single file is cut at a line break; in a mixture, of each source)",
         0.0,
         0.5,
         low_open=True,
@@ -318,6 +326,10 @@ class DataConfig(Section):
             raise ConfigError("data.path is not set; data=text needs data.path=FILE, a folder of .txt files or a glob")
         if self.source is DataSource.hf and not self.name:
             raise ConfigError("data.name is not set; data=hf needs data.name=OWNER/NAME, a dataset in the local cache")
+        if self.source is DataSource.mix or self.sources is not None:
+            from .sources import mixture_sources  # sources.py builds on this module
+
+            mixture_sources(self)
 
 
 @dataclass
