@@ -44,7 +44,7 @@ def test_default_config_is_tiny_cpu_pydoc():
         ("hardware", ["cpu", "cpu_guide", "ddp", "gpu", "gpu_high"]),
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear", "wsd"]),
-        ("data", ["pydoc", "stdlib", "text"]),
+        ("data", ["hf", "mix", "pydoc", "stdlib", "text"]),
         ("arch", ["gpt2", "modern"]),
         ("debug", ["fast"]),
     ],
@@ -52,7 +52,9 @@ def test_default_config_is_tiny_cpu_pydoc():
 def test_every_group_option_composes_and_validates(group, expected):
     assert options(group) == expected
     for option in expected:
-        extra = ["data.path=corpus.txt"] if (group, option) == ("data", "text") else []
+        extra = {("data", "text"): ["data.path=corpus.txt"], ("data", "hf"): ["data.name=owner/name"]}.get(
+            (group, option), []
+        )
         settings = settings_for([f"{group}={option}", *extra])
         assert to_plain(settings)[{"arch": "model", "debug": "model"}.get(group, group)]  # they set model keys
 
