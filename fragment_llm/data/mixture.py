@@ -7,8 +7,9 @@ and token cache entry (cache.py). Two things are the mixture's:
 - The tokenizer trains on text of every source in proportion to its share, within a byte budget B:
   source i gives share_i x B bytes of its training split. B is the largest budget that repeats no
   source's text, min_i(train_bytes_i / share_i): the source that is smallest for its share gives all
-  of its text, the others pieces spread evenly over theirs. The trainer streams these pieces, as it
-  streams a single corpus, so memory is what a single corpus of B bytes takes.
+  of its text, the others segments of about a KB (whole lines, or whole short documents) spread evenly
+  over theirs. The trainer streams them, as it streams a single corpus, so memory is what a single
+  corpus of B bytes takes.
 - Training windows are drawn from the sources by weight, a deterministic function of (train.seed, the
   window's place in the stream): window g's source is a seeded draw at the shares, and the k-th window
   drawn from a source is the k-th of that source's own seeded order (batches.WindowOrder). The stream's
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # cache.py imports this module
 MIXTURE_VERSION = 1
 MIX_KEY = 0x6D6978  # "mix": keeps a mixture's random numbers apart from a single corpus's (seed, epoch)
 DRAW_CHUNK = 1 << 14  # windows whose sources are drawn at once
+SEGMENT = 1 << 10  # the tokenizer takes a larger source's text in segments of about this many characters
 
 
 # ---- the tokenizer's text ----------------------------------------------------------------------------
@@ -46,20 +48,32 @@ def weighted_texts(
     splits: Sequence[tuple[list[Document], list[str]]], shares: Sequence[float], progress: Progress
 ) -> Iterator[str]:
     """The text the tokenizer trains on: of each source's training split (its documents and their hashes,
-    checked as they are read), pieces spread evenly over it, share x B bytes in all (see tokenizer_budget).
-    Every piece is read, to check it, but only those chosen are kept."""
+    checked as they are read), segments spread evenly over it, about share x B bytes in all (see
+    tokenizer_budget). Every piece is read, to check it, but only the segments chosen are kept."""
     budget = tokenizer_budget([total_bytes(documents) for documents, _ in splits], shares)
     for (documents, hashes), share in zip(splits, shares):
-        fraction = min(1.0, budget * share / total_bytes(documents))
-        credit = 0.0  # bytes owed to the budget: a piece is taken once it is owed
+        fraction = budget * share / total_bytes(documents)
+        owed = 0.0  # what the segments so far owe the budget: the next one is taken while it is owed any
         for text in document_texts(documents, progress, hashes):
             if text is None:
                 continue
-            size = len(text.encode("utf-8", "surrogatepass"))
-            credit += fraction * size
-            if credit > 0:
-                credit -= size
+            if fraction >= 1:  # the source that sets the budget gives all of its text
                 yield text
+                continue
+            for segment in _segments(text):
+                owed += fraction * len(segment)
+                if owed > 0:
+                    owed -= len(segment)
+                    yield segment
+
+
+def _segments(text: str) -> Iterator[str]:
+    """`text` in segments of about SEGMENT characters, each cut after a line break (or at its end)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + SEGMENT) + 1 or len(text)
+        yield text[start:end]
+        start = end
 
 
 def tokenizer_key(hashes: Sequence[str], shares: Sequence[float]) -> str:
