@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # cache.py imports this module
 MIXTURE_VERSION = 1
 MIX_KEY = 0x6D6978  # "mix": keeps a mixture's random numbers apart from a single corpus's (seed, epoch)
 DRAW_CHUNK = 1 << 14  # windows whose sources are drawn at once
+WHOLE = 1 - 1e-9  # a fraction of a source this close to 1 is all of it (size / share * share may round below)
 SEGMENT = 1 << 10  # the tokenizer takes a larger source's text in segments of about this many characters
 
 
@@ -57,7 +58,7 @@ def weighted_texts(
         for text in document_texts(documents, progress, hashes):
             if text is None:
                 continue
-            if fraction >= 1:  # the source that sets the budget gives all of its text
+            if fraction >= WHOLE:  # the source that sets the budget gives all of its text
                 yield text
                 continue
             for segment in _segments(text):
@@ -114,7 +115,7 @@ def budget_line(names: Sequence[str], train_bytes: Sequence[int], shares: Sequen
     parts = []
     for name, size, share in zip(names, train_bytes, shares):
         given = min(size, budget * share)
-        parts.append(f"{name} {_size(given)} " + ("(all)" if given >= size else f"of {_size(size)}"))
+        parts.append(f"{name} {_size(given)} " + ("(all)" if given >= WHOLE * size else f"of {_size(size)}"))
     return ", ".join(parts)
 
 

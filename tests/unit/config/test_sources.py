@@ -3,11 +3,16 @@ made settings of its own, and a bad entry one line naming its index and key."""
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
-from helpers import settings_for
+from helpers import ROOT, settings_for
 
 from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
 from fragment_llm.config.sources import data_sources, mixture_sources
+from fragment_llm.launch import conf
+from fragment_llm.launch.compose import check_overrides
 
 
 def test_conf_data_mix_is_the_bundled_corpora_half_and_half():
@@ -79,3 +84,15 @@ def test_sources_belong_to_data_mix_and_a_mixture_takes_no_single_path():
         settings_for(["+data.sources=[{source:pydoc}]"])
     with pytest.raises(ConfigError, match=r"^data.path=a.txt reads one corpus; with data=mix give each source"):
         settings_for(["data=mix", "+data.path=a.txt"])
+
+
+def test_a_mixture_of_ones_own_in_conf_data_composes_as_the_readme_writes_it(tmp_path, monkeypatch):
+    readme = (ROOT / "fragment_llm" / "data" / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n# conf/data/my_mix.yaml\n(.*?)```", readme, re.S).group(1)
+    conf_dir = tmp_path / "conf"
+    shutil.copytree(conf.CONF_DIR, conf_dir)
+    (conf_dir / "data" / "my_mix.yaml").write_text(example, encoding="utf-8")
+    monkeypatch.setattr(conf, "CONF_DIR", conf_dir)
+    check_overrides(["data=my_mix"])  # run.py's check of the command line: my_mix is an option of data
+    sources = mixture_sources(settings_for(["data=my_mix"]).data)
+    assert [(source.name, source.share) for source in sources] == [("stories.jsonl.zst", 0.75), ("pydoc", 0.25)]
