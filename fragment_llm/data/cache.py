@@ -147,13 +147,7 @@ def prepare_data(
             SourceTokens(source.name, source.share, train, val, total_bytes(corpus.train), total_bytes(corpus.val))
         )
         if mixture:
-            log.info(
-                "Data: %s (weight %.3g): %s training tokens, %s validation tokens",
-                source.name,
-                source.share,
-                f"{len(train):,}",
-                f"{len(val):,}",
-            )
+            log.info("Data: %s (weight %.3g): %s training tokens, %s validation tokens", *_source_figures(tokens[-1]))
     prepared = PreparedData(
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
@@ -172,6 +166,10 @@ def prepare_data(
         prepared.seconds,
     )
     return prepared
+
+
+def _source_figures(source: SourceTokens) -> tuple:
+    return source.name, source.share, f"{len(source.train):,}", f"{len(source.val):,}"
 
 
 def _read_source(index: int, source: MixSource, block_size: int, mixture: bool) -> _SplitCorpus:
