@@ -139,8 +139,12 @@ class Checked:
 
     @property
     def hash(self) -> str:
-        """One hash for the corpus, from its documents' hashes in order."""
-        return hashlib.blake2b("\n".join(self.hashes).encode(), digest_size=16).hexdigest()
+        return corpus_hash(self.hashes)
+
+
+def corpus_hash(hashes: list[str]) -> str:
+    """One hash for a corpus from its documents' hashes (a mixture's: its sources' hashes), in order."""
+    return hashlib.blake2b("\n".join(hashes).encode(), digest_size=16).hexdigest()
 
 
 def check_documents(documents: list[AnyDocument]) -> Checked:
