@@ -136,5 +136,6 @@ def test_a_key_that_only_one_option_reads_implies_that_option():
     assert with_implied_choices(["-m", "data.name=a/b,c/d"]) == ["-m", "data.name=a/b,c/d", "data=hf"]
     assert with_implied_choices(["data=mix", "data.path=x"]) == ["data=mix", "data.path=x"]  # the user's choice stands
     assert with_implied_choices(["model=small"]) == ["model=small"]
+    assert with_implied_choices(["data.sources=[{source:pydoc}]"])[-1] == "data=mix"
     settings = settings_for(with_implied_choices(["data.path=c.jsonl", "data.text_field=story"]))
     assert settings.data.source is DataSource.text and settings.data.text_field == "story"
