@@ -63,6 +63,28 @@ def tiny_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def mixture_corpora(folder: Path, corpus: Path) -> tuple[Path, Path]:
+    """Two corpora unlike each other, for a mixture: `corpus` (English prose) and about 30 KB of Python code
+    (the start of argparse's source), as prose.txt and code.txt in `folder`."""
+    import argparse
+    import inspect
+
+    prose, code = folder / "prose.txt", folder / "code.txt"
+    if not code.exists():
+        prose.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+        code.write_text(inspect.getsource(argparse)[:30_000], encoding="utf-8")
+    return prose, code
+
+
+def mixture_overrides(tmp_path: Path, corpus: Path, weights=(3, 1), **keys) -> list[str]:
+    """tiny_overrides on `data=mix` of mixture_corpora (prose.txt and code.txt, weighted `weights`), as a user
+    types the list: `data.sources=[{path:...,weight:3},{path:...,weight:1}]`."""
+    prose, code = mixture_corpora(tmp_path, corpus)
+    sources = f"[{{path:{prose},weight:{weights[0]}}},{{path:{code},weight:{weights[1]}}}]"
+    overrides = tiny_overrides(tmp_path, corpus, **{"data": "mix", "data.sources": sources, **keys})
+    return [item for item in overrides if not item.startswith("data.path=")]
+
+
 def settings_for(overrides: list[str]) -> Config:
     """The settings `python run.py OVERRIDES` trains with."""
     return load_settings(conf.compose(overrides))

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..console import error_console
 from ..errors import UserError
@@ -34,6 +34,17 @@ METRICS = (
     "wall_time_s",
     "error",
 )
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """What `show` and `compare` print of a summary: its METRICS, then a mixture's latest validation
+    figures by source, named as in metrics.jsonl (`val/loss/<source>`, `val/bpb/<source>`)."""
+    metrics = {key: summary[key] for key in METRICS if key in summary}
+    for kind in ("loss", "bpb"):
+        by_source = summary.get(f"val_{kind}_by_source")
+        if isinstance(by_source, dict):
+            metrics.update({f"val/{kind}/{name}": value for name, value in by_source.items()})
+    return metrics
 
 
 class CLIError(UserError):

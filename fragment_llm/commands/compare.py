@@ -14,7 +14,7 @@ from ..console import console
 from ..runs.records import current_summary, describe_run, run_config
 from ..runs.stats import comparable, deciding_metric, group_runs, groups_view, names_key, override_key, verdict
 from ..runs.tables import print_view, stdout_console
-from .common import METRICS, CLIError, add_root_argument, resolve_runs, warn_if_damaged
+from .common import METRICS, CLIError, add_root_argument, resolve_runs, summary_metrics, warn_if_damaged
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -62,7 +62,7 @@ def compare_groups(runs: list[Path], root: Path, ignored: list[str]) -> int:
 def side_by_side(runs: list[Path], names: list[str]) -> tuple[Table, Table]:
     """A table of the config keys whose values differ between the runs, and one of their metrics."""
     configs = [run_config(run) for run in runs]
-    summaries = [current_summary(run) for run in runs]
+    summaries = [summary_metrics(current_summary(run)) for run in runs]
     keys = sorted(set().union(*configs))
     differing = [key for key in keys if len({json.dumps(config.get(key), default=str) for config in configs}) > 1]
     config_table = Table(title=f"Config keys that differ ({len(differing)} of {len(keys)})")
@@ -73,9 +73,10 @@ def side_by_side(runs: list[Path], names: list[str]) -> tuple[Table, Table]:
             table.add_column(name, overflow="fold")
     for key in differing:
         config_table.add_row(key, *("-" if config.get(key) is None else str(config.get(key)) for config in configs))
-    for key in METRICS:
-        if any(key in summary for summary in summaries):
-            metrics_table.add_row(key, *(str(summary.get(key, "-")) for summary in summaries))
+    shown = [key for key in METRICS if any(key in summary for summary in summaries)]
+    shown += dict.fromkeys(key for summary in summaries for key in summary if key not in METRICS)  # by source
+    for key in shown:
+        metrics_table.add_row(key, *(str(summary.get(key, "-")) for summary in summaries))
     return config_table, metrics_table
 
 

@@ -49,8 +49,10 @@ def check_stride(stride: int | None, block_size: int) -> None:
 
 def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[list[Document], str]:
     """The text to evaluate on and how to name it: `data_path`'s files, else the validation split of the
-    data the run trained on, as training split it, once the data is checked to be unchanged."""
-    from ..data.corpus import collect_documents, fingerprint, split_documents
+    data the run trained on (a mixture's: every source's, together), as training split it, once the data
+    is checked to be unchanged."""
+    from ..config.sources import data_sources
+    from ..data.corpus import collect_documents, corpus_hash, fingerprint, split_documents
     from ..data.readers import text_documents
 
     if data_path is not None:
@@ -60,13 +62,17 @@ def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[li
         source = DataSource(data["source"])
     except (TypeError, KeyError, ValueError):
         raise RunError(f"{trained.checkpoint_path} does not record its training data; pass --data PATH") from None
-    data = with_added_data_keys(data)
-    keys = {item.name for item in dataclasses.fields(DataConfig)} - {"source"}
-    settings = DataConfig(source=source, **{key: data[key] for key in keys if key in data})
-    where = f"{settings.source.value}: {settings.path}" if settings.path else settings.source.value
     try:
-        train, val = split_documents(collect_documents(settings), settings.val_fraction)
-        current = fingerprint(train + val)  # as the token cache hashes it, split
+        data = with_added_data_keys(data)
+        keys = {item.name for item in dataclasses.fields(DataConfig)} - {"source"}
+        settings = DataConfig(source=source, **{key: data[key] for key in keys if key in data})
+        sources = data_sources(settings)
+        where = f"{source.value}: {settings.path}" if settings.path else source.value
+        where += f" of {', '.join(item.name for item in sources)}" if source is DataSource.mix else ""
+        splits = [split_documents(collect_documents(item.data), settings.val_fraction) for item in sources]
+        hashes = [fingerprint(train + val) for train, val in splits]  # as the token cache hashes them, split
+        current = corpus_hash(hashes) if source is DataSource.mix else hashes[0]
+        val = [document for _, split in splits for document in split]
     except ConfigError as error:
         raise ConfigError(f"{error} (the run's training data); or evaluate other text with --data PATH") from None
     recorded = recorded_corpus_hash(trained.checkpoint_path)

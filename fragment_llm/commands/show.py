@@ -13,7 +13,7 @@ from rich.table import Table
 from ..console import console
 from ..runs.paths import RunPaths
 from ..runs.records import DIED, current_summary, reproduce_command, run_config, run_overrides
-from .common import METRICS, add_root_argument, resolve_run, warn_if_damaged
+from .common import add_root_argument, resolve_run, summary_metrics, warn_if_damaged
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def handle(args: argparse.Namespace) -> int:
     console.print(f"[bold]{run}[/bold]")
     console.print(key_value_table("Config", run_config(run)))
     console.print("Overrides: " + (" ".join(run_overrides(run)) or "(none: the defaults)"), markup=False)
-    console.print(key_value_table("Metrics (summary.json)", {key: summary[key] for key in METRICS if key in summary}))
+    console.print(key_value_table("Metrics (summary.json)", summary_metrics(summary)))
     paths = RunPaths(run)
     files = sorted([*paths.checkpoints.glob("*.pt"), *paths.models.glob("*.pt")])
     console.print("Checkpoints:" if files else "Checkpoints: none", markup=False)

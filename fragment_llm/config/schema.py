@@ -116,6 +116,7 @@ class DataSource(str, Enum):
     text = "text"
     stdlib = "stdlib"
     hf = "hf"
+    mix = "mix"
 
 
 def model_section() -> type[Section]:
@@ -278,7 +279,7 @@ class DataConfig(Section):
 
     source: DataSource = setting(
         "the corpus (the data group sets it): Python's documentation, the standard "
-        "library's .py sources, or your own text (`data.path`)"
+        "library's .py sources, your own text (`data.path`), or a mixture of corpora (`data.sources`)"
     )
     path: Optional[str] = setting(
         "for `data=text`: a file, a folder or a glob. Each file is read by its extension: plain text (.txt and any "
@@ -301,22 +302,34 @@ class DataConfig(Section):
     text_field: Optional[str] = setting(
         "for records (JSON Lines, Parquet, datasets): the field that holds a document's text; a dotted path "
         "(`meta.body`) reads a nested object",
-        options=("text", "hf"),
+        options=("text", "hf", "mix"),
         default="text",
     )
     skip_bad_records: Optional[bool] = setting(
         "true: skip a record that cannot be read (not JSON, no text field, not a string) and say how many were "
         "skipped and where the first was; false: such a record is an error naming it",
-        options=("text", "hf"),
+        options=("text", "hf", "mix"),
         default=False,
+    )
+    sources: Optional[list[Any]] = setting(
+        "for `data=mix`: the corpora to draw training windows from by weight, `[{source:pydoc,weight:1},{path:FILE,"
+        "weight:3}]` (keys: source, path, name, split, text_field, weight; `path` alone means a text source; weight "
+        'defaults to 1); each source has its own validation split (fragment_llm/data/README.md, "Mixtures")',
+        options=("mix",),
     )
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
-        "documents; a single file is cut at a line break)",
+        "documents; a single file is cut at a line break; in a mixture, of each source)",
         0.0,
         0.5,
         low_open=True,
     )
+
+    def validate(self) -> None:
+        if self.source is DataSource.mix or self.sources is not None:
+            from .sources import mixture_sources  # sources.py builds on this module
+
+            mixture_sources(self)
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The token cache: a corpus encoded once, its token ids kept in memory-mapped files.
 
 The cache holds tokenizers, keyed by the hash of the corpus and the tokenizer's settings, and token
-files, keyed by the hash of the corpus and of the tokenizer. A token cache entry's meta.json is
-written last, with checksums of its token files, and the files are checked against it before every
-use; a damaged entry is encoded again.
+files, keyed by the hash of the corpus and of the tokenizer (each source of a mixture, data/mixture.py,
+has the entry it would have alone). A token cache entry's meta.json is written last, with checksums of
+its token files, and the files are checked against it before every use; a damaged entry is encoded again.
 """
 
 from __future__ import annotations
@@ -14,35 +14,49 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..config.schema import ConfigError, DataConfig
+from ..config.schema import ConfigError, DataConfig, DataSource
+from ..config.sources import MixSource, data_sources
 from ..files import UnreadableFile, atomic_path, read_json, write_json, write_text
 from ..text import plural
 from .corpus import (
     Progress,
     check_documents,
     collect_documents,
+    corpus_hash,
     document_texts,
     new_hash,
     split_documents,
     total_bytes,
 )
 from .document import Document
-from .fast_encoder import CorpusEncoder, corpus_encoder
+from .fast_encoder import CorpusEncoder, corpus_encoder, text_batches
+from .mixture import TokenizerText
 from .tokenizer import TokenizerError, end_of_text_id, load_tokenizer, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 CHECKSUM_BLOCK = 1 << 20
-ENCODE_BATCH = 64
-ENCODE_BATCH_CHARS = 1 << 20
 # 3: a special token's spelling in a document is encoded as text (tokenizer.text_only), no longer as
 # the token, so token files of earlier versions may hold other ids for the same text.
-CACHE_VERSION = 3
+# 4: tokenizers reserve the chat tokens (tokenizer.CHAT_TOKENS): one cached before lacks them.
+CACHE_VERSION = 4
+
+
+@dataclass
+class SourceTokens:
+    """One source's tokens: a single corpus is one source, with all the weight."""
+
+    name: str
+    share: float  # of the training windows: its weight over the weights' sum
+    train: np.ndarray
+    val: np.ndarray
+    train_bytes: int
+    val_bytes: int
 
 
 @dataclass
@@ -52,11 +66,36 @@ class PreparedData:
     tokenizer_hash: str
     corpus_hash: str
     vocab_size: int
-    train: np.ndarray
-    val: np.ndarray
-    train_bytes: int
-    val_bytes: int
+    sources: list[SourceTokens]
+    mixture: bool  # data=mix: training draws from the sources by weight, and they are reported one by one
     seconds: float
+
+    # A single corpus's tokens and bytes (of a mixture: its first source's; `sources` has each).
+    @property
+    def train(self) -> np.ndarray:
+        return self.sources[0].train
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.sources[0].val
+
+    @property
+    def train_bytes(self) -> int:
+        return self.sources[0].train_bytes
+
+    @property
+    def val_bytes(self) -> int:
+        return self.sources[0].val_bytes
+
+    @property
+    def train_tokens(self) -> int:
+        """The training tokens of every source together."""
+        return sum(len(source.train) for source in self.sources)
+
+    @property
+    def val_tokens(self) -> int:
+        """The validation tokens of every source together."""
+        return sum(len(source.val) for source in self.sources)
 
 
 @dataclass
@@ -82,49 +121,66 @@ def prepare_data(
     cache_dir: Path,
     tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedData:
-    """Validate the corpus, train or reuse the tokenizer, encode once, and open the token memmaps.
-    A given `tokenizer` (a resumed checkpoint's own, or a fine-tuned run's parent's) is used as it is,
-    whatever the cache holds."""
+    """Validate the corpus (each source of a mixture), train or reuse the tokenizer, encode once, and open
+    the token memmaps. A given `tokenizer` (a resumed checkpoint's own, or a fine-tuned run's parent's)
+    is used as it is, whatever the cache holds."""
     started = time.perf_counter()
-    corpus = _read_corpus(data, block_size)
+    mixture = data.source is DataSource.mix
+    sources = data_sources(data)
+    corpora = [_read_source(index, source, block_size, mixture) for index, source in enumerate(sources)]
     cache_dir = Path(cache_dir)
     _remove_stale_temporaries(cache_dir)
     if tokenizer is not None:
         tokenizer_path = None
         log.info("Tokenizer: the checkpoint's own")
     else:
-        key = _tokenizer_key(corpus, data, vocab_size, min_frequency)
-        tokenizer_path = cache_dir / "tokenizers" / f"{key}.json"
-        tokenizer = _cached_or_trained_tokenizer(corpus, tokenizer_path, vocab_size, min_frequency, retrain)
+        tokenizer_path, tokenizer = _tokenizer(corpora, sources, data, vocab_size, min_frequency, retrain, cache_dir)
     real_vocab = tokenizer.get_vocab_size()
     if real_vocab < vocab_size:
         _warn_of_smaller_vocabulary(real_vocab, vocab_size)
     token_hash = tokenizer_hash(tokenizer)
     dtype = np.dtype(np.uint16 if real_vocab <= 2**16 else np.uint32)
-    tokens_dir = cache_dir / "tokens" / f"v{CACHE_VERSION}-{corpus.hash[:16]}-{data.val_fraction}-{token_hash}"
-    if retrain or not _token_files_intact(tokens_dir, dtype):
-        _encode_corpus(tokenizer, corpus, tokens_dir, dtype)
-    train, val = _open_token_files(tokens_dir, dtype, block_size)
-    seconds = time.perf_counter() - started
-    log.info(
-        "Data: %s training tokens, %s validation tokens, vocabulary %d (prepared in %.2fs)",
-        f"{len(train):,}",
-        f"{len(val):,}",
-        real_vocab,
-        seconds,
-    )
-    return PreparedData(
+    tokens = []
+    for source, corpus in zip(sources, corpora):
+        tokens_dir = cache_dir / "tokens" / f"v{CACHE_VERSION}-{corpus.hash[:16]}-{data.val_fraction}-{token_hash}"
+        if retrain or not _token_files_intact(tokens_dir, dtype):
+            _encode_corpus(tokenizer, corpus, tokens_dir, dtype)
+        train, val = _open_token_files(tokens_dir, dtype, block_size)
+        tokens.append(SourceTokens(source.name, source.share, train, val, corpus.train_bytes, corpus.val_bytes))
+        if mixture:
+            log.info("Data: %s (weight %.3g): %s training tokens, %s validation tokens", *_source_figures(tokens[-1]))
+    prepared = PreparedData(
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
         tokenizer_hash=token_hash,
-        corpus_hash=corpus.hash,
+        corpus_hash=corpus_hash([corpus.hash for corpus in corpora]) if mixture else corpora[0].hash,
         vocab_size=real_vocab,
-        train=train,
-        val=val,
-        train_bytes=corpus.train_bytes,
-        val_bytes=corpus.val_bytes,
-        seconds=seconds,
+        sources=tokens,
+        mixture=mixture,
+        seconds=time.perf_counter() - started,
     )
+    log.info(
+        "Data: %s training tokens, %s validation tokens, vocabulary %d (prepared in %.2fs)",
+        f"{prepared.train_tokens:,}",
+        f"{prepared.val_tokens:,}",
+        real_vocab,
+        prepared.seconds,
+    )
+    return prepared
+
+
+def _source_figures(source: SourceTokens) -> tuple:
+    return source.name, source.share, f"{len(source.train):,}", f"{len(source.val):,}"
+
+
+def _read_source(index: int, source: MixSource, block_size: int, mixture: bool) -> _SplitCorpus:
+    """A source's corpus (see _read_corpus); an error about a mixture's source says which one it is."""
+    try:
+        return _read_corpus(source.data, block_size)
+    except ConfigError as error:
+        if not mixture:
+            raise
+        raise ConfigError(f"data.sources[{index}] ({source.name}): {error}") from None
 
 
 def _read_corpus(data: DataConfig, block_size: int) -> _SplitCorpus:
@@ -173,29 +229,32 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _tokenizer_key(corpus: _SplitCorpus, data: DataConfig, vocab_size: int, min_frequency: int) -> str:
-    """The cached tokenizer's name: what it was trained on and how."""
-    return hashlib.blake2b(
-        f"{CACHE_VERSION}:{corpus.hash}:{data.val_fraction}:{vocab_size}:{min_frequency}".encode(), digest_size=8
+def _tokenizer(
+    corpora: list[_SplitCorpus],
+    sources: list[MixSource],
+    data: DataConfig,
+    vocab_size: int,
+    min_frequency: int,
+    retrain: bool,
+    cache_dir: Path,
+) -> tuple[Path, Tokenizer]:
+    """The tokenizer cached for what it trains on and how, or one trained on the training split (a
+    mixture's: its sources' at their weights, mixture.weighted_texts) and cached; and its path."""
+    training = TokenizerText(corpora, sources, data.source is DataSource.mix)
+    key = hashlib.blake2b(
+        f"{CACHE_VERSION}:{training.key}:{data.val_fraction}:{vocab_size}:{min_frequency}".encode(), digest_size=8
     ).hexdigest()
-
-
-def _cached_or_trained_tokenizer(
-    corpus: _SplitCorpus, path: Path, vocab_size: int, min_frequency: int, retrain: bool
-) -> Tokenizer:
-    """The tokenizer cached at `path`, or one trained on the training split and cached there."""
+    path = cache_dir / "tokenizers" / f"{key}.json"
     if not retrain and (tokenizer := _cached_tokenizer(path)) is not None:
         log.info("Tokenizer: reusing %s", path)
-        return tokenizer
-    log.info("Tokenizer: training byte-level BPE (vocab %d) on the training split", vocab_size)
+        return path, tokenizer
+    log.info("Tokenizer: training byte-level BPE (vocab %d) on %s", vocab_size, training.what)
     started = time.perf_counter()
-    progress = Progress("Tokenizer: reading the training split", total_bytes(corpus.train))
-    texts = document_texts(corpus.train, progress, corpus.train_hashes)
-    tokenizer = train_tokenizer((text for text in texts if text is not None), vocab_size, min_frequency)
-    log.info("Tokenizer: trained in %s", _rate(total_bytes(corpus.train), started))
+    tokenizer = train_tokenizer(training.texts(), vocab_size, min_frequency)
+    log.info("Tokenizer: trained in %s", _rate(training.size, started))
     # Written from Python: a full disk is then an OSError, not the bare Exception of Tokenizer.save
     write_text(path, tokenizer.to_str(pretty=True))
-    return tokenizer
+    return path, tokenizer
 
 
 def _cached_tokenizer(path: Path) -> Optional[Tokenizer]:
@@ -302,7 +361,7 @@ def token_arrays(
 ) -> Iterator[np.ndarray]:
     """The documents' token ids in pieces, `<|endoftext|>` after each document; with `hashes`, each
     document is checked as it is read (see corpus.document_texts). Pieces of text are encoded in
-    batches (text_batches). `encoder` is one for a whole pass (fast_encoder's), made here for these
+    batches (fast_encoder.text_batches). `encoder` is one for a whole pass, made here for these
     documents when not given."""
     if encoder is None:
         with corpus_encoder(tokenizer, total_bytes(documents)) as encoder:
@@ -312,22 +371,6 @@ def token_arrays(
     texts = document_texts(documents, progress or Progress("Data: encoding", total_bytes(documents)), hashes)
     for encodings in encoder.encode_ahead(text_batches(texts)):
         yield np.concatenate([end_of_text if ids is None else ids for ids in encodings], dtype=dtype)
-
-
-def text_batches(texts: Iterable[Optional[str]]) -> Iterator[list[Optional[str]]]:
-    """Texts (None: a document's end) in batches of at least ENCODE_BATCH texts and ENCODE_BATCH_CHARS
-    characters, across document boundaries, so that the encoder's threads have work even when a corpus
-    is thousands of small files or records."""
-    batch: list[Optional[str]] = []
-    chars = 0
-    for text in texts:
-        batch.append(text)
-        chars += 0 if text is None else len(text)
-        if len(batch) >= ENCODE_BATCH and chars >= ENCODE_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
 
 
 def _open_token_files(tokens_dir: Path, dtype: np.dtype, block_size: int) -> tuple[np.memmap, np.memmap]:

@@ -139,8 +139,12 @@ class Checked:
 
     @property
     def hash(self) -> str:
-        """One hash for the corpus, from its documents' hashes in order."""
-        return hashlib.blake2b("\n".join(self.hashes).encode(), digest_size=16).hexdigest()
+        return corpus_hash(self.hashes)
+
+
+def corpus_hash(hashes: list[str]) -> str:
+    """One hash for a corpus from its documents' hashes (a mixture's: its sources' hashes), in order."""
+    return hashlib.blake2b("\n".join(hashes).encode(), digest_size=16).hexdigest()
 
 
 def check_documents(documents: list[AnyDocument]) -> Checked:
@@ -172,7 +176,12 @@ def check_documents(documents: list[AnyDocument]) -> Checked:
         )
     if whitespace_only:
         raise ConfigError(f"data: the corpus ({documents[0].name}, ...) holds only whitespace; give it text")
-    log.info("Data: %s, %s MB of text", plural(records, "document"), f"{sum(checked.text_bytes) / 1e6:,.1f}")
+    log.info(
+        "Data: %s %s, %s MB of text",
+        f"{records:,}",
+        "document" if records == 1 else "documents",
+        f"{sum(checked.text_bytes) / 1e6:,.1f}",
+    )
     if skips.count:
         log.warning("Data: %s", skips.summary())
     return checked

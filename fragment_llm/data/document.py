@@ -201,6 +201,8 @@ def _json_lines(pieces: Iterator[str], document: Document, skips: Optional[Skips
         lines = (carry + piece).split("\n") if piece is not None else [carry]
         carry = lines.pop() if piece is not None else ""
         for line in lines:
+            if line_number == 1 and line.startswith("\ufeff"):  # a byte order mark, as some editors write
+                line = line[1:]
             try:
                 text = json_text(line, text_field)
             except BadRecord as bad:

@@ -25,14 +25,18 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from ..config.schema import ConfigError
-from .tokenizer import END_OF_TEXT, GPT2_WORDS, MAX_RUN, byte_level_pre_tokenizer, text_ids
+from .tokenizer import GPT2_WORDS, MAX_RUN, text_ids, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 # Below this many bytes to encode, tokenizers alone: what tiktoken saves on a small corpus is less than
 # checking the tokenizer for it (tiktoken_ranks) costs.
 FAST_MIN_BYTES = 4 << 20
-CHUNK_CHARS = 1 << 16  # what a thread takes at a time: a 64 KB piece of a file, or many small records
+# A batch holds at least ENCODE_BATCH texts and ENCODE_BATCH_CHARS characters, of which a thread takes
+# chunks of CHUNK_CHARS (a 64 KB piece of a file, or many small records).
+ENCODE_BATCH = 64
+ENCODE_BATCH_CHARS = 1 << 20
+CHUNK_CHARS = 1 << 16
 # A character's class, as the split's regex sees it: a run of one class is one word (cut at MAX_RUN).
 CLASS_PATTERNS = {b"L": r"\p{L}", b"N": r"\p{N}", b"S": r"\s"}
 OTHER, DISPUTED, UNPROBED = b"O", b"X", b"?"  # anything else; classed otherwise by the engines; not asked yet
@@ -114,6 +118,22 @@ class CorpusEncoder:
         ]
 
 
+def text_batches(texts: Iterable[Optional[str]]) -> Iterator[list[Optional[str]]]:
+    """Texts (None: a document's end) in batches of at least ENCODE_BATCH texts and ENCODE_BATCH_CHARS
+    characters, across document boundaries, so that the encoder's threads have work even when a corpus
+    is thousands of small files or records."""
+    batch: list[Optional[str]] = []
+    chars = 0
+    for text in texts:
+        batch.append(text)
+        chars += 0 if text is None else len(text)
+        if len(batch) >= ENCODE_BATCH and chars >= ENCODE_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
 def _aligned(batch: list[Optional[str]], finish: Callable[[], list[np.ndarray]]) -> list[Optional[np.ndarray]]:
     """The ids `finish` gives for a batch's texts, with None where the batch has None."""
     arrays = iter(finish())
@@ -167,7 +187,8 @@ def tiktoken_encoding(tokenizer: Tokenizer):
     if isinstance(ranks, str):
         _log_once(f"Data: encoding with tokenizers, not tiktoken: {ranks}")
         return None
-    return tiktoken.Encoding("fragment-llm", pat_str=GPT2_WORDS, mergeable_ranks=ranks, special_tokens={END_OF_TEXT: 0})
+    special = {token["content"]: token["id"] for token in json.loads(tokenizer.to_str())["added_tokens"]}
+    return tiktoken.Encoding("fragment-llm", pat_str=GPT2_WORDS, mergeable_ranks=ranks, special_tokens=special)
 
 
 @functools.lru_cache(maxsize=None)
@@ -296,9 +317,10 @@ def tiktoken_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | str:
     vocab: dict[str, int] = spec["model"]["vocab"]
     merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in spec["model"]["merges"]]
     byte_of = {char: byte for byte, char in byte_level_alphabet().items()}
+    added = {token["id"]: token["content"] for token in spec["added_tokens"]}
     ranks = {}
     for token, token_id in vocab.items():
-        if token_id == 0 and token == END_OF_TEXT:
+        if added.get(token_id) == token:
             continue
         if any(char not in byte_of for char in token):
             return f"its token {token!r} is not made of bytes"
@@ -330,35 +352,32 @@ def _structure_problem(spec: dict) -> Optional[str]:
         ("truncation", spec.get("truncation"), None),
         ("padding", spec.get("padding"), None),
         ("BPE settings", {key: model.get(key) for key in settings}, settings),
-        ("added tokens", _added(spec.get("added_tokens")), _added(ours["added_tokens"])),
     ]
     for what, theirs, wanted in checks:
         if theirs != wanted:
             return f"its {what} differ from those of the tokenizers this toolkit trains"
+    # Special tokens are never read from text (tokenizer.text_only); any other added token would be.
+    if not all(token.get("special") is True for token in spec.get("added_tokens") or []):
+        return "it has added tokens that are not special"
     return None
-
-
-def _added(tokens: Optional[list]) -> list:
-    return [(token.get("id"), token.get("content"), token.get("special")) for token in tokens or []]
 
 
 @functools.lru_cache(maxsize=None)
 def _reference_spec() -> dict:
-    """An empty tokenizer of train_tokenizer's structure, as parsed JSON: what the checks compare with."""
-    from tokenizers import decoders, models
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([END_OF_TEXT])
-    return json.loads(tokenizer.to_str())
+    """A tokenizer that train_tokenizer makes, as parsed JSON: the structure the checks compare with."""
+    return json.loads(train_tokenizer(["a"], 300, min_frequency=1).to_str())
 
 
 def _tokens_encode_as_themselves(spec: dict, vocab: dict[str, int]) -> bool:
     """Whether tokenizers' BPE encodes each multi-byte token's bytes, as one word, into that token."""
-    spec = {**spec, "pre_tokenizer": {"type": "WhitespaceSplit"}, "added_tokens": []}
-    words = {token: token_id for token, token_id in vocab.items() if len(token) > 1 and token != END_OF_TEXT}
-    encoded = Tokenizer.from_str(json.dumps(spec)).encode(" ".join(words), add_special_tokens=False).ids
+    special = {token["content"] for token in spec["added_tokens"]}
+    words = {token: token_id for token, token_id in vocab.items() if len(token) > 1 and token not in special}
+    bare = {
+        **spec,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "added_tokens": [],
+    }  # no byte-level character is a space
+    encoded = Tokenizer.from_str(json.dumps(bare)).encode(" ".join(words), add_special_tokens=False).ids
     return encoded == list(words.values())
 
 

@@ -11,6 +11,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from ..files import UnreadableFile, read_checked
 
 END_OF_TEXT = "<|endoftext|>"
+# The chat format's tokens (data/chat.py): every tokenizer trained here reserves them, after
+# `<|endoftext|>`, so that any run can be fine-tuned to chat without growing its vocabulary.
+ROLE_TOKENS = {role: f"<|{role}|>" for role in ("system", "user", "assistant")}
+END_OF_TURN = "<|end|>"
+CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
 # GPT-2's pre-tokenizer (tokenizers' ByteLevel) splits text into words with this regex. BPE training
 # spends time in proportion to a word's length at every merge, so a long run of one kind of character
 # (a line of digits, CJK text, minified code, a block of spaces) is one huge word that trains at
@@ -32,14 +37,15 @@ def byte_level_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """Train a GPT-2 style byte-level BPE; `<|endoftext|>` (id 0) separates documents."""
+    """Train a GPT-2 style byte-level BPE; `<|endoftext|>` (id 0) separates documents, and the chat
+    tokens (ids 1-4) are reserved."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[END_OF_TEXT],
+        special_tokens=[END_OF_TEXT, *CHAT_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

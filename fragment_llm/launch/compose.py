@@ -143,7 +143,11 @@ def register_resolvers() -> None:
 
 
 # ---- checking a command line's overrides before Hydra ------------------------------------------------------
-IMPLIED_CHOICES = {"data.path": "data=text", "data.name": "data=hf"}  # a key only that option reads
+IMPLIED_CHOICES = {
+    "data.path": "data=text",
+    "data.name": "data=hf",
+    "data.sources": "data=mix",
+}  # read by that option only
 
 
 def with_implied_choices(arguments: list[str]) -> list[str]:

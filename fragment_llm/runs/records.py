@@ -210,6 +210,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "best_val_loss": summary.get("best_val_loss"),
         "val_bpb": summary.get("val_bpb"),
         "best_val_bpb": summary.get("best_val_bpb"),
+        "val_bpb_by_source": summary.get("val_bpb_by_source"),  # a mixture's: source name -> bits per byte
         "status": "damaged" if damage else run_status(run_dir, summary.get("status")),
         "wall_time_s": summary.get("wall_time_s"),
         "in_sweep": _mode(records[RunPaths.HYDRA_RECORD]) == "MULTIRUN",
@@ -238,10 +239,12 @@ def failed_to_start(run: dict[str, Any]) -> bool:
 
 
 def lookup(run: dict[str, Any], key: str) -> tuple[bool, Any]:
-    """A run's value for `key`: a column of the runs table, a summary.json field, or a config key."""
+    """A run's value for `key`: a column of the runs table, a summary.json field (one inside a mapping
+    dotted: `val_bpb_by_source.pydoc`), or a config key."""
     if key in run:
         return True, run[key]
-    for source in (read_summary(Path(run["path"])), run_config(Path(run["path"]))):
+    summary = read_summary(Path(run["path"]))
+    for source in (summary, flatten(summary), run_config(Path(run["path"]))):
         if key in source:
             return True, source[key]
     return False, None

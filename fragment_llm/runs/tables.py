@@ -41,18 +41,21 @@ HEADERS = {
     "tokens": "tokens",
     "best_val_loss": "best val loss",
     "val_bpb": "bits/byte",
+    "val_bpb_by_source": "bits/byte by source",
     "status": "status",
     "wall_time_s": "time",
 }
 RUNS_COLUMNS = tuple(HEADERS)
 # A sweep's jobs share the rest; whatever a sweep varies shows in their overrides.
-SWEEP_COLUMNS = ("name", "overrides", "steps", "best_val_loss", "val_bpb", "status", "wall_time_s")
+SWEEP_COLUMNS = ("name", "overrides", "steps", "best_val_loss", "val_bpb", "val_bpb_by_source", "status", "wall_time_s")
+# Shown only when some run has a value: a mixture's bits per byte by source.
+WHEN_SET = ("val_bpb_by_source",)
 # When a table does not fit its width with one line per run, these go first: a run's name says when
 # it started, and its tokens are its steps times the batch.
 LOW_VALUE = ("tokens", "started_at")
 # When it does not fit with every word whole, these go, the first first; the run, its overrides, best
 # val loss and status stay.
-DROP_ORDER = (*LOW_VALUE, "hardware", "wall_time_s", "steps", "model", "optimizer", "val_bpb")
+DROP_ORDER = (*LOW_VALUE, "hardware", "wall_time_s", "steps", "model", "optimizer", "val_bpb_by_source", "val_bpb")
 GROUP_COLUMNS = ("model", "hardware", "optimizer")  # config group options
 # Columns that, when every listed run has the same value, say it once above the table instead.
 SAID_ONCE = (*GROUP_COLUMNS, "status")
@@ -98,6 +101,8 @@ def cell(run: dict[str, Any], key: str) -> str:
         return _seconds(value)
     if key == "overrides":
         return " ".join(value) or "-"
+    if isinstance(value, dict):  # val_bpb_by_source: `pydoc 2.104, stdlib 1.873`
+        return ", ".join(f"{name} {_text(figure, 3)}" for name, figure in value.items()) or "-"
     return _text(value, 3 if key.endswith("bpb") else 4)
 
 
@@ -176,7 +181,7 @@ def runs_view(
         }
         for run in runs
     ]
-    keys = list(columns or default_columns)
+    keys = list(columns or [key for key in default_columns if key not in WHEN_SET or any(run.get(key) for run in runs)])
     numeric = [
         all(is_number(value) for value in values if value is not None) and any(value is not None for value in values)
         for values in ([value_of(run, key) for run in runs] for key in keys)

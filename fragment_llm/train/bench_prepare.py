@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config.schema import DataConfig, DataSource
-from ..data.cache import prepare_data, text_batches
+from ..data.cache import prepare_data
 from ..data.corpus import collect_documents
-from ..data.fast_encoder import encode_threads, encoding_with, tiktoken_encoding
+from ..data.fast_encoder import encode_threads, encoding_with, text_batches, tiktoken_encoding
 from ..data.readers import pydoc_documents, stdlib_documents
 from ..data.tokenizer import load_tokenizer, text_ids, train_tokenizer
 
@@ -117,7 +117,7 @@ def preparation_speed(vocab_size: int, megabytes: float, form: str = "txt") -> d
 
 
 def _batches(data: DataConfig) -> list[list[str]]:
-    """The corpus's texts in memory, in preparation's pieces and batches (cache.text_batches)."""
+    """The corpus's texts in memory, in preparation's pieces and batches (fast_encoder.text_batches)."""
     texts = (text for document in collect_documents(data) for text in [*document.texts(), None])
     return [[text for text in batch if text is not None] for batch in text_batches(texts)]
 

@@ -146,6 +146,7 @@ class RunOutputs:
             return
         values = {key: value for key, value in flatten(to_plain(settings)).items() if not key.startswith("paths.")}
         hparam_values = {key: "none" if value is None else value for key, value in values.items()}
+        hparam_values.update({key: str(value) for key, value in values.items() if isinstance(value, list)})  # sources
         # TensorBoard's records are UTF-8: a file name that is not (surrogates in Python) goes in escaped.
         hparam_values.update({key: utf8_text(value) for key, value in hparam_values.items() if isinstance(value, str)})
         metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
@@ -315,12 +316,17 @@ class RunOutputs:
     def epoch_started(self, epoch: int, epochs: Optional[int]) -> None:
         self.info("Epoch %d%s", epoch, "" if epochs is None else f"/{epochs}")
 
-    def evaluated(self, step: int, val_loss: float, val_bpb: float, summary: dict[str, Any]) -> None:
-        """An evaluation: its line, its TensorBoard scalars, and summary.json brought up to `summary`, so
-        that a running run shows how far it is. Its row of metrics.jsonl is its step's (log_step)."""
-        self.info("Step %d: val loss %.4f (%.3f bits per byte)", step, val_loss, val_bpb)
-        self.scalars(step, {"val/loss": val_loss, "val/bpb": val_bpb})
+    def evaluated(
+        self, step: int, val_loss: float, val_bpb: float, summary: dict[str, Any], by_source: dict[str, tuple]
+    ) -> None:
+        """An evaluation: its line, TensorBoard scalars (a mixture's `by_source` too: `val/loss/<name>`, `val/bpb/
+        <name>`) and summary.json brought up to `summary`. Its metrics.jsonl row is its step's (log_step)."""
+        sources = "".join(f"; {name} {loss:.4f} ({bpb:.3f})" for name, (loss, bpb) in by_source.items())
+        self.info("Step %d: val loss %.4f (%.3f bits per byte)%s", step, val_loss, val_bpb, sources)
         self.evaluated_step, self.evaluation = step, {"val/loss": val_loss, "val/bpb": val_bpb}
+        for name, (loss, bpb) in by_source.items():
+            self.evaluation.update({f"val/loss/{name}": loss, f"val/bpb/{name}": bpb})
+        self.scalars(step, self.evaluation)
         if step == 0:  # the model a run starts from: no optimizer step reports it, so it is a row of its own
             self.write_metrics({"step": 0, "tokens": 0, "elapsed_s": 0.0, **self.evaluation})
         self.update(**summary)

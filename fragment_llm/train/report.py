@@ -40,10 +40,15 @@ class ReportedRun:
             summary={
                 **self.summary(),
                 "vocab_size": self.data.vocab_size,
-                "train_tokens": len(self.data.train),
-                "val_tokens": len(self.data.val),
+                "train_tokens": self.data.train_tokens,
+                "val_tokens": self.data.val_tokens,
                 "data_seconds": round(self.data.seconds, 3),
                 "time_budget_s": self.budget,
+                **(
+                    {"source_weights": {source.name: source.share for source in self.data.sources}}
+                    if self.data.mixture
+                    else {}
+                ),
             },
         )
         if self.dropout_epochs is not None and not self.budget:
@@ -84,7 +89,17 @@ class ReportedRun:
         )
 
     def summary(self) -> dict[str, Any]:
-        """Where the run is, for summary.json (losses not measured yet are null)."""
+        """Where the run is, for summary.json (losses not measured yet are null; a mixture's latest, by
+        source, in val_loss_by_source and val_bpb_by_source)."""
+        by_source = self.last_val_by_source
+        mixture = (
+            {
+                "val_loss_by_source": {name: loss for name, (loss, _) in by_source.items()} or None,
+                "val_bpb_by_source": {name: bpb for name, (_, bpb) in by_source.items()} or None,
+            }
+            if self.data.mixture
+            else {}
+        )
         return {
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
@@ -98,6 +113,7 @@ class ReportedRun:
             "wall_time_s": round(time.perf_counter() - self.started, 2),
             "train_seconds": round(self.train_seconds, 2),
             "eta_seconds": None if (eta := self.eta_seconds()) is None else round(eta, 1),
+            **mixture,
         }
 
     def eta_seconds(self) -> Optional[float]:

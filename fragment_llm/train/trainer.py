@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import signal
@@ -17,10 +16,9 @@ import torch
 from ..config.dropout import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, dropout_for_epochs
 from ..config.load import to_plain
 from ..config.schema import Config
-from ..data.batches import TrainBatches, eval_batches
 from ..data.cache import PreparedData, prepare_data
+from ..data.mixture import training_batches
 from ..errors import UserError
-from ..model.evaluate import bits_per_byte, loss_sum
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from .distributed import Ranks, all_reduce_sum, barrier
@@ -30,6 +28,7 @@ from .optim import build_optimizer, lr_factor, set_lr
 from .outputs import RunOutputs
 from .report import SAMPLE_PROMPT_TOKENS, ReportedRun
 from .resumable import ResumableRun, check_resumable, load_weights
+from .validation import ValidatedRun
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class Loop:
     train_loss: float = math.nan  # the last epoch's mean
 
 
-class Trainer(ResumableRun, ReportedRun):
+class Trainer(ResumableRun, ReportedRun, ValidatedRun):
     """Owns the model, optimizer, data stream and run directory of one training run.
 
     Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
@@ -101,6 +100,7 @@ class Trainer(ResumableRun, ReportedRun):
         self.best_val_loss = self.best_val_bpb = math.inf
         self.best_step: Optional[int] = None
         self.last_val_loss = self.last_val_bpb = math.nan
+        self.last_val_by_source: dict[str, tuple[float, float]] = {}  # a mixture's sources': name -> (loss, bpb)
         self.evaluations_without_gain = 0
         self.early_stopped = False
         self.saved_step = -1
@@ -165,8 +165,8 @@ class Trainer(ResumableRun, ReportedRun):
         """The batches, and how long the run is: a time budget alone decides it; otherwise epochs or
         max_iters, whichever ends first."""
         train_settings, block_size, ranks = self.settings.train, self.settings.model.block_size, self.ranks
-        self.batches = TrainBatches(
-            self.data.train,
+        self.batches = training_batches(
+            self.data,
             block_size,
             train_settings.batch_size,
             train_settings.seed,
@@ -177,7 +177,7 @@ class Trainer(ResumableRun, ReportedRun):
         self.tokens_per_step = (
             train_settings.batch_size * train_settings.grad_accum_steps * block_size * ranks.world_size
         )
-        self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
+        self.steps_per_epoch = max(1, self.data.train_tokens // self.tokens_per_step)
         self.budget = train_settings.budget_seconds
         steps = min(train_settings.max_iters, train_settings.epochs * self.steps_per_epoch)
         self.total_steps = None if self.budget else steps
@@ -350,24 +350,12 @@ class Trainer(ResumableRun, ReportedRun):
         return self.seconds_before + time.perf_counter() - self.loop_started
 
     def evaluate(self) -> float:
-        """Validation loss on the fixed validation windows; reports it and its bits per byte, and saves
-        the best model when it improves. Uses no random numbers, so it never shifts a run."""
+        """Validation loss on the fixed validation windows (of each source of a mixture: validation.py);
+        reports it and its bits per byte, and saves the best model when it improves."""
         self.model.eval()
-        train_settings = self.settings.train
-        batches = eval_batches(
-            self.data.val,
-            self.model_config.block_size,
-            train_settings.batch_size,
-            train_settings.eval_iters,
-            self.device,
-        )
-        mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
-        total, count = loss_sum(self.forward, mine, self.precision.autocast)
-        totals = all_reduce_sum(torch.tensor([float(total), float(count)], device=self.device))
-        val_loss = (totals[0] / totals[1]).item()
+        val_loss, self.last_val_bpb, self.last_val_by_source = self.validation()
         self.model.train()
         self.last_val_loss = val_loss
-        self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_bpb, self.best_step = val_loss, self.last_val_bpb, self.step
             self.evaluations_without_gain = 0
@@ -375,7 +363,7 @@ class Trainer(ResumableRun, ReportedRun):
                 self.save_best_model()
         else:
             self.evaluations_without_gain += 1
-        self.outputs.evaluated(self.step, val_loss, self.last_val_bpb, self.summary())
+        self.outputs.evaluated(self.step, val_loss, self.last_val_bpb, self.summary(), self.last_val_by_source)
         return val_loss
 
 

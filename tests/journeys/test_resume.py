@@ -1,6 +1,6 @@
 """Resuming a run (`train.resume=`): it continues bit for bit, may run longer but not change its model or
 data, continues in its own directory but never twice at once, trains on the checkpoint's own tokenizer,
-starts another optimizer's state afresh, and records the config it trained with.
+starts another optimizer's state afresh, and records the config it trained with; a mixture resumes as exactly.
 
 Stopping a run so that it can resume (signals, kill -9): test_signals.py."""
 
@@ -15,6 +15,7 @@ import torch
 from helpers import (
     RUN,
     lock_held_elsewhere,
+    mixture_overrides,
     one_error_line,
     run_in_process,
     settings_for,
@@ -241,3 +242,33 @@ def test_a_resumed_run_records_the_config_it_trained_with(finished_run, tmp_path
     assert OmegaConf.load(in_place / ".hydra" / "config.yaml").data.source == "text"
     assert OmegaConf.load(in_place / ".hydra" / "hydra.yaml").hydra.runtime.choices.data == "text"
     assert read_summary(in_place)["choices"]["data"] == "text" and read_summary(in_place)["steps"] == 8
+
+
+def test_a_resumed_mixture_matches_an_uninterrupted_one_bit_for_bit(tmp_path, corpus):
+    overrides = mixture_overrides(tmp_path, corpus, **EXACT)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    Trainer(settings_for(overrides), whole).fit()
+    step_20 = whole / "checkpoints" / "step_20.pt"
+
+    resumed = tmp_path / "resumed"
+    with_resume = [*overrides, f"train.resume={step_20}"]
+    assert run_job(conf.compose(with_resume), resumed, with_resume) < float("inf")
+    uninterrupted = load_checkpoint(whole / "models" / "final_model.pt")
+    continued = load_checkpoint(resumed / "models" / "final_model.pt")
+    assert continued["step"] == uninterrupted["step"] == 40
+    assert_same_tensors(uninterrupted["model_state_dict"], continued["model_state_dict"])
+    assert_same_state(uninterrupted["optimizer_state_dict"], continued["optimizer_state_dict"])
+    assert uninterrupted["data_position"] == continued["data_position"]
+
+    def after_20(run_dir):  # the rows of the steps trained after the checkpoint: every figure but the clock's
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        clock = ("elapsed_s", "tokens_per_sec")
+        return [{key: value for key, value in row.items() if key not in clock} for row in rows if row["step"] > 20]
+
+    assert after_20(whole) == after_20(resumed) and "val/bpb/code.txt" in after_20(resumed)[-1]
+    assert read_summary(resumed)["val_bpb_by_source"] == read_summary(whole)["val_bpb_by_source"]
+
+    other_weights = [*mixture_overrides(tmp_path, corpus, weights=(1, 1), **EXACT), f"train.resume={step_20}"]
+    with pytest.raises(ConfigError, match=r"^data.sources=\[.*\] conflicts with the checkpoint"):
+        resume_settings(conf.compose(other_weights), load_checkpoint(step_20)["config"], other_weights)

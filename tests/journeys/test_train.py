@@ -1,19 +1,21 @@
 """Training, as a user runs `python run.py`: a run writes every file of its run directory, bad input ends in
 one line and no checkpoint, `--cfg job` and `--help` show the composed config, runs started in the same
-second get their own directories, and other groups compose and run."""
+second get their own directories, other groups compose and run, and a mixture reports each of its sources."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import RUN, run_cli, run_dirs, run_in_process, tiny_overrides
+from helpers import RUN, mixture_corpora, mixture_overrides, run_cli, run_dirs, run_in_process, tiny_overrides
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
+from fragment_llm.runs.records import METRIC_NAMES
 from fragment_llm.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -183,3 +185,66 @@ def test_other_groups_compose_and_run(tmp_path, corpus):
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path / "outputs")
     assert run_dir.name.split("_")[1] == "tiny-gpu"
+
+
+def test_a_mixture_reports_each_source_beside_the_whole(tmp_path, corpus):
+    # As a user types it: data=mix data.sources=[{path:.../prose.txt,weight:3},{path:.../code.txt,weight:1}]
+    result = run_in_process([RUN, *mixture_overrides(tmp_path, corpus, **{"train.max_iters": 20})], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path / "outputs")
+    names, shares = ("prose.txt", "code.txt"), (0.75, 0.25)
+    log = (run_dir / "train.log").read_text()
+    assert re.search(r"Step 20: val loss [\d.]+ \([\d.]+ bits per byte\); prose.txt [\d.]+ \([\d.]+\); code.txt", log)
+    evaluations = [row for row in map(json.loads, (run_dir / "metrics.jsonl").open()) if "val/loss" in row]
+    assert [row["step"] for row in evaluations] == [0, 10, 20]
+    for row in evaluations:  # the whole: the sources' figures weighted by their shares
+        for kind in ("loss", "bpb"):
+            mean = sum(share * row[f"val/{kind}/{name}"] for name, share in zip(names, shares))
+            assert row[f"val/{kind}"] == pytest.approx(mean, rel=1e-12)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["source_weights"] == dict(zip(names, shares))
+    assert summary["val_bpb_by_source"] == {name: evaluations[-1][f"val/bpb/{name}"] for name in names}
+    assert summary["val_loss_by_source"] == {name: evaluations[-1][f"val/loss/{name}"] for name in names}
+    assert summary["val_bpb"] == evaluations[-1]["val/bpb"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = {f"val/{kind}/{name}" for kind in ("loss", "bpb") for name in names}
+    assert tags <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("val/bpb/code.txt")] == [0, 10, 20]
+
+
+def test_a_single_corpus_reports_as_it_always_did(finished_run):
+    _, run_dir = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert not {"val_bpb_by_source", "val_loss_by_source", "source_weights"} & summary.keys()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert set().union(*rows) == {"step", "tokens", "elapsed_s", *METRIC_NAMES}
+
+
+@pytest.mark.parametrize(
+    "sources,needle",
+    [
+        ("[{path:PROSE,weight:3},{path:CODE,wieght:1}]", "data.sources[1].wieght is not a key of a source"),
+        ("[{path:PROSE,weight:0}]", "data.sources[0].weight=0 is not a finite number > 0"),
+        ("[]", "data.sources is empty"),
+    ],
+)
+def test_a_bad_source_is_one_line_before_anything_is_written(sources, needle, tmp_path, corpus):
+    prose, code = mixture_corpora(tmp_path, corpus)
+    overrides = mixture_overrides(tmp_path, corpus, **{"data.sources": sources.replace("PROSE", str(prose))})
+    result = run_in_process([RUN, *[item.replace("CODE", str(code)) for item in overrides]], cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {needle}") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_source_that_cannot_be_read_is_one_line_naming_it(tmp_path, corpus):
+    prose, _ = mixture_corpora(tmp_path, corpus)
+    missing = tmp_path / "missing.txt"
+    sources = f"[{{path:{prose}}},{{path:{missing}}}]"
+    result = run_in_process([RUN, *mixture_overrides(tmp_path, corpus, **{"data.sources": sources})], cwd=tmp_path)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: data.sources[1] (missing.txt): ") and "does not exist" in result.stderr
+    assert not (tmp_path / "cache" / "tokens").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, settings_for
 
-from fragment_llm.launch.compose import check_overrides
+from fragment_llm.launch.compose import check_overrides, with_implied_choices
 
 ROOT = ROOT.resolve()
 README = ROOT / "README.md"
@@ -94,7 +94,7 @@ TRAINING_COMMANDS = [
 
 @pytest.mark.parametrize("arguments", TRAINING_COMMANDS, ids=lambda args: " ".join(args) or "defaults")
 def test_doc_command_composes(arguments):
-    arguments = list(arguments)
+    arguments = with_implied_choices(list(arguments))  # as run.py does first: data.path=FILE alone is data=text
     expected_error = "model.dropout=1.5" in arguments
     sweep = arguments[:1] == ["-m"]
     check_overrides(arguments[1:] if sweep else arguments)  # run.py's check of keys and options, before Hydra

@@ -7,6 +7,8 @@ import torch
 
 from fragment_llm.data.batches import TrainBatches, eval_batches
 
+CPU = torch.device("cpu")
+
 
 def test_train_batches_walk_a_seeded_permutation_and_resume_by_position():
     tokens = np.arange(10_000, dtype=np.uint16)
@@ -34,3 +36,12 @@ def test_eval_batches_are_fixed():
     first = [x for x, _ in eval_batches(tokens, 128, 4, 3, torch.device("cpu"))]
     second = [x for x, _ in eval_batches(tokens, 128, 4, 3, torch.device("cpu"))]
     assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_a_single_corpus_reads_the_windows_it_always_read():
+    # The starts fragment-llm read before mixtures shared the stream's code: a single-corpus run, and its
+    # resume from a checkpoint of an older fragment-llm, trains on the same windows.
+    stream = TrainBatches(np.arange(10_000, dtype=np.uint16), block_size=100, batch_size=8, seed=3, device=CPU)
+    assert stream.next_batch()[0][:, 0].tolist() == [8381, 4581, 2281, 181, 3481, 2381, 8681, 4281]
+    stream.position = 95  # a batch across the end of the first epoch (99 windows) into the second's order
+    assert stream.next_batch()[0][:, 0].tolist() == [7181, 5481, 581, 1981, 3097, 797, 3197, 7597]

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import prepare
+from helpers import mixture_corpora, prepare
 
-from fragment_llm.config.schema import ConfigError
+from fragment_llm.config.schema import ConfigError, DataConfig, DataSource
 from fragment_llm.data import cache as cache_module
+from fragment_llm.data.cache import prepare_data
 from fragment_llm.data.tokenizer import END_OF_TEXT
 
 
@@ -253,3 +255,61 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, corpus):
     prepare(corpus, cache)
     assert [path.exists() for path in stale] == [False, False]
     assert [path.exists() for path in kept] == [True, True, True, True]
+
+
+# ---- a mixture ---------------------------------------------------------------------------------------------
+def prepare_mixture(folder, corpus, cache, weights=(3, 1), **keys):
+    """A mixture of mixture_corpora (prose.txt, code.txt) weighted `weights`, prepared into `cache`."""
+    prose, code = mixture_corpora(folder, corpus)
+    sources = [{"path": str(prose), "weight": weights[0]}, {"path": str(code), "weight": weights[1]}]
+    data = DataConfig(source=DataSource.mix, sources=sources, val_fraction=0.1)
+    options = dict(vocab_size=512, block_size=128, min_frequency=2, retrain=False, cache_dir=cache)
+    return prepare_data(data, **{**options, **keys})
+
+
+def test_each_source_of_a_mixture_has_the_token_entry_it_would_have_alone(tmp_path, corpus, monkeypatch):
+    cache = tmp_path / "cache"
+    mixed = prepare_mixture(tmp_path, corpus, cache)
+    assert mixed.mixture and [(source.name, source.share) for source in mixed.sources] == [
+        ("prose.txt", 0.75),
+        ("code.txt", 0.25),
+    ]
+    assert mixed.train_tokens == sum(len(source.train) for source in mixed.sources)
+    for source, path in zip(mixed.sources, mixture_corpora(tmp_path, corpus)):
+        assert source.train_bytes + source.val_bytes == path.stat().st_size  # its own split of 0.1
+        with monkeypatch.context() as patch:
+            patch.setattr(cache_module, "_encode", lambda *args: pytest.fail("a source's entry is encoded again"))
+            alone = prepare(path, cache, tokenizer=mixed.tokenizer)
+        assert not alone.mixture and np.array_equal(alone.train, source.train) and np.array_equal(alone.val, source.val)
+    assert mixed.corpus_hash not in {prepare(path, cache).corpus_hash for path in mixture_corpora(tmp_path, corpus)}
+
+
+def test_a_mixtures_tokenizer_trains_on_its_sources_at_their_weights(tmp_path, corpus, caplog):
+    prose, code = (path.read_text() for path in mixture_corpora(tmp_path, corpus))
+
+    def tokens_per_byte(tokenizer, text):
+        return len(tokenizer.encode(text).ids) / len(text.encode())
+
+    with caplog.at_level(logging.INFO, logger="fragment_llm"):
+        prose_heavy = prepare_mixture(tmp_path, corpus, tmp_path / "cache", weights=(9, 1)).tokenizer
+    assert re.search(
+        r"on the mixture at its weights \(prose.txt \d+ KB \(all\), code.txt \d+ KB of \d+ KB\)", caplog.text
+    )
+    code_heavy = prepare_mixture(tmp_path, corpus, tmp_path / "cache", weights=(1, 9)).tokenizer
+    assert tokens_per_byte(prose_heavy, prose) < 0.9 * tokens_per_byte(code_heavy, prose)
+    assert tokens_per_byte(code_heavy, code) < 0.9 * tokens_per_byte(prose_heavy, code)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fragment_llm"):
+        same_shares = prepare_mixture(tmp_path, corpus, tmp_path / "cache", weights=(18, 2)).tokenizer
+    assert "Tokenizer: reusing" in caplog.text and same_shares.to_str() == prose_heavy.to_str()
+
+
+def test_a_source_too_small_is_an_error_naming_it(tmp_path, corpus):
+    small = tmp_path / "small.txt"
+    small.write_text("A short text.\n" * 20)
+    prose, _ = mixture_corpora(tmp_path, corpus)
+    data = DataConfig(source=DataSource.mix, sources=[{"path": str(prose)}, {"path": str(small)}], val_fraction=0.1)
+    with pytest.raises(ConfigError) as error:
+        prepare_data(data, vocab_size=512, block_size=128, min_frequency=2, retrain=False, cache_dir=tmp_path / "c")
+    assert str(error.value).startswith("data.sources[1] (small.txt): data: the corpus is too small")
+    assert not (tmp_path / "c").exists()

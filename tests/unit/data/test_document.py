@@ -75,3 +75,9 @@ def test_a_json_document_over_many_lines_is_not_json_lines(tmp_path):
     (document,) = collect_documents(text_config(tmp_path / "list.json"))
     with pytest.raises(ConfigError, match=r"list.json is not JSON Lines .* write one JSON object per line"):
         list(document.texts())
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_json_lines_too(tmp_path):
+    (tmp_path / "windows.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\r\n{"text": "second"}\r\n')
+    (document,) = collect_documents(text_config(tmp_path / "windows.jsonl"))
+    assert list(document.texts()) == ["first", None, "second"]

@@ -28,6 +28,7 @@ from fragment_llm.data.fast_encoder import (
 )
 from fragment_llm.data.readers import pydoc_documents, stdlib_documents
 from fragment_llm.data.tokenizer import (
+    CHAT_TOKENS,
     END_OF_TEXT,
     GPT2_WORDS,
     MAX_RUN,
@@ -71,7 +72,7 @@ ADVERSARIAL = {
     "mixed whitespace": "a" + "\t \n\r\x0b\x0c\u2028\u3000" * 400 + "b",
     "separators x1c-x1f": "a" + "\x1c\x1d\x1e\x1f" * 600 + " b",
     "base64": "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkrLw" * 60 + "==\n",
-    "end of text in text": f"one{END_OF_TEXT}two {END_OF_TEXT}\n{END_OF_TEXT}{END_OF_TEXT} <|end|>",
+    "special tokens in text": f"one{END_OF_TEXT}two {END_OF_TEXT}\n{END_OF_TEXT}{''.join(CHAT_TOKENS)} <|end|>x",
     "emoji and ZWJ": "👩‍👩‍👧‍👦 family, 🇫🇷 flag, 👍🏽 tone, 🏳️‍🌈 " * 20,
     "combining marks": "e\u0301 A\u030a Z\u0335\u0321\u0358a\u0336\u0327l\u0337g\u0338o " * 50 + "\u0301" * 1100,
     "CRLF": "line one\r\nline two\r\n\r\n\rbare CR\n\r\n" * 40,
@@ -216,6 +217,8 @@ def test_a_tokenizer_whose_tokens_do_not_encode_as_themselves_is_left_to_tokeniz
     tokenizer = hand_made({"bc": 257, "ab": 258, "abc": 259}, [("b", "c"), ("a", "b"), ("ab", "c")])
     assert tiktoken_ranks(tokenizer) == "some of its tokens do not encode as themselves"
     assert text_ids(tokenizer, ["abc"])[0] == [tokenizer.token_to_id("a"), 257]
+    # The same tokens made in an order tiktoken follows (and, like tokenizers trained before the chat
+    # tokens, with `<|endoftext|>` as its only special token): exact.
     consistent = hand_made({"ab": 257, "bc": 258, "abc": 259}, [("a", "b"), ("b", "c"), ("ab", "c")])
     identical(consistent, ["abc abcbc bcab cab"])
 

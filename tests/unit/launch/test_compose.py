@@ -7,13 +7,13 @@ import os
 import re
 
 import pytest
-from helpers import CONF_DIR
+from helpers import CONF_DIR, settings_for
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fragment_llm.config.schema import ConfigError
+from fragment_llm.config.schema import ConfigError, DataSource
 from fragment_llm.launch import conf
-from fragment_llm.launch.compose import check_overrides, command_line, launches_sweep, swept_keys
+from fragment_llm.launch.compose import check_overrides, command_line, launches_sweep, swept_keys, with_implied_choices
 
 
 def test_the_command_line_is_read_as_hydra_reads_it():
@@ -128,3 +128,14 @@ def test_sweep_directories_are_named_after_what_they_sweep():
         cfg = compose(config_name="config", return_hydra_config=True)
     sweep_dir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
     assert sweep_dir == "${paths.outputs}/multirun/${run_stamp:date}/${run_stamp:time}_${swept_keys:}_${run_stamp:id}"
+
+
+def test_a_key_that_only_one_option_reads_implies_that_option():
+    """`python run.py data.path=my_corpus/` reads my_corpus/, not the default corpus (issue 22)."""
+    assert with_implied_choices(["data.path=c.jsonl"]) == ["data.path=c.jsonl", "data=text"]
+    assert with_implied_choices(["-m", "data.name=a/b,c/d"]) == ["-m", "data.name=a/b,c/d", "data=hf"]
+    assert with_implied_choices(["data=mix", "data.path=x"]) == ["data=mix", "data.path=x"]  # the user's choice stands
+    assert with_implied_choices(["model=small"]) == ["model=small"]
+    assert with_implied_choices(["data.sources=[{source:pydoc}]"])[-1] == "data=mix"
+    settings = settings_for(with_implied_choices(["data.path=c.jsonl", "data.text_field=story"]))
+    assert settings.data.source is DataSource.text and settings.data.text_field == "story"

@@ -44,7 +44,7 @@ def test_default_config_is_tiny_cpu_pydoc():
         ("hardware", ["cpu", "cpu_guide", "ddp", "gpu", "gpu_high"]),
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear", "wsd"]),
-        ("data", ["hf", "pydoc", "stdlib", "text"]),
+        ("data", ["hf", "mix", "pydoc", "stdlib", "text"]),
         ("arch", ["gpt2", "modern"]),
         ("debug", ["fast"]),
     ],

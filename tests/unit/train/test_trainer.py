@@ -186,10 +186,10 @@ def fixed_losses(monkeypatch, losses):
     """Validation losses, in order, instead of measured ones."""
     import torch
 
-    from fragment_llm.train import trainer as trainer_module
+    from fragment_llm.train import validation as validation_module
 
     values = iter(losses)
-    monkeypatch.setattr(trainer_module, "loss_sum", lambda *args: (torch.tensor(next(values)), 1))
+    monkeypatch.setattr(validation_module, "loss_sum", lambda *args: (torch.tensor(next(values)), 1))
 
 
 def test_the_best_model_is_kept_and_early_stop_ends_a_run_that_stopped_learning(tmp_path, corpus, monkeypatch):
