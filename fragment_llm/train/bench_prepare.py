@@ -105,8 +105,12 @@ def preparation_speed(vocab_size: int, megabytes: float, form: str = "txt") -> d
             if library == "tiktoken" and encoding is None:
                 result[library] = None  # not installed: fragment-llm[fast]
                 continue
+            # The library alone takes half the batches before the preparation and half after it: a shared
+            # machine's speed drifts over minutes, and both sides then see the same drift.
+            half = len(batches) // 2
+            alone_seconds = _library_alone(tokenizer, encoding, batches[:half])
             prepared = _prepare_in_a_process(folder, library)
-            alone_seconds = _library_alone(tokenizer, encoding, batches)
+            alone_seconds += _library_alone(tokenizer, encoding, batches[half:])
             result[library] = {
                 **prepared,
                 "prepare_mb_per_sec": size / 1e6 / prepared["seconds"],
