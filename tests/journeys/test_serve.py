@@ -267,3 +267,14 @@ def test_a_client_that_goes_away_mid_stream_frees_its_place(talker):
     assert answer.usage.completion_tokens == 5
     assert talker.logged("the client went away; stopped (streamed, n=8)")
     assert talker.logged("5 tokens (whole, n=1)")
+
+
+def test_a_client_that_stops_waiting_for_a_whole_answer_frees_its_place(talker):
+    body = {"model": talker.name, "messages": HELLO, "max_tokens": 1000, "n": 32, "temperature": 0}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with pytest.raises(httpx.ReadTimeout):  # it gives up long before 32 answers of 1000 tokens
+        httpx.post(f"{talker.url}/chat/completions", json=body, headers=headers, timeout=0.5)
+    client = talker.client(api_key=KEY)
+    answer = client.chat.completions.create(model=talker.name, messages=HELLO, max_tokens=6, temperature=0)
+    assert answer.usage.completion_tokens == 6
+    assert talker.logged("the client went away; stopped (whole, n=32)")
