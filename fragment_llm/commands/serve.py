@@ -69,7 +69,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.bench:
         from ..serve.bench import bench
 
-        for result in bench(trained, served, args.bench, args.bench_tokens):
+        arguments = [args.run, "--model-name", name, *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+        for result in bench(arguments, served, args.bench, args.bench_tokens):
             print(
                 f"{plural(result['clients'], 'client')} streaming at once: {result['tokens']} tokens in "
                 f"{result['wall_s']} s, {result['tokens_per_s']} tokens/s in all, {result['tokens_per_s_per_client']} "

@@ -79,10 +79,9 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
 
     async def answer(http: HTTPRequest, request: Request):
         reply = Reply(request, served.name, http.url.path)
-        job, events = submit(engine, request)
-        if request.stream:
-            return StreamingResponse(reply.stream(job, events), media_type="text/event-stream", headers=STREAM_HEADERS)
-        return await reply.whole(http, job, events)
+        if request.stream:  # submitted once the stream starts: a client gone before then costs nothing
+            return StreamingResponse(reply.stream(engine), media_type="text/event-stream", headers=STREAM_HEADERS)
+        return await reply.whole(http, *submit(engine, request))
 
     return app
 
@@ -134,9 +133,10 @@ class Reply:
         object_name = "chat.completion.chunk" if self.request.chat else "text_completion"
         return f"data: {json.dumps({**self.envelope(object_name, choices), **extra})}\n\n"
 
-    async def stream(self, job: Job, events: asyncio.Queue) -> AsyncIterator[str]:
+    async def stream(self, engine: Engine) -> AsyncIterator[str]:
         """The answer as OpenAI streams it: `data: {chunk}` events, then `data: [DONE]`. A client that
         goes away cancels this (Starlette does), and with it the job."""
+        job, events = submit(engine, self.request)
         done = False
         try:
             if self.request.chat:  # OpenAI's first chunk of each choice says who speaks

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import uvicorn
 
@@ -61,18 +58,3 @@ def serve(trained: TrainedModel, served: Served, host: str, port: int, api_key: 
         f"once, more wait their turn{'; API key required' if api_key else ''}); Ctrl-C stops"
     )
     server.run(sockets=[sock])
-
-
-@contextmanager
-def serving_in_thread(trained: TrainedModel, served: Served, parallel: int) -> Iterator[str]:
-    """A server on a free local port, in a thread of this process, for as long as the block lasts: its URL."""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn_server(trained, served, None, parallel)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield url(sock)
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()

@@ -1,5 +1,5 @@
 """`fragment-llm serve` (commands/serve.py) in this process: without FastAPI it is one line naming the
-extra, a port in use is one error line, and --bench measures streaming clients through the real server.
+extra, a port in use is one error line, and --bench measures streaming clients of a real server process.
 The server as a process, with OpenAI's client: journeys/test_serve.py."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import socket
 import sys
 
 from helpers import assert_one_error_line, call
+
+from fragment_llm.serve.bench import ROUNDS
 
 
 def test_without_fastapi_or_uvicorn_it_names_the_extra(trained_run, capsys, monkeypatch):
@@ -35,7 +37,7 @@ def test_bench_streams_with_each_count_of_clients(trained_run, capsys):
     assert [line.split(" streaming")[0] for line in lines] == ["1 client", "3 clients"]
     for line, clients in zip(lines, (1, 3)):
         tokens = int(re.search(r"at once: (\d+) tokens", line).group(1))
-        assert 0 < tokens <= 8 * clients and "tokens/s in all" in line
+        assert 0 < tokens <= 8 * clients * ROUNDS and "tokens/s in all" in line  # each client's ROUNDS answers
 
 
 def test_bench_counts_must_be_client_counts(trained_run, capsys):
