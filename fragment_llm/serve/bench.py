@@ -30,7 +30,7 @@ START_TIMEOUT_S = 300
 
 @dataclass
 class Stream:
-    """One client's streamed answer: its tokens, and how long its first text took."""
+    """One client's streamed answer: its tokens, and how long its first text took (0: none came)."""
 
     tokens: int = 0
     first_s: float = 0.0
@@ -52,8 +52,9 @@ def stream_once(base: str, served: Served, max_tokens: int, seed: int) -> Stream
         if not line.startswith(b"data: {"):
             continue
         chunk = json.loads(line[len(b"data: ") :])
-        if not stream.first_s and chunk["choices"]:
-            stream.first_s = time.perf_counter() - started
+        choice = chunk["choices"][0] if chunk["choices"] else {}
+        if not stream.first_s and (choice.get("delta", {}).get("content") or choice.get("text")):
+            stream.first_s = time.perf_counter() - started  # the first text (a chat's first chunk has none)
         if chunk.get("usage"):
             stream.tokens = chunk["usage"]["completion_tokens"]
     connection.close()
