@@ -166,28 +166,32 @@ class Reply:
     async def whole(self, http: HTTPRequest, job: Job, events: asyncio.Queue) -> JSONResponse | None:
         """The whole answer in one object, once every choice has ended. While it is made, whether the
         client is still there is checked four times a second: one that went away cancels the job."""
+
+        async def watch() -> None:
+            while not await http.is_disconnected():
+                await asyncio.sleep(0.25)
+            events.put_nowait(("gone",))
+
+        watcher = asyncio.create_task(watch())
         texts, reasons = [[] for _ in range(self.request.n)], [None] * self.request.n
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), timeout=0.25)
-                except asyncio.TimeoutError:
-                    if await http.is_disconnected():
-                        job.cancel()
-                        self.log("the client went away; stopped")
-                        return None
-                    continue
+                event = await events.get()
                 if event[0] == "text":
                     texts[event[1]].append(event[2])
                 elif event[0] == "end":
                     reasons[event[1]] = event[2]
                 elif event[0] == "error":
                     raise APIError(500, event[1])
+                elif event[0] == "gone":
+                    self.log("the client went away; stopped")
+                    return None
                 else:
                     self.log(plural(event[1], "token"))
                     return JSONResponse(self.body(texts, reasons, event[1]))
         finally:
-            job.cancel()  # done, failed or cancelled: nothing more to make (a no-op once it ended)
+            watcher.cancel()
+            job.cancel()  # done, failed or gone: nothing more to make (a no-op once it ended)
 
     def body(self, texts: list[list[str]], reasons: list[str | None], tokens: int) -> dict[str, Any]:
         choices = []
