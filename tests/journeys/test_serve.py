@@ -109,6 +109,7 @@ def test_readmes_openai_snippet_works_as_shown(server):
 
 
 def test_the_model_list_names_the_run(server):
+    assert server.url.startswith("http://127.0.0.1:")  # this machine only, without --host
     assert [model.id for model in server.client().models.list().data] == [server.name]
     assert server.client().models.retrieve(server.name).owned_by == "fragment-llm"
 
