@@ -42,6 +42,14 @@ GGUF_LAYOUTS = {
 CONV1D = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
 
 
+class WrittenByPython(np.ndarray):
+    """A tensor that the GGUF writer writes with the file's own `write`: numpy's `tofile`, which it calls,
+    loses the reason of a failed write (a full disk, a size limit), leaving only "N requested and M written"."""
+
+    def tofile(self, file, *args, **kwargs) -> None:
+        file.write(np.ndarray.tobytes(self))
+
+
 class GGUFError(UserError):
     """A layout llama.cpp has no architecture for: one line naming those it has."""
 
@@ -165,7 +173,7 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: Path, name: str) -> str:
             write_metadata(writer, model, architecture)
             write_tokenizer(writer, tokenizer, model.config.vocab_size)
             for tensor_name, tensor in tensors.items():
-                writer.add_tensor(tensor_name, tensor)
+                writer.add_tensor(tensor_name, tensor.view(WrittenByPython))
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()

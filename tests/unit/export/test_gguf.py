@@ -4,11 +4,14 @@ back in transformers (`gguf_file=`) with our logits and our token ids; any other
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import assert_one_error_line, call, train_tiny_run
+from helpers import ROOT, assert_one_error_line, call, train_tiny_run
 
 from fragment_llm.data.chat import chat_ids
 from fragment_llm.data.tokenizer import text_ids
@@ -178,3 +181,17 @@ def test_without_the_gguf_package_the_export_names_the_extra(gpt2_run, tmp_path,
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` fails as if it were not installed
     code, _, err = call(["export", gpt2_run, "--format", "gguf", "--out", tmp_path / "model.gguf"], capsys)
     assert_one_error_line(code, err, "needs the gguf package; pip install 'fragment-llm[gguf]'")
+
+
+@pytest.mark.slow
+def test_a_gguf_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(gpt2_run, tmp_path):
+    def full_disk():  # files stop growing at 20 kB (Python ignores SIGXFSZ: writes fail with EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "model.gguf"
+    command = [sys.executable, "-m", "fragment_llm", "export", str(gpt2_run), "--format", "gguf", "--out", str(out)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=full_disk
+    )
+    assert_one_error_line(result.returncode, result.stderr, f"could not export to {out}: ", "File too large")
+    assert list(tmp_path.iterdir()) == []
