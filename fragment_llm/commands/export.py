@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="hf (default): a transformers folder, as GPT-2, Llama or Qwen3 where the layout is "
         "one of them, else with our model code (trust_remote_code=True), with the chat template; "
         "safetensors: weights + our config; gguf: one file for llama.cpp, with the tokenizer and the "
-        "chat template (layouts gpt2 and llama only)",
+        "chat template (GPT-2's, Llama's and Qwen3's layouts: arch=gpt2, arch=llama)",
     )
     parser.add_argument(
         "--out", metavar="DIR", required=True, help="folder to write (not a run directory); a file for gguf"

@@ -195,3 +195,33 @@ def test_a_gguf_export_onto_a_full_disk_is_one_error_line_and_leaves_nothing(gpt
     )
     assert_one_error_line(result.returncode, result.stderr, f"could not export to {out}: ", "File too large")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_llama_cpp_itself_reads_the_file_with_our_logits_ids_and_ends_of_turn(layout, gpt2_run, tmp_path, capsys):
+    """In llama.cpp (through llama-cpp-python, where it is installed: it builds llama.cpp from source). Its
+    float32 kernels and GPT-2's tanh GELU leave differences of thousandths in the logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from fragment_llm.export.gguf import export_gguf
+
+    trained = load_run(gpt2_run)
+    model = trained.model if layout == "gpt2" else tiny_model(trained.config.vocab_size, **LLAMA)
+    out = tmp_path / "model.gguf"
+    assert export_gguf(model, trained.tokenizer, out, "tiny") == layout
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=model.config.block_size, logits_all=True, verbose=False)
+    text = "Grüße: the import statement is executed in two steps.\n\n  Lists are sequences"
+    ids = text_ids(trained.tokenizer, [text])[0]
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    rendered = transformers.AutoTokenizer.from_pretrained(
+        tmp_path, gguf_file=out.name, local_files_only=True
+    ).apply_chat_template(CONVERSATIONS[1], add_generation_prompt=True, tokenize=False)
+    expected = chat_ids(trained.tokenizer, CONVERSATIONS[1], True)[0]
+    assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == expected
+    vocabulary = llama_cpp.llama_model_get_vocab(llm.model)
+    assert [token for token in range(5) if llama_cpp.llama_vocab_is_eog(vocabulary, token)] == [0, 4]
+    ids = ids[: model.config.block_size]
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[: len(ids)])
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0][0, :, : trained.config.vocab_size]
+    assert (theirs - ours).abs().max() < 0.05 and torch.equal(theirs.argmax(-1), ours.argmax(-1))
