@@ -225,3 +225,16 @@ def test_llama_cpp_itself_reads_the_file_with_our_logits_ids_and_ends_of_turn(la
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0][0, :, : trained.config.vocab_size]
     assert (theirs - ours).abs().max() < 0.05 and torch.equal(theirs.argmax(-1), ours.argmax(-1))
+
+
+def test_only_the_layouts_llama_cpp_computes_and_that_transformers_reads_back_export():
+    from fragment_llm.export.gguf import gguf_architecture
+
+    def architecture(**layout):
+        return gguf_architecture(tiny_model(500, **layout))
+
+    assert [architecture(), architecture(bias=True, tie_embeddings=False)] == ["gpt2", "gpt2"]
+    assert [architecture(**LLAMA), architecture(**LLAMA, qk_norm=True)] == ["llama", "qwen3"]
+    assert architecture(activation="relu2") is None  # llama.cpp's GPT-2 has only GELU
+    assert architecture(**LLAMA, bias=True) is None  # transformers' GGUF reader drops Llama's biases
+    assert architecture(position="rope", activation="relu2", value_embeddings=True) is None  # arch=modern
