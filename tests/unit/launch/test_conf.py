@@ -45,7 +45,7 @@ def test_default_config_is_tiny_cpu_pydoc():
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear", "wsd"]),
         ("data", ["hf", "mix", "pydoc", "stdlib", "text"]),
-        ("arch", ["gpt2", "modern"]),
+        ("arch", ["gpt2", "llama", "modern"]),
         ("debug", ["fast"]),
     ],
 )
