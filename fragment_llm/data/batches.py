@@ -46,11 +46,14 @@ class TrainBatches:
         return self._orders[epoch]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(self.tokens[self.next_starts()[:, None] + self._offsets], self.device)
+
+    def next_starts(self) -> np.ndarray:
+        """Where this rank's windows of the next micro-batch start; the stream moves past the micro-batch."""
         indices = self.position + self.rank * self.batch_size + np.arange(self.batch_size)
         self.position += self.world_size * self.batch_size
         epochs, within = np.divmod(indices, self.windows_per_epoch)
-        starts = np.concatenate([self._starts(int(e))[within[epochs == e]] for e in np.unique(epochs)])
-        return to_device(self.tokens[starts[:, None] + self._offsets], self.device)
+        return np.concatenate([self._starts(int(e))[within[epochs == e]] for e in np.unique(epochs)])
 
 
 def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int, eval_iters: int, device: torch.device):

@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from ..config.schema import ConfigError, DataConfig
 from ..files import UnreadableFile, atomic_path, read_json, write_json, write_text
 from ..text import plural
+from .batches import TrainBatches, eval_batches
 from .corpus import (
     Progress,
     check_documents,
@@ -56,6 +57,19 @@ class PreparedData:
     train_bytes: int
     val_bytes: int
     seconds: float
+
+    def train_batches(self, block_size, batch_size, seed, device, rank=0, world_size=1) -> TrainBatches:
+        """The training stream (ChatData's: over its rows of conversations)."""
+        return TrainBatches(self.train, block_size, batch_size, seed, device, rank, world_size)
+
+    def eval_batches(self, block_size, batch_size, eval_iters, device) -> Iterator:
+        """The fixed validation windows."""
+        return eval_batches(self.val, block_size, batch_size, eval_iters, device)
+
+    @property
+    def val_scored(self) -> tuple[int, int]:
+        """The validation tokens the loss scores and the bytes of text they hold, for bits per byte."""
+        return len(self.val), self.val_bytes
 
 
 @dataclass

@@ -16,15 +16,15 @@ import torch
 
 from ..config.dropout import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, dropout_for_epochs
 from ..config.load import to_plain
-from ..config.schema import Config
-from ..data.batches import TrainBatches, eval_batches
+from ..config.schema import Config, DataSource
 from ..data.cache import PreparedData, prepare_data
+from ..data.chat_data import prepare_chat_data
 from ..errors import UserError
 from ..model.evaluate import bits_per_byte, loss_sum
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from .distributed import Ranks, all_reduce_sum, barrier
-from .from_run import carried_tokenizer
+from .from_run import carried_tokenizer, with_vocabulary
 from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
 from .optim import build_optimizer, lr_factor, set_lr
 from .outputs import RunOutputs
@@ -127,7 +127,8 @@ class Trainer(ResumableRun, ReportedRun):
         """The corpus as token arrays, encoded with the tokenizer of the run continued or started from,
         else with one trained (or cached) for it; the run's tokenizer.json written."""
         settings = self.settings
-        data = prepare_data(
+        prepare = prepare_chat_data if settings.data.source is DataSource.chat else prepare_data
+        data = prepare(
             settings.data,
             settings.model.vocab_size,
             settings.model.block_size,
@@ -157,7 +158,9 @@ class Trainer(ResumableRun, ReportedRun):
         )
         model = GPT(self.model_config).to(self.device)
         if parent is not None:
-            load_weights(model, parent, "start from a checkpoint that fragment-llm wrote")
+            load_weights(
+                model, with_vocabulary(parent, self.data.vocab_size), "start from a checkpoint that fragment-llm wrote"
+            )
         seed_everything(self.settings.train.seed + self.ranks.rank)
         return model
 
@@ -165,14 +168,8 @@ class Trainer(ResumableRun, ReportedRun):
         """The batches, and how long the run is: a time budget alone decides it; otherwise epochs or
         max_iters, whichever ends first."""
         train_settings, block_size, ranks = self.settings.train, self.settings.model.block_size, self.ranks
-        self.batches = TrainBatches(
-            self.data.train,
-            block_size,
-            train_settings.batch_size,
-            train_settings.seed,
-            self.device,
-            ranks.rank,
-            ranks.world_size,
+        self.batches = self.data.train_batches(
+            block_size, train_settings.batch_size, train_settings.seed, self.device, ranks.rank, ranks.world_size
         )
         self.tokens_per_step = (
             train_settings.batch_size * train_settings.grad_accum_steps * block_size * ranks.world_size
@@ -354,12 +351,8 @@ class Trainer(ResumableRun, ReportedRun):
         the best model when it improves. Uses no random numbers, so it never shifts a run."""
         self.model.eval()
         train_settings = self.settings.train
-        batches = eval_batches(
-            self.data.val,
-            self.model_config.block_size,
-            train_settings.batch_size,
-            train_settings.eval_iters,
-            self.device,
+        batches = self.data.eval_batches(
+            self.model_config.block_size, train_settings.batch_size, train_settings.eval_iters, self.device
         )
         mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
         total, count = loss_sum(self.forward, mine, self.precision.autocast)
@@ -367,7 +360,7 @@ class Trainer(ResumableRun, ReportedRun):
         val_loss = (totals[0] / totals[1]).item()
         self.model.train()
         self.last_val_loss = val_loss
-        self.last_val_bpb = bits_per_byte(val_loss, len(self.data.val), self.data.val_bytes)
+        self.last_val_bpb = bits_per_byte(val_loss, *self.data.val_scored)
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_bpb, self.best_step = val_loss, self.last_val_bpb, self.step
             self.evaluations_without_gain = 0
