@@ -349,6 +349,7 @@ class DataConfig(Section):
         1,
         10**9,
         options=("chat",),
+        default=1144,
     )
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
