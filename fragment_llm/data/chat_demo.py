@@ -178,9 +178,9 @@ def definition_conversations() -> Iterator[list[dict[str, str]]]:
             if not all(line.startswith("   ") and not line.startswith("      ") for line in lines):
                 continue
             answer = _cut(" ".join(description.split()))
-            if answer:
+            question = f"What does {signature} do?" if "(" in signature else f"What is {signature}?"
+            if answer and len(question) + len(answer) <= CONVERSATION_CHARS:
                 seen.add(signature)
-                question = f"What does {signature} do?" if "(" in signature else f"What is {signature}?"
                 yield [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
@@ -221,7 +221,8 @@ def _documented(module: str, tree: ast.Module) -> Iterator[tuple[str, str, str]]
             ],
         ]:
             docstring = ast.get_docstring(item)
-            answer = _cut(" ".join(docstring.split("\n\n")[0].split())) if docstring else None
+            # reStructuredText's ``code`` quoted as the pydoc topics quote it: "code".
+            answer = _cut(" ".join(docstring.split("\n\n")[0].replace("``", '"').split())) if docstring else None
             if answer:
                 yield name, item_kind, answer
 
@@ -238,6 +239,8 @@ def _grouped(answers: list[str], question: Callable[[int, int, str], str]) -> It
             yield turns
             turns, size, conversations = [], 0, conversations + 1
             asked = question(0, conversations, answer)
+        if len(asked) + len(answer) > CONVERSATION_CHARS:
+            continue  # too long even alone
         turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
         size += len(asked) + len(answer)
     if turns:

@@ -70,6 +70,10 @@ def test_a_chat_fine_tune_learns_to_answer(parent, conversations):
     assert (run_dir / "tokenizer.json").read_text() == (parent / "tokenizer.json").read_text()
     parent_model = load_checkpoint(parent / "models" / "final_model.pt")
     assert load_checkpoint(run_dir / "models" / "final_model.pt")["model_config"] == parent_model["model_config"]
+    # `eval` scores text: for the held-out conversations it names the summary's figures.
+    one_error_line(
+        run_in_process(["-m", "fragment_llm", "eval", str(run_dir)], cwd=run_dir), "fine-tuned on conversations"
+    )
 
 
 @pytest.mark.slow
