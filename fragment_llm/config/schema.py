@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from ..errors import UserError
+from .chat import BundledCorpus, ChatFormat
 from .dropout import DROPOUT_HELP
 from .shape import FIELDS, GPTConfig, Position, valid_heads
 
@@ -62,15 +63,12 @@ def setting(
     """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
     only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
     others, unless it has a `default` (what code that builds a section by hand gets: `data.text_field` is
-    `text`); any other key has no default, as conf/ sets it. Under the options in `optional` the key may
-    be null too (`data.path` for data=chat: null reads the bundled conversations)."""
-    metadata: dict[str, Any] = {"help": help}
+    `text`); any other key has no default, as conf/ sets it. Under those `optional` too, it may be null."""
+    metadata: dict[str, Any] = {"help": help, "optional": optional}
     if low is not None:
         metadata["range"] = Interval(low, high, low_open)
     if options:
         metadata["options"] = options
-    if optional:
-        metadata["optional"] = optional
     return field(default=default if options else MISSING, metadata=metadata)
 
 
@@ -87,7 +85,7 @@ class Section:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
         for item in fields(self):
             value, key = values[item.name], f"{self.SECTION}.{item.name}"
-            needed_by = set(item.metadata.get("options", ())) - set(item.metadata.get("optional", ()))
+            needed_by = set(item.metadata.get("options", ())) - set(item.metadata["optional"])
             if value is None and needed_by and values[self.CHOICE] in needed_by:
                 raise ConfigError(
                     f"{key} is not set, and {self.SECTION}={values[self.CHOICE].value} needs it; give {key}=VALUE"
@@ -121,18 +119,6 @@ class DataSource(str, Enum):
     stdlib = "stdlib"
     hf = "hf"
     chat = "chat"
-
-
-class ChatFormat(str, Enum):
-    auto = "auto"
-    messages = "messages"
-    sharegpt = "sharegpt"
-    alpaca = "alpaca"
-
-
-class BundledCorpus(str, Enum):
-    pydoc = "pydoc"
-    stdlib = "stdlib"
 
 
 def model_section() -> type[Section]:
@@ -304,8 +290,7 @@ class DataConfig(Section):
         "files and their compressed forms. A path that exists is taken as it is, even with `[`, `*` or `?` in its "
         "name; each file is read once, however many links lead to it; `**` does not follow links to folders; names "
         "starting with a dot are skipped in folders and globs; an unreadable file is an error naming it. For "
-        "`data=chat`: JSON Lines of conversations, one per line (a file, a folder or a glob); null: the bundled "
-        "demo conversations",
+        "`data=chat`: JSON Lines of conversations (null: the bundled demo ones)",
         options=("text", "chat"),
         optional=("chat",),
     )
@@ -325,32 +310,18 @@ class DataConfig(Section):
         default="text",
     )
     skip_bad_records: Optional[bool] = setting(
-        "true: skip a record that cannot be read (not JSON, no text field, not a string; for `data=chat` also an "
-        "unknown role, no assistant turn, a conversation longer than model.block_size) and say how many were "
-        "skipped and where the first was; false: such a record is an error naming it",
+        "true: skip a record that cannot be read (not JSON, no text field, not a string; a bad or too long "
+        "conversation) and say how many were skipped and where the first was; false: such a record is an error",
         options=("text", "hf", "chat"),
         default=False,
     )
     chat_format: Optional[ChatFormat] = setting(
-        "for `data=chat`: the records' shape: OpenAI `messages`, ShareGPT `conversations` (from/value), Alpaca "
-        "(instruction, input, output), or auto: each record's by the key it has",
-        options=("chat",),
-        default=ChatFormat.auto,
+        "for `data=chat`: a record's shape; auto: each one's by its key", options=("chat",), default=ChatFormat.auto
     )
     pretrain: Optional[BundledCorpus] = setting(
-        "for `data=chat`: a bundled corpus to pretrain on first, in `<run>/pretrain` (a run of its own), before "
-        "fine-tuning from it on the conversations; null: no pretraining (give train.init_from, or train from "
-        "scratch)",
-        options=("chat",),
-        optional=("chat",),
+        "for `data=chat`: pretrain <run>/pretrain on it, then fine-tune from it", options=("chat",), optional=("chat",)
     )
-    pretrain_iters: Optional[int] = setting(
-        "for `data=chat` with `data.pretrain`: the pretraining's optimizer steps",
-        1,
-        10**9,
-        options=("chat",),
-        default=1144,
-    )
+    pretrain_iters: Optional[int] = setting("data.pretrain's steps", 1, 10**9, options=("chat",), default=1144)
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
         "documents; a single file is cut at a line break)",
