@@ -120,7 +120,7 @@ def prepare_chat_data(
     if retrain or not _intact(tokens_dir, dtype):
         _encode(tokenizer, conversations, data, block_size, tokens_dir, dtype)
     meta = read_json(tokens_dir / "meta.json")
-    opened = {file: _open(tokens_dir / file, np.bool_ if file.endswith(".mask") else dtype) for file in FILES}
+    opened = {file: np.memmap(tokens_dir / file, np.bool_ if file.endswith(".mask") else dtype, "r") for file in FILES}
     seconds = time.perf_counter() - started
     for split in ("train", "val"):
         _log_split(split, meta[split], block_size)
@@ -147,7 +147,9 @@ def _read_conversations(data: DataConfig) -> _Conversations:
     """Read every conversation once: hash each document and check each record (a bad one is an error naming
     it, or skipped and counted); the log says how many there are, in which shapes."""
     documents = conversation_documents(data)
-    log.info("Data: %s: %s", describe_conversations(data), describe_files(documents))
+    bundled = [document.name for document in documents] == [BUNDLED_NAME]
+    files = f"{total_bytes(documents) / 1e6:,.1f} MB" if bundled else describe_files(documents)
+    log.info("Data: %s: %s", describe_conversations(data), files)
     progress = Progress("Data: checking the conversations", total_bytes(documents))
     skips, shapes, turns, hashes = Skips(), Counter(), 0, []
     for document in documents:
@@ -168,7 +170,6 @@ def _read_conversations(data: DataConfig) -> _Conversations:
     if skips.count:
         log.warning("Data: %s", skips.summary())
     corpus_hash = hashlib.blake2b("\n".join(hashes).encode(), digest_size=16).hexdigest()
-    bundled = [document.name for document in documents] == [BUNDLED_NAME]
     return _Conversations(documents, hashes, corpus_hash, count, bundled)
 
 
@@ -230,7 +231,7 @@ def _encode(
     tokenizer: Tokenizer, conversations: _Conversations, data: DataConfig, block_size: int, tokens_dir: Path, dtype
 ) -> None:
     """Encode the conversations into rows (see the module) of both splits, then write meta.json."""
-    log.info("Data: encoding %s into %s", plural(conversations.count, "conversation"), tokens_dir)
+    log.info("Data: encoding %s conversations into %s", f"{conversations.count:,}", tokens_dir)
     started = time.perf_counter()
     skip_long = bool(data.skip_bad_records) or conversations.bundled
     too_long = Skips()
@@ -343,10 +344,6 @@ def _intact(tokens_dir: Path, dtype: np.dtype) -> bool:
     if problem is not None:
         log.warning("Data: the cached conversations in %s are damaged (%s); encoding them again", tokens_dir, problem)
     return problem is None
-
-
-def _open(path: Path, dtype) -> np.memmap:
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def _log_split(split: str, meta: dict, block_size: int) -> None:
