@@ -35,6 +35,7 @@ from ..files import file_problem, write_text  # noqa: E402
 from .callbacks import check_preflight_kept, group_choices, release_claims, take_prepared_run  # noqa: E402
 from .compose import check_overrides, command_line, prepare_torchrun, register_resolvers  # noqa: E402
 from .conf import CONF_DIR  # noqa: E402
+from .guide_flags import check_guide_flags, program_name  # noqa: E402
 from .hydra_errors import hydra_errors_in_one_line  # noqa: E402
 from .job import run_job  # noqa: E402
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv[1:] = argv
     try:
+        check_guide_flags(sys.argv[1:], program_name(sys.argv[0]))  # `--epochs 10`: the key to write instead
         overrides = command_line(sys.argv[1:]).overrides
         check_overrides(overrides)  # one line where Hydra would print a report
         check_preflight_kept(overrides)
