@@ -196,7 +196,9 @@ class TrainConfig(Section):
         "model keys are the parent's (see fragment_llm/train/README.md, "
         '"Fine-tuning from a run"); null: random initial weights'
     )
-    log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
+    log_interval: int = setting(
+        "a metrics.jsonl row (and TensorBoard's, W&B's and MLflow's scalars) every N optimizer steps", 1, 10**9
+    )
     sample_every: int = setting(
         "every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
         "`train.seed`) continuing the first 8 tokens of the validation text, to the "

@@ -18,6 +18,7 @@ from fragment_llm.config.load import to_plain
 from fragment_llm.runs.records import find_runs, flatten, read_metrics, read_summary
 from fragment_llm.train.distributed import Ranks
 from fragment_llm.train.resumable import Interrupted
+from fragment_llm.train.tracker_runs import MlflowTracker
 from fragment_llm.train.trackers import NO_TRACKERS, for_run, tracking
 
 pytestmark = pytest.mark.slow
@@ -220,6 +221,18 @@ def test_a_tracker_that_cannot_start_is_one_warning_and_the_run_goes_on(
     assert summary["status"] == "completed" and (run_dir / "tensorboard").is_dir() and len(read_metrics(run_dir)) == 31
     the_other = {"W&B not installed": "mlflow", "MLflow not installed": "wandb"}.get(case)
     assert set(summary.get("trackers", {})) == ({the_other} if the_other else set())  # it went on alone
+
+
+def test_a_tracker_that_fails_during_the_run_stops_alone_with_one_warning(tmp_path, corpus, monkeypatch):
+    def server_gone(self, rows):
+        raise OSError("the server is gone")
+
+    monkeypatch.setattr(MlflowTracker, "log", server_gone)
+    run_dir, stderr = train(tmp_path, corpus, **OFFLINE, **mlflow_keys(tmp_path))
+    assert stderr == "warning: MLflow stopped: the server is gone; the run goes on without it\n"
+    assert read_summary(run_dir)["status"] == "completed" and len(read_metrics(run_dir)) == 31
+    wandb = wandb_run(run_dir)
+    assert wandb["summary"]["status"] == "completed" and len(wandb["history"]) == 31
 
 
 def test_a_required_tracker_that_cannot_start_stops_the_run_before_training(tmp_path, corpus):
