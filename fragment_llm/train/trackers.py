@@ -6,7 +6,7 @@ them every row it writes to metrics.jsonl, whatever scalars the row holds, and e
 summary.json (`trackers`), so that a resumed run continues the same W&B and MLflow runs.
 
 Nothing of theirs may slow, stop or hang the run: after their start every call goes to a thread of
-their own, which sends what has gathered about once a second, and the run's end waits for the last
+their own, which sends what has gathered every few seconds, and the run's end waits for the last
 sends a bounded time. One that cannot start, or fails later, is one warning and the run goes on
 without it (with logging.require_trackers=true, one that cannot start is an error before training).
 """
@@ -34,7 +34,9 @@ from .tracker_runs import Labels, MlflowTracker, Tracker, WandbTracker
 log = logging.getLogger(__name__)
 
 FINISH_SECONDS = 60.0  # the longest the run's end waits for the trackers' last sends
-BATCH_SECONDS = 1.0  # rows gather this long between sends: one MLflow request for many steps
+# Rows gather this long between sends. An MLflow request costs about 7 ms of CPU for one row, 1 ms a row
+# for 10 and 0.5 ms for 50 (sqlite, measured): at the default run's 10 steps a second, 50 rows a request.
+BATCH_SECONDS = 5.0
 INSTALL = "pip install 'fragment-llm[trackers]'"
 TAG_LENGTH = 64  # W&B's limit
 
@@ -108,7 +110,7 @@ class Trackers:
                 )
 
     def send(self) -> None:
-        """The sending thread: what was queued, about once a second, until the end."""
+        """The sending thread: what was queued, every BATCH_SECONDS, until the end."""
         while True:
             items = [self.queue.get()]
             self.closing.wait(BATCH_SECONDS)
