@@ -113,6 +113,12 @@ class SchedulerName(str, Enum):
     wsd = "wsd"
 
 
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
@@ -198,7 +204,9 @@ class TrainConfig(Section):
         "model keys are the parent's (see fragment_llm/train/README.md, "
         '"Fine-tuning from a run"); null: random initial weights'
     )
-    log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
+    log_interval: int = setting(
+        "a metrics.jsonl row (and TensorBoard's, W&B's and MLflow's scalars) every N optimizer steps", 1, 10**9
+    )
     sample_every: int = setting(
         "every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
         "`train.seed`) continuing the first 8 tokens of the validation text, to the "
@@ -387,6 +395,38 @@ class LoggingConfig(Section):
     SECTION: ClassVar[str] = "logging"
 
     tensorboard: bool = setting("false: no TensorBoard event files (`<run>/tensorboard`)")
+    wandb: bool = setting(
+        "true: also log to Weights & Biases (the config, the metrics.jsonl rows, samples, the summary; "
+        "pip install 'fragment-llm[trackers]'), beside TensorBoard and MLflow"
+    )
+    wandb_project: Optional[str] = setting("the W&B project; null: WANDB_PROJECT, else fragment-llm")
+    wandb_entity: Optional[str] = setting("the W&B team or user; null: WANDB_ENTITY, else your default entity")
+    wandb_mode: Optional[WandbMode] = setting(
+        "online, offline (a folder in the run directory, for `wandb sync`) or disabled; null: WANDB_MODE, else online"
+    )
+    mlflow: bool = setting(
+        "true: also log to MLflow (the config as params, the metrics.jsonl rows, samples, the summary; "
+        "pip install 'fragment-llm[trackers]'), beside TensorBoard and W&B"
+    )
+    mlflow_tracking_uri: Optional[str] = setting(
+        "where MLflow keeps runs: a server (http://...) or a database (sqlite:///path.db); null: "
+        "MLFLOW_TRACKING_URI, else sqlite:///<paths.outputs>/mlflow.db"
+    )
+    mlflow_experiment: Optional[str] = setting("the MLflow experiment; null: MLFLOW_EXPERIMENT_NAME, else fragment-llm")
+    run_name: Optional[str] = setting(
+        "the W&B and MLflow run name; null: the run directory as `fragment-llm runs` names it"
+    )
+    tags: Optional[list[str]] = setting(
+        "W&B and MLflow tags, e.g. [baseline,v2]; null: the run's config group options and overrides"
+    )
+    group: Optional[str] = setting(
+        "the W&B group and MLflow parent run; null: a sweep's directory for its jobs, none for a single run"
+    )
+    require_trackers: bool = setting(
+        "true: a tracker that is on but cannot start (not installed, no login, no network, a server that "
+        "does not answer) stops the run before training, in one line; false: one warning, and the run "
+        "goes on without it"
+    )
 
 
 @dataclass

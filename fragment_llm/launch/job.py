@@ -39,6 +39,7 @@ from ..train.from_run import (
 from ..train.hardware import resolve_device
 from ..train.outputs import RunOutputs
 from ..train.resumable import Interrupted
+from ..train.trackers import tracking
 from ..train.trainer import TrainingError, train
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ def train_phase(
     if settings.hardware.nproc > 1 and not ranks.distributed:
         return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
     distributed.init_process_group(ranks)
-    return train(settings, run_dir, checkpoint, ranks, parent)
+    resumed = None if checkpoint_path is None else (checkpoint_path, checkpoint["step"])
+    with tracking(settings, run_dir, ranks, resumed):
+        return train(settings, run_dir, checkpoint, ranks, parent)
 
 
 PRETRAINED = "pretrain"  # the folder of a run's pretraining (data.pretrain), a run directory of its own
@@ -381,7 +384,10 @@ def run_spawned_rank(
             checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path), for_resume=True)
             parent = None if parent_path is None else find_init_checkpoint(Path(parent_path))[1]
             distributed.init_process_group(ranks)
-            train(load_settings(plain_settings), run_dir, checkpoint, ranks, parent)
+            settings = load_settings(plain_settings)
+            resumed = None if checkpoint is None else (Path(checkpoint_path), checkpoint["step"])
+            with tracking(settings, run_dir, ranks, resumed):
+                train(settings, run_dir, checkpoint, ranks, parent)
     except (UserError, OSError) as error:
         outputs.failed(error)
         raise SystemExit(1) from None

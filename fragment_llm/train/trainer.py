@@ -121,8 +121,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         trained = self.ddp or self.model
         self.forward = torch.compile(trained) if settings.hardware.compile else trained
-        if settings.logging.tensorboard:
-            self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
+        self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
     def prepare_data(self, checkpoint: Optional[dict], parent: Optional[dict]) -> PreparedData:
         """The corpus as token arrays, encoded with the tokenizer of the run continued or started from,
