@@ -342,3 +342,46 @@ def small_gpt(**options):
             if not parameter.any():
                 parameter.normal_(0, 0.02)
     return model.eval()
+
+
+# ---- runs to talk to (chat, serve) ----------------------------------------------------------------------------
+def chatterbox_run(trained_run, folder, name="chatterbox"):
+    """A copy of the trained run whose model, greedy (temperature 0), never ends a turn or a document:
+    its final norm keeps one channel, from which the head makes "a" or "b" likelier than every other
+    token (the stop tokens too), so an answer goes on for as many tokens as it is given."""
+    import torch
+
+    from fragment_llm.data.tokenizer import load_tokenizer, text_ids
+
+    run = copy_run(trained_run, folder, name)
+    a, b = text_ids(load_tokenizer(run / "tokenizer.json"), ["a", "b"])
+    path = run / "models" / "final_model.pt"
+    state = torch.load(path, weights_only=True)
+    weights = state["model_state_dict"]
+    weights["ln_f.weight"].zero_()[0] = 1.0
+    if "ln_f.bias" in weights:
+        weights["ln_f.bias"].zero_()
+    column = weights["lm_head.weight"][:, 0]  # the head's only input now (with tied embeddings, also wte's)
+    column.zero_()
+    column[a[0]], column[b[0]] = 100.0, -100.0
+    torch.save(state, path)
+    return run
+
+
+def pre_chat_run(trained_run, folder, name="pre-chat"):
+    """A copy of the trained run as runs trained before the chat tokens were reserved: its tokenizer
+    (the run's and the checkpoint's) spells them otherwise."""
+    import torch
+
+    from fragment_llm.data.tokenizer import tokenizer_from_str, tokenizer_hash
+
+    run = copy_run(trained_run, folder, name)
+    text = (run / "tokenizer.json").read_text(encoding="utf-8")
+    for role in ("system", "user", "assistant", "end"):
+        text = text.replace(f"<|{role}|>", f"<!{role}!>")
+    (run / "tokenizer.json").write_text(text, encoding="utf-8")
+    path = run / "models" / "final_model.pt"
+    state = torch.load(path, weights_only=True)
+    state["tokenizer"], state["tokenizer_hash"] = text, tokenizer_hash(tokenizer_from_str(text))
+    torch.save(state, path)
+    return run

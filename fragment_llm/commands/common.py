@@ -15,6 +15,8 @@ from ..errors import UserError
 from ..runs.records import find_runs, holds_run, record_damage
 
 if TYPE_CHECKING:
+    import torch
+
     from ..train.from_run import TrainedModel
 
 # The summary.json fields that `show` and `compare` print, in this order.
@@ -140,3 +142,32 @@ def load_model(args: argparse.Namespace) -> TrainedModel:
     from ..train.hardware import resolve_device
 
     return load_run(Path(args.run), args.checkpoint and Path(args.checkpoint), resolve_device("auto"))
+
+
+def probability(text: str) -> float:
+    value = in_range(0.0, 1.0, float)(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0, 1]; 1 turns top-p off")
+    return value
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a command that writes with a model samples (generate, chat)."""
+    parser.add_argument("--max-new-tokens", type=in_range(1), default=200, help="tokens to add (default: 200)")
+    parser.add_argument(
+        "--temperature", type=in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)"
+    )
+    parser.add_argument(
+        "--top-k", type=in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)"
+    )
+    parser.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)")
+    parser.add_argument("--seed", type=in_range(0, 2**63 - 1), help="same seed, same text (default: random)")
+
+
+def sampling_generator(args: argparse.Namespace) -> torch.Generator:
+    """The random numbers the sampling draws: from --seed, or a random seed."""
+    import secrets
+
+    import torch
+
+    return torch.Generator().manual_seed(secrets.randbits(63) if args.seed is None else args.seed)

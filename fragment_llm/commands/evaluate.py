@@ -62,6 +62,11 @@ def documents_to_score(trained: TrainedModel, data_path: str | None) -> tuple[li
         source = DataSource(data["source"])
     except (TypeError, KeyError, ValueError):
         raise RunError(f"{trained.checkpoint_path} does not record its training data; pass --data PATH") from None
+    if source is DataSource.chat:
+        raise RunError(
+            f"{trained.checkpoint_path} was fine-tuned on conversations: `fragment-llm show` gives its loss on the "
+            "held-out ones (initial_val_loss: before the fine-tune; val_loss: after); evaluate text with --data PATH"
+        )
     try:
         data = with_added_data_keys(data)
         keys = {item.name for item in dataclasses.fields(DataConfig)} - {"source"}

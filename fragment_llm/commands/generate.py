@@ -4,12 +4,11 @@ or asked for again and again (--interactive)."""
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 from typing import TYPE_CHECKING, Callable
 
 from ..console import command_line_text, error_console
-from .common import CLIError, add_run_arguments, in_range, load_model
+from .common import CLIError, add_run_arguments, add_sampling_arguments, in_range, load_model, sampling_generator
 
 if TYPE_CHECKING:
     import torch
@@ -22,24 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_run_arguments(parser)
     parser.add_argument("--prompt", help="text to continue (default: read from standard input)")
     parser.add_argument("--interactive", action="store_true", help="keep asking for prompts until Ctrl-D")
-    parser.add_argument("--max-new-tokens", type=in_range(1), default=200, help="tokens to add (default: 200)")
-    parser.add_argument(
-        "--temperature", type=in_range(0.0, 100.0, float), default=0.8, help="0 is greedy (default: 0.8)"
-    )
-    parser.add_argument(
-        "--top-k", type=in_range(0), default=50, help="sample among the k likeliest; 0 is off (default: 50)"
-    )
-    parser.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass; 1 is off (default: 1)")
+    add_sampling_arguments(parser)
     parser.add_argument("--num-samples", type=in_range(1), default=1, help="samples per prompt (default: 1)")
-    parser.add_argument("--seed", type=in_range(0, 2**63 - 1), help="same seed, same text (default: random)")
     parser.set_defaults(handler=handle)
-
-
-def probability(text: str) -> float:
-    value = in_range(0.0, 1.0, float)(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (0, 1]; 1 turns top-p off")
-    return value
 
 
 def write_samples(trained: TrainedModel, prompt: str, args: argparse.Namespace, generator: torch.Generator) -> None:
@@ -69,10 +53,8 @@ def read_prompt(read: Callable[[], str], source: str) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    import torch
-
     trained = load_model(args)
-    generator = torch.Generator().manual_seed(secrets.randbits(63) if args.seed is None else args.seed)
+    generator = sampling_generator(args)
     if not args.interactive:
         if args.prompt is not None:
             prompt = read_prompt(lambda: args.prompt, "--prompt")

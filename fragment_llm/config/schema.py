@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from ..errors import UserError
+from .chat import BundledCorpus, ChatFormat
 from .dropout import DROPOUT_HELP
 from .shape import FIELDS, GPTConfig, Position, valid_heads
 
@@ -57,12 +58,13 @@ def setting(
     low_open: bool = False,
     options: tuple[str, ...] = (),
     default: Any = None,
+    optional: tuple[str, ...] = (),
 ) -> Any:
     """A field of the schema: what the key means (`help`) and, for a number, its range. A key that
     only some options of its group use (`options`, e.g. momentum: sgd and muon) is None under the
     others, unless it has a `default` (what code that builds a section by hand gets: `data.text_field` is
-    `text`); any other key has no default, as conf/ sets it."""
-    metadata: dict[str, Any] = {"help": help}
+    `text`); any other key has no default, as conf/ sets it. Under those `optional` too, it may be null."""
+    metadata: dict[str, Any] = {"help": help, "optional": optional}
     if low is not None:
         metadata["range"] = Interval(low, high, low_open)
     if options:
@@ -83,7 +85,7 @@ class Section:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
         for item in fields(self):
             value, key = values[item.name], f"{self.SECTION}.{item.name}"
-            needed_by = item.metadata.get("options", ())
+            needed_by = set(item.metadata.get("options", ())) - set(item.metadata["optional"])
             if value is None and needed_by and values[self.CHOICE] in needed_by:
                 raise ConfigError(
                     f"{key} is not set, and {self.SECTION}={values[self.CHOICE].value} needs it; give {key}=VALUE"
@@ -111,12 +113,19 @@ class SchedulerName(str, Enum):
     wsd = "wsd"
 
 
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
     stdlib = "stdlib"
     hf = "hf"
     mix = "mix"
+    chat = "chat"
 
 
 def model_section() -> type[Section]:
@@ -195,7 +204,9 @@ class TrainConfig(Section):
         "model keys are the parent's (see fragment_llm/train/README.md, "
         '"Fine-tuning from a run"); null: random initial weights'
     )
-    log_interval: int = setting("TensorBoard scalars every N optimizer steps", 1, 10**9)
+    log_interval: int = setting(
+        "a metrics.jsonl row (and TensorBoard's, W&B's and MLflow's scalars) every N optimizer steps", 1, 10**9
+    )
     sample_every: int = setting(
         "every N optimizer steps, a 48-token sample (temperature 0.8, top-k 50, seeded by "
         "`train.seed`) continuing the first 8 tokens of the validation text, to the "
@@ -279,7 +290,8 @@ class DataConfig(Section):
 
     source: DataSource = setting(
         "the corpus (the data group sets it): Python's documentation, the standard "
-        "library's .py sources, your own text (`data.path`), or a mixture of corpora (`data.sources`)"
+        "library's .py sources, your own text (`data.path`), a Hugging Face dataset, a mixture of corpora "
+        "(`data.sources`), or conversations (`chat`)"
     )
     path: Optional[str] = setting(
         "for `data=text`: a file, a folder or a glob. Each file is read by its extension: plain text (.txt and any "
@@ -287,8 +299,10 @@ class DataConfig(Section):
         "folder written by Hugging Face `datasets` (save_to_disk). A folder means its .txt, .jsonl, .json, .parquet "
         "files and their compressed forms. A path that exists is taken as it is, even with `[`, `*` or `?` in its "
         "name; each file is read once, however many links lead to it; `**` does not follow links to folders; names "
-        "starting with a dot are skipped in folders and globs; an unreadable file is an error naming it",
-        options=("text",),
+        "starting with a dot are skipped in folders and globs; an unreadable file is an error naming it. For "
+        "`data=chat`: JSON Lines of conversations (null: the bundled demo ones)",
+        options=("text", "chat"),
+        optional=("chat",),
     )
     name: Optional[str] = setting(
         "for `data=hf`: the Hugging Face dataset to read, OWNER/NAME, through `datasets` from its local cache",
@@ -308,7 +322,7 @@ class DataConfig(Section):
     skip_bad_records: Optional[bool] = setting(
         "true: skip a record that cannot be read (not JSON, no text field, not a string) and say how many were "
         "skipped and where the first was; false: such a record is an error naming it",
-        options=("text", "hf", "mix"),
+        options=("text", "hf", "mix", "chat"),
         default=False,
     )
     sources: Optional[list[Any]] = setting(
@@ -317,6 +331,13 @@ class DataConfig(Section):
         'defaults to 1); each source has its own validation split (fragment_llm/data/README.md, "Mixtures")',
         options=("mix",),
     )
+    chat_format: Optional[ChatFormat] = setting(
+        "for `data=chat`: a record's shape; auto: each one's by its key", options=("chat",), default=ChatFormat.auto
+    )
+    pretrain: Optional[BundledCorpus] = setting(
+        "for `data=chat`: pretrain <run>/pretrain on it, then fine-tune from it", options=("chat",), optional=("chat",)
+    )
+    pretrain_iters: Optional[int] = setting("data.pretrain's steps", 1, 10**9, options=("chat",), default=1144)
     val_fraction: float = setting(
         "the last share of the corpus, by bytes, held out for validation (whole "
         "documents; a single file is cut at a line break; in a mixture, of each source)",
@@ -374,6 +395,38 @@ class LoggingConfig(Section):
     SECTION: ClassVar[str] = "logging"
 
     tensorboard: bool = setting("false: no TensorBoard event files (`<run>/tensorboard`)")
+    wandb: bool = setting(
+        "true: also log to Weights & Biases (the config, the metrics.jsonl rows, samples, the summary; "
+        "pip install 'fragment-llm[trackers]'), beside TensorBoard and MLflow"
+    )
+    wandb_project: Optional[str] = setting("the W&B project; null: WANDB_PROJECT, else fragment-llm")
+    wandb_entity: Optional[str] = setting("the W&B team or user; null: WANDB_ENTITY, else your default entity")
+    wandb_mode: Optional[WandbMode] = setting(
+        "online, offline (a folder in the run directory, for `wandb sync`) or disabled; null: WANDB_MODE, else online"
+    )
+    mlflow: bool = setting(
+        "true: also log to MLflow (the config as params, the metrics.jsonl rows, samples, the summary; "
+        "pip install 'fragment-llm[trackers]'), beside TensorBoard and W&B"
+    )
+    mlflow_tracking_uri: Optional[str] = setting(
+        "where MLflow keeps runs: a server (http://...) or a database (sqlite:///path.db); null: "
+        "MLFLOW_TRACKING_URI, else sqlite:///<paths.outputs>/mlflow.db"
+    )
+    mlflow_experiment: Optional[str] = setting("the MLflow experiment; null: MLFLOW_EXPERIMENT_NAME, else fragment-llm")
+    run_name: Optional[str] = setting(
+        "the W&B and MLflow run name; null: the run directory as `fragment-llm runs` names it"
+    )
+    tags: Optional[list[str]] = setting(
+        "W&B and MLflow tags, e.g. [baseline,v2]; null: the run's config group options and overrides"
+    )
+    group: Optional[str] = setting(
+        "the W&B group and MLflow parent run; null: a sweep's directory for its jobs, none for a single run"
+    )
+    require_trackers: bool = setting(
+        "true: a tracker that is on but cannot start (not installed, no login, no network, a server that "
+        "does not answer) stops the run before training, in one line; false: one warning, and the run "
+        "goes on without it"
+    )
 
 
 @dataclass

@@ -91,10 +91,11 @@ def _source_config(index: int, entry: Any, data: DataConfig) -> tuple[DataConfig
             "relative: sources weighted 3 and 1 give 3 training windows of the first for each of the second)"
         )
     source = entry.get("source", "text" if "path" in entry else None)
-    choices = ", ".join(item.value for item in DataSource if item is not DataSource.mix)
+    drawable = [item.value for item in DataSource if item not in (DataSource.mix, DataSource.chat)]  # corpora
+    choices = ", ".join(drawable)
     if source is None:
         raise ConfigError(f"{where} names no corpus; give it source:NAME ({choices}) or path:FILE")
-    if source == DataSource.mix.value or source not in {item.value for item in DataSource}:
+    if source not in drawable:
         raise ConfigError(f"{where}.source={source} is not a corpus a mixture can draw from; choose one of {choices}")
     needed = {"text": "path", "hf": "name"}.get(source)
     for key in ("path", "name"):

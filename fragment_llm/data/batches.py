@@ -28,14 +28,18 @@ class WindowOrder:
             self._orders = {epoch: rng.permutation(self.windows_per_epoch) * self.block_size + shift}
         return self._orders[epoch]
 
-    def windows(self, indices: np.ndarray) -> np.ndarray:
-        """The windows at places `indices` of the order, as rows of tokens."""
+    def starts(self, indices: np.ndarray) -> np.ndarray:
+        """Where the windows at places `indices` of the order start."""
         epochs, within = np.divmod(indices, self.windows_per_epoch)
         starts = np.empty(len(indices), dtype=np.int64)
         for epoch in np.unique(epochs):
             chosen = epochs == epoch
             starts[chosen] = self._starts(int(epoch))[within[chosen]]
-        return self.tokens[starts[:, None] + self._offsets]
+        return starts
+
+    def windows(self, indices: np.ndarray) -> np.ndarray:
+        """The windows at places `indices` of the order, as rows of tokens."""
+        return self.tokens[self.starts(indices)[:, None] + self._offsets]
 
 
 class WindowStream:
@@ -75,11 +79,19 @@ class TrainBatches(WindowStream):
         world_size: int = 1,
     ):
         super().__init__(batch_size, device, rank, world_size)
+        self.tokens, self.block_size = tokens, block_size
         self.order = WindowOrder(tokens, block_size, (seed,))
         self.windows_per_epoch = self.order.windows_per_epoch
 
     def windows(self, indices: np.ndarray) -> np.ndarray:
         return self.order.windows(indices)
+
+    def next_starts(self) -> np.ndarray:
+        """Where this rank's windows of the next micro-batch start; the stream moves past the micro-batch
+        (chat_batches.py reads whole rows with their masks from there)."""
+        indices = self.position + self.rank * self.batch_size + np.arange(self.batch_size)
+        self.position += self.world_size * self.batch_size
+        return self.order.starts(indices)
 
 
 def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int, eval_iters: int, device: torch.device):

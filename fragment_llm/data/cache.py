@@ -23,6 +23,7 @@ from ..config.schema import ConfigError, DataConfig, DataSource
 from ..config.sources import MixSource, data_sources
 from ..files import UnreadableFile, atomic_path, read_json, write_json, write_text
 from ..text import plural
+from .batches import eval_batches
 from .corpus import (
     Progress,
     check_documents,
@@ -96,6 +97,14 @@ class PreparedData:
     def val_tokens(self) -> int:
         """The validation tokens of every source together."""
         return sum(len(source.val) for source in self.sources)
+
+    def eval_batches(self, source: SourceTokens, block_size, batch_size, eval_iters, device) -> Iterator:
+        """A source's fixed validation windows (ChatData's: its rows of conversations, masked)."""
+        return eval_batches(source.val, block_size, batch_size, eval_iters, device)
+
+    def val_scored(self, source: SourceTokens) -> tuple[int, int]:
+        """A source's validation tokens the loss scores and the bytes of text they hold, for bits per byte."""
+        return len(source.val), source.val_bytes
 
 
 @dataclass

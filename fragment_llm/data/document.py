@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Protocol
 
 from ..config.schema import ConfigError
 from .compression import decompressed_blocks
-from .records import BadRecord, Skips, TextField, bad_record_error, json_text
+from .records import BadRecord, RecordReader, Skips
 
 READ_BLOCK = 1 << 16
 
@@ -37,7 +37,7 @@ class Document:
     """A byte range [start, start + size) of a file, or of in-memory text (`content`); of a compressed
     file's decompressed bytes when `compression` is set. `whole`: the whole (compressed) file, read to
     its end, `size` being its size on disk (what the split weighs and progress counts). `lines`: a
-    JSON Lines file, each line a record whose text is in that field (`first_line`: the range's first
+    JSON Lines file, each line a record read by it: its text field's, or a conversation (`first_line`: the range's first
     line's number in the file, for errors)."""
 
     name: str
@@ -47,7 +47,7 @@ class Document:
     start: int = 0
     compression: Optional[str] = None
     whole: bool = False
-    lines: Optional[TextField] = None
+    lines: Optional[RecordReader] = None
     first_line: int = 1
 
     def blocks(self, progress: Optional[Counter] = None) -> Iterator[bytes]:
@@ -193,7 +193,7 @@ def _skipped(blocks: Iterator[bytes], count: int, name: str) -> Iterator[bytes]:
 def _json_lines(pieces: Iterator[str], document: Document, skips: Optional[Skips]) -> Iterator[Optional[str]]:
     """The texts of a JSON Lines document's records, None between them; a bad record is an error naming
     its line, or is skipped (data.skip_bad_records) and counted in `skips`."""
-    text_field = document.lines
+    reader = document.lines
     line_number = document.first_line
     carry = ""
     first = True
@@ -203,17 +203,17 @@ def _json_lines(pieces: Iterator[str], document: Document, skips: Optional[Skips
         for line in lines:
             if line_number == 1 and line.startswith("\ufeff"):  # a byte order mark, as some editors write
                 line = line[1:]
+            where = f"{document.name} line {line_number}"
             try:
-                text = json_text(line, text_field)
+                text = reader.record_text(line, where)
             except BadRecord as bad:
-                where = f"{document.name} line {line_number}"
                 if line_number == 1 and line.strip() in ("{", "["):
                     raise ConfigError(
                         f"data: {document.name} is not JSON Lines (it looks like one JSON document over many lines); "
                         "write one JSON object per line (for a list: jq -c '.[]' FILE > FILE.jsonl)"
                     ) from None
-                if not text_field.skip_bad:
-                    raise bad_record_error(where, str(bad)) from None
+                if not reader.skip_bad:
+                    raise reader.bad_record(where, str(bad)) from None
                 if skips is not None:
                     skips.add(where, str(bad))
                 text = None

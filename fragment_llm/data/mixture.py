@@ -200,7 +200,10 @@ def training_batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> WindowStream:
-    """The training stream of the prepared data: a single corpus's TrainBatches, or a mixture's."""
+    """The training stream of the prepared data: a single corpus's TrainBatches, a mixture's, or the rows
+    of conversations (chat_data.ChatData's own)."""
+    if hasattr(data, "train_batches"):
+        return data.train_batches(block_size, batch_size, seed, device, rank, world_size)
     if not data.mixture:
         return TrainBatches(data.train, block_size, batch_size, seed, device, rank, world_size)
     sources = [(source.train, source.share) for source in data.sources]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from ..config.schema import ConfigError
 from ..text import plural
@@ -34,6 +34,29 @@ class TextField:
         """What the corpus hash must know of how texts are read: the same file read with another field
         is another corpus."""
         return f"field={self.path};skip_bad={self.skip_bad}\n".encode()
+
+    def record_text(self, line: str, where: str) -> Optional[str]:
+        return json_text(line, self)
+
+    def bad_record(self, where: str, reason: str) -> ConfigError:
+        return bad_record_error(where, reason)
+
+
+class RecordReader(Protocol):
+    """How a JSON Lines file's records are read (document.py): a text field's text (TextField), or a
+    conversation (conversations.py)."""
+
+    skip_bad: bool
+
+    def key(self) -> bytes:
+        """What the corpus hash must know of how records are read."""
+
+    def record_text(self, line: str, where: str) -> Optional[str]:
+        """The text of the line at `where` (a file and line, for what the text carries); None for a
+        blank line. Raises BadRecord."""
+
+    def bad_record(self, where: str, reason: str) -> ConfigError:
+        """The error for a bad record: `where`, `reason` and the fix."""
 
 
 @dataclass
@@ -60,15 +83,20 @@ def json_text(line: str, text_field: TextField) -> Optional[str]:
     """The text of one JSON Lines line; None for a blank line. Raises BadRecord."""
     if not line.strip():
         return None
+    record = json_value(line)
+    if not isinstance(record, dict):
+        raise BadRecord(f"is a JSON {kind_of(record)}, not an object with a `{text_field.path}` field")
+    return field_text(record, text_field)
+
+
+def json_value(line: str) -> Any:
+    """The JSON value of a line. Raises BadRecord."""
     try:
-        record = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as error:
         raise BadRecord(f"is not JSON ({error.msg} at column {error.colno})") from None
     except RecursionError:
         raise BadRecord("is JSON nested too deeply to read") from None
-    if not isinstance(record, dict):
-        raise BadRecord(f"is a JSON {_kind(record)}, not an object with a `{text_field.path}` field")
-    return field_text(record, text_field)
 
 
 def field_text(record: dict, text_field: TextField) -> str:
@@ -77,7 +105,7 @@ def field_text(record: dict, text_field: TextField) -> str:
     for depth, part in enumerate(text_field.parts):
         if not isinstance(value, dict) or part not in value:
             where = ".".join(text_field.parts[:depth]) or "the record"
-            keys = ", ".join(list(value)[:8]) if isinstance(value, dict) else f"a {_kind(value)}"
+            keys = ", ".join(list(value)[:8]) if isinstance(value, dict) else f"a {kind_of(value)}"
             raise BadRecord(f"has no field `{text_field.path}` ({where} has: {keys or 'nothing'})")
         value = value[part]
     return checked_text(value, text_field)
@@ -87,7 +115,7 @@ def checked_text(value: Any, text_field: TextField) -> str:
     if value is NOT_UTF8:
         raise BadRecord(f"has bytes in `{text_field.path}` that are not UTF-8 text")
     if not isinstance(value, str):
-        raise BadRecord(f"has a {_kind(value)} in `{text_field.path}`, not a string")
+        raise BadRecord(f"has a {kind_of(value)} in `{text_field.path}`, not a string")
     if not value.isascii() and SURROGATE.search(value):
         raise BadRecord(f"has a lone surrogate (an escape such as \\ud800) in `{text_field.path}`, which is not text")
     return value
@@ -102,7 +130,7 @@ def bad_record_error(where: str, reason: str) -> ConfigError:
     )
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return {
         type(None): "null",
         bool: "boolean",

@@ -20,7 +20,8 @@ from safetensors.torch import save_file, save_model
 from tokenizers import Tokenizer
 
 from ..config.shape import FIELDS, GPT2_LAYOUT
-from ..data.tokenizer import END_OF_TEXT
+from ..data.chat import JINJA_TEMPLATE, has_chat_tokens
+from ..data.tokenizer import END_OF_TEXT, END_OF_TURN
 from ..files import atomic_path, write_json, write_text
 from ..model.gpt import GPT, NORM_EPS, ROPE_BASE, GPTConfig
 from ..runs.paths import RunPaths
@@ -30,6 +31,7 @@ from .folder import export_folder
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 # Every file an export writes, whichever its format: a new export into a folder removes the old one's.
 EXPORTED_FILES = frozenset(
     {
@@ -37,6 +39,7 @@ EXPORTED_FILES = frozenset(
         CONFIG_FILE,
         RunPaths.TOKENIZER.name,
         TOKENIZER_CONFIG_FILE,
+        GENERATION_CONFIG_FILE,
         hf_remote.CONFIGURATION_FILE,
         hf_remote.MODELING_FILE,
         hf_remote.MODEL_FILE,
@@ -119,7 +122,7 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.float().contiguous() for name, tensor in exported.items()}
 
 
-def gpt2_config(model: GPT, end_of_text: int) -> dict:
+def gpt2_config(model: GPT, special: dict) -> dict:
     """config.json for transformers' GPT2LMHeadModel: "gelu" is the exact GELU we use, "relu2" ReLU squared."""
     config = model.config
     return {
@@ -139,8 +142,7 @@ def gpt2_config(model: GPT, end_of_text: int) -> dict:
         "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
         "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": end_of_text,
-        "eos_token_id": end_of_text,
+        **special,
         "torch_dtype": "float32",
     }
 
@@ -183,7 +185,7 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.float().contiguous() for name, tensor in exported.items()}
 
 
-def llama_config(model: GPT, end_of_text: int, architecture: str) -> dict:
+def llama_config(model: GPT, special: dict, architecture: str) -> dict:
     """config.json for transformers' LlamaForCausalLM ("llama") or Qwen3ForCausalLM ("qwen3"): rotary
     base 10000 of the default (unscaled) kind, under both transformers 5's `rope_parameters` and the
     older `rope_theta`; all heads have their own keys and values (no grouped queries)."""
@@ -207,8 +209,7 @@ def llama_config(model: GPT, end_of_text: int, architecture: str) -> dict:
         "initializer_range": 0.02,
         "tie_word_embeddings": config.tie_embeddings,
         "use_cache": True,
-        "bos_token_id": end_of_text,
-        "eos_token_id": end_of_text,
+        **special,
         "torch_dtype": "float32",
     }
     if architecture == "qwen3":
@@ -231,7 +232,7 @@ def remote_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {f"model.{name}": tensor.detach().float().contiguous() for name, tensor in weights.items()}
 
 
-def remote_config(model: GPT, end_of_text: int) -> dict:
+def remote_config(model: GPT, special: dict) -> dict:
     """config.json for our own code: the arguments of GPTConfig, and where transformers finds the classes."""
     config = model.config
     return {
@@ -241,8 +242,7 @@ def remote_config(model: GPT, end_of_text: int) -> dict:
         **asdict(config),
         "tie_word_embeddings": config.tie_embeddings,
         "use_cache": False,
-        "bos_token_id": end_of_text,
-        "eos_token_id": end_of_text,
+        **special,
         "torch_dtype": "float32",
     }
 
@@ -252,18 +252,53 @@ def copy_tokenizer(tokenizer_path: Path, destination: Path) -> None:
         shutil.copyfile(tokenizer_path, temporary)
 
 
+def special_token_ids(tokenizer: Tokenizer) -> dict:
+    """The bos, eos and pad ids of config.json and generation_config.json. With the chat tokens, generation
+    ends at the end of a turn (`<|end|>`) or of a document (`<|endoftext|>`): transformers' generate stops
+    at any id of an eos list."""
+    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    ends = [tokenizer.token_to_id(END_OF_TURN), end_of_text] if has_chat_tokens(tokenizer) else end_of_text
+    return {"bos_token_id": end_of_text, "eos_token_id": ends, "pad_token_id": end_of_text}
+
+
+def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict:
+    """tokenizer_config.json. With the chat tokens it holds the chat template (data/chat.py's), so that
+    `apply_chat_template` gives our conversations' ids, and the end of a turn is the eos token.
+
+    `split_special_tokens` is what transformers tokenizes everything with, the rendered template too.
+    Without the chat tokens it is true: `<|endoftext|>` spelled in text is text, as in training
+    (tokenizer.text_only). With them it must be false, or the template's own role tokens would be
+    split into text; a message that spells a special token then gets that token, as in llama.cpp,
+    unless `apply_chat_template(..., sanitize_control_tokens=True)` (transformers 5), which encodes
+    them as text, exactly as chat_ids does (export/README.md, "Chat")."""
+    chat = has_chat_tokens(tokenizer)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": END_OF_TEXT,
+        "eos_token": END_OF_TURN if chat else END_OF_TEXT,
+        "pad_token": END_OF_TEXT,
+        "unk_token": END_OF_TEXT,
+        "model_max_length": block_size,
+        "add_prefix_space": False,
+        "split_special_tokens": not chat,
+    }
+    if chat:
+        config["chat_template"] = JINJA_TEMPLATE
+    return config
+
+
 def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path, replace: bool = True) -> str:
     """A folder that `transformers.AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer` load
     (with `trust_remote_code=True` for a layout no transformers architecture computes). Returns what
     it was written as, e.g. "Llama (LlamaForCausalLM)". `replace` False: `out` must be empty."""
-    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    special = special_token_ids(tokenizer)
     architecture = hf_architecture(model.config)
     if architecture == "gpt2":
-        weights, config = gpt2_state_dict(model), gpt2_config(model, end_of_text)
+        weights, config = gpt2_state_dict(model), gpt2_config(model, special)
     elif architecture in ("llama", "qwen3"):
-        weights, config = llama_state_dict(model), llama_config(model, end_of_text, architecture)
+        weights, config = llama_state_dict(model), llama_config(model, special, architecture)
     else:
-        weights, config = remote_state_dict(model), remote_config(model, end_of_text)
+        weights, config = remote_state_dict(model), remote_config(model, special)
     with export_folder(out, replace, CONFIG_FILE, EXPORTED_FILES) as stage:
         with atomic_path(stage(WEIGHTS_FILE)) as temporary:
             save_file(weights, str(temporary), metadata={"format": "pt"})
@@ -271,19 +306,9 @@ def export_hf(model: GPT, tokenizer: Tokenizer, tokenizer_path: Path, out: Path,
             for name, source in hf_remote.remote_files().items():
                 write_text(stage(name), source)
         write_json(stage(CONFIG_FILE), config)
+        write_json(stage(GENERATION_CONFIG_FILE), special)
         copy_tokenizer(tokenizer_path, stage(RunPaths.TOKENIZER.name))
-        write_json(
-            stage(TOKENIZER_CONFIG_FILE),
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": END_OF_TEXT,
-                "eos_token": END_OF_TEXT,
-                "unk_token": END_OF_TEXT,
-                "model_max_length": model.config.block_size,
-                "add_prefix_space": False,
-                "split_special_tokens": True,  # `<|endoftext|>` in text is text, as in training (tokenizer.text_only)
-            },
-        )
+        write_json(stage(TOKENIZER_CONFIG_FILE), tokenizer_config(tokenizer, model.config.block_size))
     return HF_NAMES[architecture]
 
 

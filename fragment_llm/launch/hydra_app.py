@@ -41,6 +41,7 @@ from .compose import (  # noqa: E402
     with_implied_choices,
 )
 from .conf import CONF_DIR  # noqa: E402
+from .guide_flags import check_guide_flags, program_name  # noqa: E402
 from .hydra_errors import hydra_errors_in_one_line  # noqa: E402
 from .job import run_job  # noqa: E402
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv[1:] = argv
     try:
+        check_guide_flags(sys.argv[1:], program_name(sys.argv[0]))  # `--epochs 10`: the key to write instead
         sys.argv[1:] = with_implied_choices(sys.argv[1:])  # data.path=FILE alone reads FILE (data=text)
         overrides = command_line(sys.argv[1:]).overrides
         check_overrides(overrides)  # one line where Hydra would print a report

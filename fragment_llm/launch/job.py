@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config.load import load_settings, to_plain
-from ..config.schema import Config, ConfigError
+from ..config.schema import Config, ConfigError, DataSource
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
@@ -38,6 +39,7 @@ from ..train.from_run import (
 from ..train.hardware import resolve_device
 from ..train.outputs import RunOutputs
 from ..train.resumable import Interrupted
+from ..train.trackers import tracking
 from ..train.trainer import TrainingError, train
 
 log = logging.getLogger(__name__)
@@ -134,14 +136,69 @@ def train_claimed(claim: Claim, run_dir: Path, ranks: distributed.Ranks, outputs
         raise claim.problem
     start = claim.start
     announce(start, run_dir, outputs)
+    start = pretrained_start(start, run_dir, ranks, outputs)
     settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
     if ranks.is_main and (checkpoint_path or parent_path):
         record_config(run_dir, settings, start.choices)
     outputs.try_update(choices=start.choices)
+    return train_phase(settings, run_dir, ranks, start.checkpoint, checkpoint_path, start.parent, parent_path)
+
+
+def train_phase(
+    settings: Config,
+    run_dir: Path,
+    ranks: distributed.Ranks,
+    checkpoint: Optional[dict] = None,
+    checkpoint_path: Optional[Path] = None,
+    parent: Optional[dict] = None,
+    parent_path: Optional[Path] = None,
+) -> float:
+    """Train into `run_dir`, continuing `checkpoint` or starting from `parent` if given, in this process
+    or in `hardware.nproc` spawned ranks."""
     if settings.hardware.nproc > 1 and not ranks.distributed:
         return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
     distributed.init_process_group(ranks)
-    return train(settings, run_dir, start.checkpoint, ranks, start.parent)
+    resumed = None if checkpoint_path is None else (checkpoint_path, checkpoint["step"])
+    with tracking(settings, run_dir, ranks, resumed):
+        return train(settings, run_dir, checkpoint, ranks, parent)
+
+
+PRETRAINED = "pretrain"  # the folder of a run's pretraining (data.pretrain), a run directory of its own
+
+
+def pretrained_start(start: Start, run_dir: Path, ranks: distributed.Ranks, outputs: RunOutputs) -> Start:
+    """A chat fine-tune with data.pretrain (experiment=chat_demo) pretrains first: a run of its settings on
+    that bundled corpus, data.pretrain_iters steps long, into <run>/pretrain; the run then starts from its
+    model as with train.init_from. A resumed run continues its fine-tune instead."""
+    settings = start.settings
+    corpus = settings.data.pretrain if settings.data.source is DataSource.chat else None
+    if corpus is None or start.checkpoint is not None or start.parent is not None:
+        return start
+    directory = run_dir / PRETRAINED
+    plain = to_plain(settings)
+    plain["data"] = {"source": corpus.value, "val_fraction": settings.data.val_fraction}
+    plain["train"].update(max_iters=settings.data.pretrain_iters, init_from=None, time_budget=None)
+    log.info(
+        "Pretraining on data=%s for %d steps into %s (data.pretrain), then fine-tuning from it on the conversations",
+        corpus.value,
+        settings.data.pretrain_iters,
+        directory,
+    )
+    phase = load_settings(plain)
+    if ranks.is_main:  # what `fragment-llm show` reads: its config, and the command (this run's) that makes it
+        write_text(RunPaths(directory).config_record, OmegaConf.to_yaml(to_plain(phase)))
+        if (run_dir / RunPaths.OVERRIDES_RECORD).is_file():
+            overrides = (run_dir / RunPaths.OVERRIDES_RECORD).read_text(encoding="utf-8")
+            write_text(directory / RunPaths.OVERRIDES_RECORD, overrides)
+    RunOutputs(directory, ranks).try_update(status="running", choices={**start.choices, "data": corpus.value})
+    train_phase(phase, directory, ranks)
+    if read_summary(directory).get("status") != "completed":
+        raise TrainingError(f"the pretraining in {directory} did not finish (its summary.json says why)")
+    parent_path, parent = find_init_checkpoint(directory)
+    log.info("Fine-tuning from %s on the conversations", parent_path)
+    outputs.try_update(init_from=str(parent_path), init_from_tokenizer_hash=parent["tokenizer_hash"])
+    settings = replace(settings, train=replace(settings.train, init_from=str(directory)))
+    return start._replace(settings=settings, parent=parent, parent_path=parent_path)
 
 
 def claim_run(
@@ -180,6 +237,11 @@ def checked_settings(cfg: DictConfig | dict) -> Config:
         raise ConfigError(
             "train.init_from does not combine with train.resume: train.resume continues a run (its "
             "optimizer, schedule and step), train.init_from starts a new one from a run's weights; give one"
+        )
+    if settings.data.pretrain and settings.data.source is DataSource.chat and settings.train.init_from:
+        raise ConfigError(
+            f"data.pretrain={settings.data.pretrain.value} does not combine with train.init_from: the run would "
+            "pretrain a model of its own; give one (data.pretrain=null to fine-tune the model train.init_from names)"
         )
     return settings
 
@@ -322,7 +384,10 @@ def run_spawned_rank(
             checkpoint = None if checkpoint_path is None else load_checkpoint(Path(checkpoint_path), for_resume=True)
             parent = None if parent_path is None else find_init_checkpoint(Path(parent_path))[1]
             distributed.init_process_group(ranks)
-            train(load_settings(plain_settings), run_dir, checkpoint, ranks, parent)
+            settings = load_settings(plain_settings)
+            resumed = None if checkpoint is None else (Path(checkpoint_path), checkpoint["step"])
+            with tracking(settings, run_dir, ranks, resumed):
+                train(settings, run_dir, checkpoint, ranks, parent)
     except (UserError, OSError) as error:
         outputs.failed(error)
         raise SystemExit(1) from None

@@ -23,17 +23,19 @@ EVAL_BATCH_SIZE = 8
 
 def loss_sum(
     forward: Callable, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], ContextManager]
-) -> tuple[torch.Tensor | float, int]:
-    """Summed cross-entropy in nats over every predicted token of `batches`, and the number of tokens.
-    The sum stays on the device: read it once, at the end."""
+) -> tuple[torch.Tensor | float, torch.Tensor | int]:
+    """Summed cross-entropy in nats over every predicted token of `batches` (every target but the -1s
+    a chat batch sets for the words it does not learn), and the number of those tokens. Both stay on
+    the device: read them once, at the end."""
     total: torch.Tensor | float = 0.0
-    count = 0
+    count: torch.Tensor | int = 0
     with torch.no_grad():
         for inputs, targets in batches:
             with autocast():
                 _, loss = forward(inputs, targets)
-            total = total + loss.float() * targets.numel()
-            count += targets.numel()
+            scored = (targets >= 0).sum()
+            total = total + loss.float() * scored
+            count = count + scored
     return total, count
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Collection, Iterator
 
 import torch
 from tokenizers import Tokenizer
@@ -63,8 +63,31 @@ def generate_tokens(
     generator: torch.Generator,
     use_cache: bool = True,
     stop_token: int | None = None,
+    stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new token ids, one at a time, ending early at `stop_token`.
+    """Yield up to `max_new_tokens` new token ids, one at a time, ending early at `stop_token` or any of
+    `stop_ids` (not yielded). One row of `generate_rows`, which says how the context slides."""
+    stops = {*stop_ids, *([] if stop_token is None else [stop_token])}
+    for step in generate_rows(model, prompt, 1, max_new_tokens, sampling, generator, use_cache, stops):
+        if step[0] is None:
+            return
+        yield step[0]
+
+
+@torch.inference_mode()
+def generate_rows(
+    model: GPT,
+    prompt: list[int],
+    rows: int,
+    max_new_tokens: int,
+    sampling: Sampling,
+    generator: torch.Generator,
+    use_cache: bool = True,
+    stop_ids: Collection[int] = (),
+) -> Iterator[list[int | None]]:
+    """`rows` continuations of `prompt` at once, as one batch: for each step, every row's new token id,
+    or None for a row that has ended (at one of `stop_ids`, not yielded); it ends after `max_new_tokens`
+    steps or once every row has ended. The rows draw from `generator` in turn, so a seed gives them all.
 
     The context is the last `block_size` tokens of the prompt, then grows with each new token. When
     it is full it slides. With rotary positions it slides one token at a time: the cache rolls (see
@@ -78,28 +101,34 @@ def generate_tokens(
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     rolls = model.config.position == "rope"
     device = model.wte.weight.device
-    tokens = list(prompt)
-    start = max(0, len(tokens) - block_size)
+    tokens = [list(prompt) for _ in range(rows)]
+    live = [True] * rows
+    start = max(0, len(prompt) - block_size)
     cache: KVCache | None = None
     for _ in range(max_new_tokens):
-        if len(tokens) - start > block_size:
+        if len(tokens[0]) - start > block_size:
             if rolls:
                 start += 1
             else:
-                start, cache = len(tokens) - block_size // 2, None
+                start, cache = len(tokens[0]) - block_size // 2, None
         if not use_cache:
-            logits, _ = model(torch.tensor([tokens[start:]], device=device))
+            logits, _ = model(torch.tensor([row[start:] for row in tokens], device=device))
         elif cache is None:
-            cache = model.new_cache(batch_size=1)
-            logits, _ = model(torch.tensor([tokens[start:]], device=device), cache=cache)
+            cache = model.new_cache(batch_size=rows)
+            logits, _ = model(torch.tensor([row[start:] for row in tokens], device=device), cache=cache)
         else:
-            logits, _ = model(torch.tensor([tokens[-1:]], device=device), cache=cache)
+            logits, _ = model(torch.tensor([row[-1:] for row in tokens], device=device), cache=cache)
         # The padded embedding rows beyond the real vocabulary are no tokens: never sample them.
-        token = sample_next(logits[0, -1, :vocab_size], sampling, generator)
-        if token == stop_token:
+        last = logits[:, -1, :vocab_size]
+        step = [sample_next(last[row], sampling, generator) if live[row] else None for row in range(rows)]
+        step = [None if token in stop_ids else token for token in step]
+        live = [token is not None for token in step]
+        for row, token in zip(tokens, step):
+            # A row that has ended goes on with its last token: the batch keeps one length.
+            row.append(row[-1] if token is None else token)
+        yield step
+        if not any(live):
             return
-        tokens.append(token)
-        yield token
 
 
 class TextStream:

@@ -253,8 +253,9 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position of `idx` (and the loss against `targets`). With a `cache`, `idx`
-        continues the positions already cached, and their keys and values are added to it."""
+        """Logits for every position of `idx` (and the mean loss over `targets`, those of -1 ignored: the
+        words a chat fine-tune does not learn). With a `cache`, `idx` continues the positions already
+        cached, and their keys and values are added to it."""
         config = self.config
         past = 0 if cache is None else cache.length
         time = idx.size(1)
@@ -278,5 +279,5 @@ class GPT(nn.Module):
             logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss

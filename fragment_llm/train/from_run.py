@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -30,7 +31,7 @@ from ..config.load import RENAMED_KEYS, load_settings, to_plain, with_added_data
 from ..config.schema import SECTIONS, Config, ConfigError
 from ..config.shape import GPT2_LAYOUT
 from ..data.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_str, tokenizer_hash
-from ..model.gpt import GPT, GPTConfig
+from ..model.gpt import GPT, GPTConfig, padded_vocab_size
 from ..runs.paths import RunPaths
 from ..runs.records import RunError, read_summary, run_choices
 from .checkpoint import INIT_KEYS, CheckpointError, check_branch, checkpoint_problem, load_checkpoint, saved_states
@@ -86,6 +87,36 @@ def carried_tokenizer(state: Optional[dict[str, Any]]) -> Optional[Tokenizer]:
             "use another checkpoint of the run"
         )
     return tokenizer
+
+
+# The weights with a row per token of the vocabulary (padded_vocab_size rows): the token embedding, the head
+# and the value embeddings.
+VOCABULARY_ROWS = re.compile(r"(wte|lm_head|value_embeds\.\d+)\.weight")
+
+
+def with_vocabulary(parent: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """A parent checkpoint whose model has fewer tokens than `vocab_size` (a tokenizer trained before the chat
+    tokens were reserved, which a chat fine-tune adds after its vocabulary: data/chat.py), with its
+    vocabulary rows grown to the new size: every new row, a new token's and padding's alike, is the mean
+    of the parent's token rows, so that a new token starts as an average one in and out (its logit is at
+    most the mean of the others', never a guess that dominates). Any other checkpoint as it is."""
+    old = parent["model_config"]["vocab_size"]
+    if vocab_size <= old:
+        return parent
+    rows = padded_vocab_size(vocab_size)
+    weights = {}
+    for key, table in parent["model_state_dict"].items():
+        if VOCABULARY_ROWS.fullmatch(key):
+            grown = table[:old].mean(dim=0, keepdim=True).expand(rows, -1).clone()
+            grown[:old] = table[:old]
+            table = grown
+        weights[key] = table
+    log.info(
+        "Model: the vocabulary's rows grown from %d to %d tokens (the new ones: the mean of the others)",
+        old,
+        vocab_size,
+    )
+    return {**parent, "model_state_dict": weights, "model_config": {**parent["model_config"], "vocab_size": vocab_size}}
 
 
 @dataclass

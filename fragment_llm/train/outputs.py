@@ -1,6 +1,6 @@
 """What a run reports besides its checkpoints: summary.json, metrics.jsonl, TensorBoard (scalars,
-hyperparameters, samples), its tokenizer.json, and the lines of its progress on the console and in
-train.log."""
+hyperparameters, samples), its tokenizer.json, the lines of its progress on the console and in train.log,
+and each metrics row and sample to the trackers the job opened (W&B, MLflow: train/trackers.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from ..runs.records import flatten, read_metrics, update_summary
 from ..text import plural
 from ..train.distributed import Ranks
 from ..train.hardware import peak_matmul_flops
+from .trackers import for_run
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class RunOutputs:
         self.metrics_file = None  # metrics.jsonl, opened for appending at its first row
         self.evaluated_step: Optional[int] = None
         self.evaluation: dict[str, float] = {}  # the latest evaluation's val/loss and val/bpb
+        self.trackers = for_run(run_dir)  # W&B, MLflow: what the job opened for this run, if anything
 
     def info(self, message: str, *args: Any) -> None:
         if self.writes:
@@ -128,16 +130,17 @@ class RunOutputs:
     def open_tensorboard(
         self, settings: Config, flops_per_token: float, device: torch.device, dtype: Optional[torch.dtype]
     ) -> None:
-        """Start the run's event files, declaring its hyperparameters and final metrics for TensorBoard's
-        HParams tab in them (so the tab names the run like its curves). A failed run shows there too,
-        with the metrics it never reached left empty. MFU is against the matmul peak of `device` for
-        `dtype` (None: fp32)."""
+        """Start the run's event files (logging.tensorboard), declaring its hyperparameters and final metrics for
+        TensorBoard's HParams tab in them (so the tab names the run like its curves; a failed run's unreached
+        metrics left empty). MFU, for TensorBoard and the trackers, is against the matmul peak of `device`."""
         if not self.writes:
             return
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         self.flops_per_token, self.device, self.dtype = flops_per_token, device, dtype or torch.float32
+        if not settings.logging.tensorboard:
+            return
         _quiet_tensorboard_threads()
         try:
             self.writer = SummaryWriter(log_dir=str(self.paths.tensorboard))
@@ -146,9 +149,8 @@ class RunOutputs:
             return
         values = {key: value for key, value in flatten(to_plain(settings)).items() if not key.startswith("paths.")}
         hparam_values = {key: "none" if value is None else value for key, value in values.items()}
-        hparam_values.update({key: str(value) for key, value in values.items() if isinstance(value, list)})  # sources
-        # TensorBoard's records are UTF-8: a file name that is not (surrogates in Python) goes in escaped.
-        hparam_values.update({key: utf8_text(value) for key, value in hparam_values.items() if isinstance(value, str)})
+        # TensorBoard's records are UTF-8 text: a file name that is not (surrogates) goes in escaped, a list as text.
+        hparam_values.update({key: utf8_text(str(v)) for key, v in hparam_values.items() if isinstance(v, (str, list))})
         metrics = {f"hparams/{name}": 0.0 for name in HPARAM_METRICS}
         experiment, session_start, self.hparams_end = hparams(hparam_values, metrics)
 
@@ -280,9 +282,10 @@ class RunOutputs:
         `step`'s row of metrics.jsonl, with the evaluation at `step` if there was one (`seconds`: the
         training time so far)."""
         values = {"train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec}
-        if self.writer is not None:
+        if self.writer is not None or self.trackers:
             mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.world_size)
             self.scalars(step, {**values, "mfu": mfu})
+            self.trackers.attach(step, {"mfu": mfu})
         if self.evaluated_step == step:
             values.update(self.evaluation)
         self.write_metrics({"step": step, "tokens": tokens, "elapsed_s": round(seconds, 3), **values})
@@ -301,6 +304,7 @@ class RunOutputs:
             row = {key: _finite(value) if isinstance(value, float) else value for key, value in row.items()}
             self.metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
             self.metrics_file.flush()
+            self.trackers.log(row)
         except OSError as error:  # like any file the run cannot write: the run ends with one line naming it
             self.close_metrics()
             raise named(error, path) from error
@@ -340,6 +344,7 @@ class RunOutputs:
         self.info("Step %d sample:\n%s", step, text)
         # Indented four spaces, TensorBoard's markdown shows the text as it is (code block).
         self.to_tensorboard(lambda writer: writer.add_text("sample", "    " + text.replace("\n", "\n    "), step))
+        self.trackers.sample(step, text)
 
     def checkpoint_saved(self, path: Path) -> None:
         """Named in train.log only: run_started said on the console how often checkpoints are written."""

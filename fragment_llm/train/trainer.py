@@ -15,14 +15,15 @@ import torch
 
 from ..config.dropout import DROPOUT_PACE_SHARE, DROPOUT_PACE_STEPS, dropout_for_epochs
 from ..config.load import to_plain
-from ..config.schema import Config
+from ..config.schema import Config, DataSource
 from ..data.cache import PreparedData, prepare_data
+from ..data.chat_data import prepare_chat_data
 from ..data.mixture import training_batches
 from ..errors import UserError
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from .distributed import Ranks, all_reduce_sum, barrier
-from .from_run import carried_tokenizer
+from .from_run import carried_tokenizer, with_vocabulary
 from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
 from .optim import build_optimizer, lr_factor, set_lr
 from .outputs import RunOutputs
@@ -120,14 +121,14 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         trained = self.ddp or self.model
         self.forward = torch.compile(trained) if settings.hardware.compile else trained
-        if settings.logging.tensorboard:
-            self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
+        self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
     def prepare_data(self, checkpoint: Optional[dict], parent: Optional[dict]) -> PreparedData:
         """The corpus as token arrays, encoded with the tokenizer of the run continued or started from,
         else with one trained (or cached) for it; the run's tokenizer.json written."""
         settings = self.settings
-        data = prepare_data(
+        prepare = prepare_chat_data if settings.data.source is DataSource.chat else prepare_data
+        data = prepare(
             settings.data,
             settings.model.vocab_size,
             settings.model.block_size,
@@ -157,7 +158,9 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
         )
         model = GPT(self.model_config).to(self.device)
         if parent is not None:
-            load_weights(model, parent, "start from a checkpoint that fragment-llm wrote")
+            load_weights(
+                model, with_vocabulary(parent, self.data.vocab_size), "start from a checkpoint that fragment-llm wrote"
+            )
         seed_everything(self.settings.train.seed + self.ranks.rank)
         return model
 

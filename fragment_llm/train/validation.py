@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import torch
 
-from ..data.batches import eval_batches
 from ..model.evaluate import bits_per_byte, loss_sum
 from .distributed import all_reduce_sum
 
@@ -33,12 +32,8 @@ class ValidatedRun:
         exchange between ranks for all sources. Uses no random numbers, so it never shifts a run."""
         train_settings, sums = self.settings.train, []
         for source in self.data.sources:
-            batches = eval_batches(
-                source.val,
-                self.model_config.block_size,
-                train_settings.batch_size,
-                train_settings.eval_iters,
-                self.device,
+            batches = self.data.eval_batches(
+                source, self.model_config.block_size, train_settings.batch_size, train_settings.eval_iters, self.device
             )
             mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
             total, count = loss_sum(self.forward, mine, self.precision.autocast)
@@ -46,7 +41,7 @@ class ValidatedRun:
         totals = all_reduce_sum(torch.tensor(sums, device=self.device))
         losses = (totals[0::2] / totals[1::2]).tolist()
         figures = {
-            source.name: (loss, bits_per_byte(loss, len(source.val), source.val_bytes))
+            source.name: (loss, bits_per_byte(loss, *self.data.val_scored(source)))
             for source, loss in zip(self.data.sources, losses)
         }
         shares = [(source.share, figures[source.name]) for source in self.data.sources]

@@ -19,6 +19,7 @@ FLOORS = [
     {"runs"},
     {"train"},
     {"export"},
+    {"serve"},
     {"launch"},
     {"commands", "__main__", "__init__"},
 ]

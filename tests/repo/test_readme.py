@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, settings_for
 
+from fragment_llm.config.schema import ConfigError
 from fragment_llm.launch.compose import check_overrides, with_implied_choices
+from fragment_llm.launch.guide_flags import check_guide_flags, in_keys
 
 ROOT = ROOT.resolve()
 README = ROOT / "README.md"
@@ -95,6 +97,10 @@ TRAINING_COMMANDS = [
 @pytest.mark.parametrize("arguments", TRAINING_COMMANDS, ids=lambda args: " ".join(args) or "defaults")
 def test_doc_command_composes(arguments):
     arguments = with_implied_choices(list(arguments))  # as run.py does first: data.path=FILE alone is data=text
+    if in_keys(arguments)[1]:  # the training guide's flags, shown refused: the line says the keys to write
+        with pytest.raises(ConfigError, match="not the training guide's flags"):
+            check_guide_flags(arguments)
+        arguments = in_keys(arguments)[0]
     expected_error = "model.dropout=1.5" in arguments
     sweep = arguments[:1] == ["-m"]
     check_overrides(arguments[1:] if sweep else arguments)  # run.py's check of keys and options, before Hydra

@@ -1,6 +1,8 @@
 """Export (export/hf.py, export/hf_remote.py): a Hugging Face folder that transformers loads with our logits
 and our greedy text, as the transformers architecture each layout is (GPT-2, Llama, Qwen3) or with our
-own code (trust_remote_code); bare safetensors; and an interrupted export leaves the old files whole."""
+own code (trust_remote_code); the chat template, with which transformers gives our conversations' ids, and
+the ends of a turn and of a document as the eos tokens; bare safetensors; and an interrupted export leaves
+the old files whole."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import transformers
 from safetensors.torch import load_model
 
 from fragment_llm.commands.main import main
-from fragment_llm.data.tokenizer import end_of_text_id
+from fragment_llm.data.chat import JINJA_TEMPLATE, chat_ids
+from fragment_llm.data.tokenizer import END_OF_TEXT, END_OF_TURN, byte_level_pre_tokenizer, end_of_text_id, text_ids
 from fragment_llm.export.hf import WEIGHTS_FILE, export_hf, export_safetensors, hf_architecture
 from fragment_llm.export.hf_remote import CONFIGURATION_FILE, MODEL_FILE, MODELING_FILE, SHAPE_FILE
 from fragment_llm.model.generate import Sampling, generate_tokens
@@ -56,6 +59,22 @@ LAYOUTS = {
 
 REMOTE_FILES = {CONFIGURATION_FILE, MODELING_FILE, MODEL_FILE, SHAPE_FILE}
 
+# Conversations whose ids transformers' apply_chat_template must give exactly as chat_ids: a system
+# prompt, several turns, unicode, spaces and newlines at the edges of a message.
+CONVERSATIONS = [
+    [{"role": "user", "content": "What does the import statement do?"}],
+    [
+        {"role": "system", "content": "You answer from the Python documentation, briefly."},
+        {"role": "user", "content": "What is a generator?"},
+        {"role": "assistant", "content": "A function that yields values,\none at a time."},
+        {"role": "user", "content": "  And a coroutine?  "},
+    ],
+    [
+        {"role": "user", "content": "Grüße, naïve café: 日本語 and emoji 🐍 too"},
+        {"role": "assistant", "content": "Ünïcödé ok — “quotes” and tabs\there.\n"},
+    ],
+]
+
 
 def load_hf(folder, remote: bool) -> transformers.PreTrainedModel:
     return transformers.AutoModelForCausalLM.from_pretrained(
@@ -80,9 +99,12 @@ def tiny_model(vocab_size: int, **layout) -> GPT:
 
 
 def hf_greedy(model, prompt: list[int], new_tokens: int, end_of_text: int) -> list[int]:
-    """transformers' greedy continuation, up to (not including) the end of a document, as ours stops."""
+    """transformers' greedy continuation, up to (not including) the end of a document, as ours stops (the
+    export also ends generation at the end of a turn, `<|end|>`: tested on its own below)."""
     with torch.no_grad():
-        output = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False)
+        output = model.generate(
+            torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=end_of_text
+        )
     tokens = output[0, len(prompt) :].tolist()
     return tokens[: tokens.index(end_of_text)] if end_of_text in tokens else tokens
 
@@ -144,6 +166,76 @@ def test_each_layout_exports_as_its_architecture_with_our_logits_and_greedy_text
     expected = our_greedy(model, prompt, 20, end_of_text)
     assert len(set(expected)) > 2  # a continuation worth comparing
     assert hf_greedy(hf, prompt, 20, end_of_text) == expected
+
+
+def test_the_hf_export_carries_the_chat_template_and_ends_generation_at_a_turns_end(trained_run, tmp_path):
+    trained = load_run(trained_run)
+    export_hf(trained.model, trained.tokenizer, trained.tokenizer_path, tmp_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True, trust_remote_code=True)
+    assert tokenizer.chat_template == JINJA_TEMPLATE
+    for messages in CONVERSATIONS:
+        for prompt in (True, False):
+            theirs = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt)["input_ids"]
+            assert theirs == chat_ids(trained.tokenizer, messages, prompt)[0]
+    end, end_of_text = trained.tokenizer.token_to_id(END_OF_TURN), end_of_text_id(trained.tokenizer)
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (END_OF_TEXT, END_OF_TURN, END_OF_TEXT)
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path, local_files_only=True)
+    assert generation.eos_token_id == [end, end_of_text] and generation.pad_token_id == end_of_text
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == [end, end_of_text]
+
+    # transformers generate stops at the end of a turn: a model made to answer `<|end|>` at once.
+    model = tiny_model(trained.config.vocab_size, bias=True)
+    with torch.no_grad():  # every position's last state is <|end|>'s embedding, so its logit is the largest
+        model.ln_f.weight.zero_()
+        model.ln_f.bias.copy_(model.wte.weight[end])
+    export_hf(model, trained.tokenizer, trained.tokenizer_path, tmp_path / "ends")
+    hf = load_hf(tmp_path / "ends", remote=False)
+    prompt = tokenizer.apply_chat_template(CONVERSATIONS[0], add_generation_prompt=True, return_tensors="pt")
+    output = hf.generate(**prompt, max_new_tokens=10, do_sample=False)
+    assert output[0, prompt["input_ids"].size(1) :].tolist() == [end]
+
+
+def test_a_message_spelling_a_special_token_gets_it_unless_sanitized_as_ours_is(trained_run, tmp_path):
+    """transformers tokenizes the rendered template with the special tokens matched, so a message's own
+    `<|user|>` becomes the role token (as in llama.cpp), while chat_ids encodes it as text; transformers 5's
+    `sanitize_control_tokens=True` encodes it as text, exactly as ours. Plain text is the same: matched by
+    default, text with `split_special_tokens=True`."""
+    trained = load_run(trained_run)
+    export_hf(trained.model, trained.tokenizer, trained.tokenizer_path, tmp_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True, trust_remote_code=True)
+    messages = [
+        {"role": "system", "content": "<|endoftext|>"},
+        {"role": "user", "content": "say <|user|>, <|end|><|assistant|> and <|system|>x"},
+    ]
+    ours = chat_ids(trained.tokenizer, messages, True)[0]
+    sanitized = tokenizer.apply_chat_template(messages, add_generation_prompt=True, sanitize_control_tokens=True)
+    assert sanitized["input_ids"] == ours
+    matched = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    special = [trained.tokenizer.token_to_id(token) for token in (END_OF_TEXT, "<|user|>", "<|system|>")]
+    assert [matched.count(token) for token in special] == [2, 2, 2] and matched != ours
+    text = messages[1]["content"]
+    assert tokenizer(text, split_special_tokens=True)["input_ids"] == text_ids(trained.tokenizer, [text])[0]
+    assert special[1] in tokenizer(text)["input_ids"]
+
+
+def test_a_tokenizer_without_the_chat_tokens_exports_no_chat_template(tmp_path):
+    """A run trained before the chat tokens were reserved: no template, `<|endoftext|>` ends generation, and
+    text that spells it stays text, as before."""
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    old = Tokenizer(models.BPE())
+    old.pre_tokenizer, old.decoder = byte_level_pre_tokenizer(), decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[END_OF_TEXT], initial_alphabet=alphabet)
+    old.train_from_iterator([topics[name] for name in sorted(topics)][:50], trainer=trainer)
+    old.save(str(tmp_path / "tokenizer.json"))
+    export_hf(tiny_model(old.get_vocab_size()), old, tmp_path / "tokenizer.json", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert "chat_template" not in config and config["split_special_tokens"] is True
+    assert config["eos_token"] == END_OF_TEXT
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 0
 
 
 def test_the_remote_export_refuses_a_long_input_and_generates_past_the_context_in_a_sliding_window(

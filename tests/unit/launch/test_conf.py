@@ -44,8 +44,8 @@ def test_default_config_is_tiny_cpu_pydoc():
         ("hardware", ["cpu", "cpu_guide", "ddp", "gpu", "gpu_high"]),
         ("optimizer", ["adafactor", "adamw", "muon", "sgd"]),
         ("scheduler", ["constant", "cosine", "linear", "wsd"]),
-        ("data", ["hf", "mix", "pydoc", "stdlib", "text"]),
-        ("arch", ["gpt2", "modern"]),
+        ("data", ["chat", "hf", "mix", "pydoc", "stdlib", "text"]),
+        ("arch", ["gpt2", "llama", "modern"]),
         ("debug", ["fast"]),
     ],
 )
@@ -110,7 +110,7 @@ def test_every_experiment_recipe_composes_and_validates(recipe):
 
 
 def test_experiment_recipes_pick_the_guides_profiles():
-    assert options("experiment") == ["debug", "high_end_gpu", "low_end_cpu", "mid_range_gpu"]
+    assert options("experiment") == ["chat_demo", "debug", "high_end_gpu", "low_end_cpu", "mid_range_gpu"]
     cases = {
         "low_end_cpu": (256, "cpu", False, False),
         "mid_range_gpu": (384, "auto", True, False),

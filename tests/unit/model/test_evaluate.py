@@ -18,7 +18,14 @@ from helpers import BLOCK
 
 from fragment_llm.config.schema import DataConfig, DataSource
 from fragment_llm.data.corpus import collect_documents, split_documents
-from fragment_llm.model.evaluate import bits_per_byte, evaluate_documents, evaluate_tokens, scored_losses, window_ends
+from fragment_llm.model.evaluate import (
+    bits_per_byte,
+    evaluate_documents,
+    evaluate_tokens,
+    loss_sum,
+    scored_losses,
+    window_ends,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +129,19 @@ def test_a_text_shorter_than_the_context_is_one_window_whatever_the_stride(train
 def test_a_stride_outside_the_context_is_refused(trained, text_tokens, stride):
     with pytest.raises(ValueError, match=rf"stride {stride} is out of range; pass a stride in \[1, {BLOCK}\]"):
         evaluate_tokens(trained.model, text_tokens, 1000, stride)
+
+
+def test_the_loss_sum_counts_only_the_targets_a_chat_batch_learns(trained, text_tokens):
+    """Targets of -1 (a chat batch's words not learned) are neither summed nor counted."""
+    model = trained.model
+    inputs = torch.from_numpy(text_tokens[: 2 * BLOCK].reshape(2, BLOCK))
+    targets = torch.from_numpy(text_tokens[1 : 2 * BLOCK + 1].reshape(2, BLOCK))
+    masked = targets.clone()
+    masked[:, ::3] = -1
+    total, count = loss_sum(model, [(inputs, masked)], torch.no_grad)
+    losses = F.cross_entropy(model(inputs)[0].float().flatten(0, 1), targets.flatten(), reduction="none")
+    assert int(count) == int((masked >= 0).sum())
+    assert math.isclose(float(total), float(losses[masked.flatten() >= 0].sum()), rel_tol=1e-5)
 
 
 def test_bits_per_byte_is_nats_per_token_times_tokens_per_byte_over_ln2():

@@ -1,6 +1,7 @@
 """Sampling (model/generate.py) on the tiny trained run: the cached and uncached paths agree past the
 context, seeds repeat, top-k and top-p keep the likeliest tokens, padding rows are never sampled, text
-streams whole characters; a tiny temperature is greedy and NaN logits an error."""
+streams whole characters; a tiny temperature is greedy and NaN logits an error; several rows of one
+prompt sample as one batch, each ending at its own stop id."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pytest
 import torch
 
 from fragment_llm.data.tokenizer import end_of_text_id
-from fragment_llm.model.generate import Sampling, SamplingError, TextStream, generate_text, generate_tokens, sample_next
+from fragment_llm.model.generate import (
+    Sampling,
+    SamplingError,
+    TextStream,
+    generate_rows,
+    generate_text,
+    generate_tokens,
+    sample_next,
+)
 from fragment_llm.train.from_run import load_run
 
 GREEDY = Sampling(temperature=0)
@@ -100,3 +109,32 @@ def test_infinite_logits_are_certain_and_nan_logits_an_error():
     for broken in ([0.0, torch.nan], [-torch.inf, -torch.inf]):
         with pytest.raises(SamplingError, match="damaged or diverged"):
             sample_next(torch.tensor(broken), Sampling(1.0), generator)
+
+
+def test_rows_of_one_prompt_are_one_batch_and_greedy_rows_are_the_greedy_text(trained):
+    ids = trained.tokenizer.encode("The import statement", add_special_tokens=False).ids
+    greedy = tokens(trained, "The import statement", 200)
+    for use_cache in (True, False):  # 200 tokens: the window slides past the 128-token context
+        steps = list(generate_rows(trained.model, ids, 3, 200, GREEDY, torch.Generator(), use_cache))
+        assert [[step[row] for step in steps] for row in range(3)] == [greedy] * 3
+
+
+def test_rows_draw_in_turn_from_one_seed_and_each_ends_at_its_own_stop(trained):
+    ids = trained.tokenizer.encode("The", add_special_tokens=False).ids
+    sampling = Sampling(temperature=1.0, top_k=0)
+    free = list(generate_rows(trained.model, ids, 4, 60, sampling, torch.Generator().manual_seed(1)))
+    assert free == list(generate_rows(trained.model, ids, 4, 60, sampling, torch.Generator().manual_seed(1)))
+    rows = [[step[row] for step in free] for row in range(4)]
+    assert len({tuple(row) for row in rows}) == 4
+    # The first row's 10th token as a stop id: that row ends there (None after); no row yields it. Up to
+    # there every row draws as before (after it, the rows still going draw in another turn).
+    stop = rows[0][9]
+    seeded = torch.Generator().manual_seed(1)
+    stopped = list(generate_rows(trained.model, ids, 4, 60, sampling, seeded, stop_ids={stop}))
+    first = min(row.index(stop) for row in rows if stop in row)
+    assert [[step[row] for step in stopped[:first]] for row in range(4)] == [row[:first] for row in rows]
+    assert all(step[0] is None for step in stopped[9:]) and not any(stop in step for step in stopped)
+    alone = tokens(trained, "The", 60, sampling, seed=1)
+    seeded = torch.Generator().manual_seed(1)
+    ended = list(generate_tokens(trained.model, ids, 60, sampling, seeded, stop_ids={alone[9]}))
+    assert ended == alone[: alone.index(alone[9])]

@@ -34,6 +34,16 @@ def test_shapes_padding_and_tied_embeddings():
     assert loss.shape == () and math.isclose(loss.item(), math.log(1024), rel_tol=0.05)
 
 
+def test_targets_of_minus_one_are_left_out_of_the_loss():
+    """A chat batch's targets the fine-tune does not learn are -1: the loss is the mean over the others."""
+    model = make()
+    idx, targets = torch.randint(0, 1000, (2, 20)), torch.randint(0, 1000, (2, 20))
+    learned = torch.rand(2, 20) < 0.4
+    logits, loss = model(idx, targets.masked_fill(~learned, -1))
+    expected = torch.nn.functional.cross_entropy(logits[learned], targets[learned])
+    assert torch.allclose(loss, expected)
+
+
 def test_gpt2_initialisation_statistics():
     model = make(n_layer=6, n_embd=256, n_head=8)
     residual_std = 0.02 / math.sqrt(2 * 6)

@@ -4,19 +4,22 @@ that is not a run refused with the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 
 import pytest
-from helpers import settings_for, tiny_overrides, train_tiny_run
+import torch
+from helpers import settings_for, small_gpt, tiny_overrides, train_tiny_run
 
 from fragment_llm.config.load import to_plain
 from fragment_llm.config.shape import Position
 from fragment_llm.launch import conf
+from fragment_llm.model.gpt import GPT, GPTConfig
 from fragment_llm.runs.records import RunError
 from fragment_llm.train.checkpoint import CheckpointError
-from fragment_llm.train.from_run import find_resume_checkpoint, load_run, resume_settings
+from fragment_llm.train.from_run import find_resume_checkpoint, load_run, resume_settings, with_vocabulary
 from fragment_llm.train.trainer import Trainer
 
 
@@ -84,3 +87,27 @@ def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_ru
     (tmp_path / "tokenizer.json").write_text((trained_run / "tokenizer.json").read_text())
     with pytest.raises(RunError, match=r"has no model \(models/final_model.pt\).*--checkpoint"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_a_parent_without_the_chat_tokens_gets_its_vocabulary_rows_grown(tie_embeddings):
+    """A chat fine-tune adds the chat tokens after an older tokenizer's vocabulary: every vocabulary table
+    (token embedding, head, value embeddings) gets rows for them, and for the padding after them, as the
+    mean of the parent's token rows; the parent's own rows and every other weight stay as they were."""
+    model = small_gpt(tie_embeddings=tie_embeddings, value_embeddings=True)  # 300 tokens: 320 rows
+    parent = {"model_config": dataclasses.asdict(model.config), "model_state_dict": model.state_dict()}
+    assert with_vocabulary(parent, 300) is parent and with_vocabulary(parent, 250) is parent
+    grown = with_vocabulary(parent, 324)  # 384 rows
+    assert grown["model_config"]["vocab_size"] == 324
+    tables = [key for key, value in grown["model_state_dict"].items() if value.dim() and value.shape[0] == 384]
+    assert sorted(tables) == sorted(["wte.weight", "lm_head.weight", "value_embeds.0.weight", "value_embeds.2.weight"])
+    for key, value in parent["model_state_dict"].items():
+        new = grown["model_state_dict"][key]
+        if key in tables:
+            assert torch.equal(new[:300], value[:300])
+            assert torch.allclose(new[300:], value[:300].mean(0).expand(84, -1))
+        else:
+            assert torch.equal(new, value)
+    bigger = GPT(GPTConfig(**grown["model_config"]))
+    bigger.load_state_dict(grown["model_state_dict"])
+    assert (bigger.lm_head.weight is bigger.wte.weight) == tie_embeddings
