@@ -232,4 +232,5 @@ def tracking(
         raise
     finally:
         del _OPEN[key]
-        trackers.close(status, {**read_summary(run_dir), **ending, "status": status})
+        if trackers is not NO_TRACKERS:  # without trackers the run's files are not read again
+            trackers.close(status, {**read_summary(run_dir), **ending, "status": status})
