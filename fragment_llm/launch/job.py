@@ -84,9 +84,13 @@ def run_job(
             log.error(file_problem(error) if isinstance(error, OSError) else str(error))
             return math.inf
     with claim.lock, stop_on_signals():
-        start_logging(run_dir, ranks)
-        outputs = RunOutputs(run_dir, ranks)
-        outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        try:
+            start_logging(run_dir, ranks)
+            outputs = RunOutputs(run_dir, ranks)
+            outputs.try_update(status="running", started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        except Interrupted as stop:  # a signal while the run's records open: nothing else was started
+            log.warning(stop.message)
+            raise SystemExit(stop.exit_code) from None
         try:
             return train_claimed(claim, run_dir, ranks, outputs)
         except (UserError, OSError) as error:  # an OSError (a full disk, a missing permission) names its file
