@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -254,16 +254,32 @@ def _tokenizer(
         f"{CACHE_VERSION}:{training.key}:{data.val_fraction}:{vocab_size}:{min_frequency}".encode(), digest_size=8
     ).hexdigest()
     path = cache_dir / "tokenizers" / f"{key}.json"
+    return path, cached_or_trained_tokenizer(
+        path, training.texts, training.what, training.size, vocab_size, min_frequency, retrain
+    )
+
+
+def cached_or_trained_tokenizer(
+    path: Path,
+    texts: Callable[[], Iterable[str]],
+    what: str,
+    size: int,
+    vocab_size: int,
+    min_frequency: int,
+    retrain: bool,
+) -> Tokenizer:
+    """The tokenizer cached at `path`, or one trained on `texts()` (`what`, `size` bytes: for the log)
+    and cached there."""
     if not retrain and (tokenizer := _cached_tokenizer(path)) is not None:
         log.info("Tokenizer: reusing %s", path)
-        return path, tokenizer
-    log.info("Tokenizer: training byte-level BPE (vocab %d) on %s", vocab_size, training.what)
+        return tokenizer
+    log.info("Tokenizer: training byte-level BPE (vocab %d) on %s", vocab_size, what)
     started = time.perf_counter()
-    tokenizer = train_tokenizer(training.texts(), vocab_size, min_frequency)
-    log.info("Tokenizer: trained in %s", _rate(training.size, started))
+    tokenizer = train_tokenizer(texts(), vocab_size, min_frequency)
+    log.info("Tokenizer: trained in %s", _rate(size, started))
     # Written from Python: a full disk is then an OSError, not the bare Exception of Tokenizer.save
     write_text(path, tokenizer.to_str(pretty=True))
-    return path, tokenizer
+    return tokenizer
 
 
 def _cached_tokenizer(path: Path) -> Optional[Tokenizer]:

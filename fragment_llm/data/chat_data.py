@@ -35,16 +35,16 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..config.schema import ConfigError, DataConfig
-from ..files import UnreadableFile, atomic_path, read_json, write_json, write_text
+from ..files import UnreadableFile, atomic_path, read_json, write_json
 from ..text import plural
 from .cache import (
     CACHE_VERSION,
     PreparedData,
     SourceTokens,
-    _cached_tokenizer,
     _file_checksum,
     _rate,
     _remove_stale_temporaries,
+    cached_or_trained_tokenizer,
 )
 from .chat import chat_ids, has_chat_tokens, with_chat_tokens
 from .chat_batches import ChatBatches, chat_eval_batches
@@ -52,7 +52,7 @@ from .conversations import BUNDLED_NAME, SHAPE_NAMES, conversation_documents, de
 from .corpus import Progress, describe_files, document_texts, new_hash, total_bytes
 from .document import Document
 from .records import Skips
-from .tokenizer import end_of_text_id, tokenizer_hash, train_tokenizer
+from .tokenizer import end_of_text_id, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -223,21 +223,15 @@ def _cached_or_trained(
 ) -> Tokenizer:
     """For a chat run from scratch: the tokenizer cached at `path`, or one trained on the training
     conversations' messages and cached there."""
-    if not retrain and (tokenizer := _cached_tokenizer(path)) is not None:
-        log.info("Tokenizer: reusing %s", path)
-        return tokenizer
-    log.info("Tokenizer: training byte-level BPE (vocab %d) on the training conversations", vocab_size)
-    started = time.perf_counter()
-    texts = (
-        message["content"]
-        for index, (_, messages) in enumerate(_conversations(conversations))
-        if not held_out(index, fraction)
-        for message in messages
-    )
-    tokenizer = train_tokenizer(texts, vocab_size, min_frequency)
-    log.info("Tokenizer: trained in %s", _rate(total_bytes(conversations.documents), started))
-    write_text(path, tokenizer.to_str(pretty=True))
-    return tokenizer
+
+    def texts() -> Iterator[str]:
+        for index, (_, messages) in enumerate(_conversations(conversations)):
+            if not held_out(index, fraction):
+                yield from (message["content"] for message in messages)
+
+    size = total_bytes(conversations.documents)
+    what = "the training conversations"
+    return cached_or_trained_tokenizer(path, texts, what, size, vocab_size, min_frequency, retrain)
 
 
 # ---- encoding into rows --------------------------------------------------------------------------------------
