@@ -9,12 +9,12 @@ import sys
 from ..console import failing_standard_output, make_standard_streams_safe
 from ..errors import UserError
 from ..files import file_problem
-from . import bench, chat, compare, evaluate, export, generate, plot, runs, serve, show, train
+from . import bench, chat, compare, evaluate, export, generate, plan, plot, runs, serve, show, train
 from .common import CLIError, Parser, end_on_closed_pipe, fail
 
 # torch and the model's code load only in the handlers of the commands that run a model (generate,
 # chat, serve, eval, export, bench, train): `runs`, `show`, `compare` and `plot` start in a fraction of a second.
-COMMANDS = (runs, show, compare, plot, generate, chat, serve, evaluate, export, bench, train)
+COMMANDS = (runs, show, compare, plot, generate, chat, serve, evaluate, export, bench, plan, train)
 DESCRIPTION = "Tools over past runs (browsing creates no run directories), and `train`, run.py's Hydra app."
 
 

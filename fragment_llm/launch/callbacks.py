@@ -219,9 +219,10 @@ def check_sweep_jobs(config: DictConfig) -> None:
 
     from ..config.schema import ConfigError
     from .job import checked_settings
+    from .plans import with_stand_ins
 
     if config.hydra.sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
-        checked_settings(config)  # what the search does not choose
+        checked_settings(with_stand_ins(config))  # what the search does not choose
         return
     loader = GlobalHydra.instance().config_loader()
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
@@ -234,7 +235,7 @@ def check_sweep_jobs(config: DictConfig) -> None:
             with open_dict(job):
                 job.hydra.job.num = job.hydra.job.id = number  # as Hydra's launchers number them
             HydraConfig.instance().set_config(job)
-            checked_settings(job)
+            checked_settings(with_stand_ins(job))  # model=auto's shape is chosen as its job starts
             subdir = str(job.hydra.sweep.subdir)
             if subdir in directories:
                 raise ConfigError(

@@ -14,7 +14,7 @@ import secrets
 import sys
 from datetime import datetime
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config.load import describe_keys, load_settings, unknown_key
@@ -33,6 +33,18 @@ def compose_settings(overrides: list[str]) -> Config:
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
     return load_settings(cfg)
+
+
+def composed_config(overrides: list[str]) -> tuple[DictConfig, bool]:
+    """The config `python run.py OVERRIDES` composes (unchecked: model=auto leaves its shape open), and
+    whether its model is auto's to choose (for `fragment-llm plan`)."""
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(with_implied_choices(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"{' '.join(overrides)}: {' '.join(str(error).split())}") from None
+    return cfg, OmegaConf.select(cfg, "model.n_layer") is None
 
 
 # ---- the command line, as Hydra reads it ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..config.schema import Config, ConfigError, DataSource
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
+from ..plan.planning import Plan
 from ..runs.claim import RunLock, check_writable_folder, claim_run_directory, resumes
 from ..runs.paths import RunPaths
 from ..runs.records import holds_run, read_summary
@@ -41,6 +42,7 @@ from ..train.outputs import RunOutputs
 from ..train.resumable import Interrupted
 from ..train.trackers import tracking
 from ..train.trainer import TrainingError, train
+from .plans import auto_config, record_plan, record_reached
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class Start(NamedTuple):
     parent_path: Optional[Path]
     choices: dict[str, str]
     notes: tuple[logging.LogRecord, ...] = ()
+    plan: Optional[Plan] = None  # model=auto's (launch/plans.py)
 
 
 class Claim(NamedTuple):
@@ -142,10 +145,15 @@ def train_claimed(claim: Claim, run_dir: Path, ranks: distributed.Ranks, outputs
     announce(start, run_dir, outputs)
     start = pretrained_start(start, run_dir, ranks, outputs)
     settings, checkpoint_path, parent_path = start.settings, start.checkpoint_path, start.parent_path
-    if ranks.is_main and (checkpoint_path or parent_path):
+    if ranks.is_main and (checkpoint_path or parent_path or start.plan):  # model=auto: the shape it chose
         record_config(run_dir, settings, start.choices)
     outputs.try_update(choices=start.choices)
-    return train_phase(settings, run_dir, ranks, start.checkpoint, checkpoint_path, start.parent, parent_path)
+    plan = record_plan(start.plan, settings, not (checkpoint_path or parent_path), ranks)
+    if plan is not None:
+        outputs.try_update(plan=plan.to_json())
+    best = train_phase(settings, run_dir, ranks, start.checkpoint, checkpoint_path, start.parent, parent_path)
+    record_reached(plan, run_dir, outputs)
+    return best
 
 
 def train_phase(
@@ -255,6 +263,7 @@ def starting_point(cfg: DictConfig, overrides: Sequence[str], choices: dict[str,
     from a past one, with the checkpoint it continues or starts from (loaded and checked). Nothing is
     written (`announce` says it in the run's log and summary, once the directory is claimed)."""
     with held_back_log() as notes:
+        cfg, plan = auto_config(cfg, overrides, choices)
         settings = checked_settings(cfg)
         check_writable_folder("paths.cache", settings.paths.cache)
         if settings.train.resume:
@@ -267,7 +276,7 @@ def starting_point(cfg: DictConfig, overrides: Sequence[str], choices: dict[str,
             settings = fine_tune_settings(cfg, parent["config"], list(overrides))
             choices = fine_tuned_choices(parent_path, choices)
             return Start(settings, None, None, parent, parent_path, choices, tuple(notes))
-        return Start(settings, None, None, None, None, choices, tuple(notes))
+        return Start(settings, None, None, None, None, choices, tuple(notes), plan)
 
 
 def announce(start: Start, run_dir: Path, outputs: RunOutputs) -> None:
@@ -327,7 +336,7 @@ def stop_on_signals() -> Iterator[None]:
 
 def record_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
     """Make .hydra/config.yaml say what a resumed or fine-tuned run trains with (settings partly taken
-    from a checkpoint), not what the command line alone composed, and .hydra/hydra.yaml's group choices
+    from a checkpoint), or what model=auto chose, not what the command line alone composed, and .hydra/hydra.yaml's group choices
     `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
     paths = RunPaths(run_dir)
     if not paths.hydra.is_dir():

@@ -18,7 +18,7 @@ FLOORS = [
     {"model"},
     {"runs"},
     {"train"},
-    {"export"},
+    {"export", "plan"},
     {"serve"},
     {"launch"},
     {"commands", "__main__", "__init__"},

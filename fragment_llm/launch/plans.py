@@ -1,0 +1,77 @@
+"""The plan in a run: model=auto's choices made before the settings are checked (`auto_config`), the
+plan logged and kept in summary.json as the run starts (`record_plan`), and beside it at the end what the
+run reached (`record_reached`). See fragment_llm/plan/README.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config.schema import Config, ConfigError, DataSource
+from ..plan.planning import AUTO, Plan, planned, with_stand_ins
+from ..runs.records import read_summary
+from ..train import distributed
+from ..train.outputs import RunOutputs
+
+log = logging.getLogger(__name__)
+
+
+def auto_config(
+    cfg: DictConfig, overrides: Sequence[str], choices: dict[str, str]
+) -> tuple[DictConfig, Optional[Plan]]:
+    """With model=auto, the config with the keys auto chose, and its plan (logged). A resumed or fine-tuned
+    run takes its model from its checkpoint: model=auto's open keys are filled with model=tiny's, for the
+    checkpoint's to replace (or for the usual line saying they conflict)."""
+    if choices.get("model") != AUTO:
+        return cfg, None
+    if OmegaConf.select(cfg, "train.resume") or OmegaConf.select(cfg, "train.init_from"):
+        return with_stand_ins(cfg), None
+    ranks = distributed.from_environment()
+    if ranks.distributed or (OmegaConf.select(cfg, "hardware.nproc") or 1) > 1:
+        raise ConfigError(
+            "model=auto plans for one process (its timed steps would differ from rank to rank); "
+            "run it with hardware.nproc=1, or give the model (model=small, model.n_layer=...) for several"
+        )
+    cfg, plan = planned(cfg, overrides, auto=True)
+    for line in plan.lines():
+        log.info(line)
+    return cfg, plan
+
+
+def record_plan(plan: Optional[Plan], settings: Config, new_run: bool, ranks: distributed.Ranks) -> Optional[Plan]:
+    """The run's plan: model=auto's, or for a new single-corpus run on one process the plan of its
+    settings as given (logged here). None for a resumed or fine-tuned run, a mixture or conversations,
+    which the law was not fitted on."""
+    if plan is not None or not new_run or not ranks.is_main or ranks.distributed or settings.hardware.nproc > 1:
+        return plan
+    if settings.data.source in (DataSource.mix, DataSource.chat):
+        return None
+    from ..config.load import to_plain
+
+    _, plan = planned(OmegaConf.create(to_plain(settings)), (), auto=False)
+    for line in plan.lines():
+        log.info(line)
+    return plan
+
+
+def record_reached(plan: Optional[Plan], run_dir, outputs: RunOutputs) -> None:
+    """The end of a planned run: the prediction beside the bits per byte it reached, in the log and summary.json."""
+    if plan is None:
+        return
+    summary = read_summary(run_dir)
+    reached = summary.get("val_bpb")
+    if summary.get("status") != "completed" or reached is None:
+        return
+    o = plan.outcome
+    inside = o.low <= reached <= o.high
+    log.info(
+        "Plan: predicted %.2f bits per byte (%.2f-%.2f), reached %.3f (%s the range)",
+        o.bpb,
+        o.low,
+        o.high,
+        reached,
+        "inside" if inside else "outside",
+    )
+    outputs.try_update(plan_reached={"predicted_bpb": o.bpb, "low": o.low, "high": o.high, "val_bpb": reached})

@@ -1,0 +1,138 @@
+"""How fast this machine trains a shape: a few timed optimizer steps of three reference shapes, fitted
+as seconds per step = fixed + per layer + per FLOP, and the matmul peak, cached per machine (its device,
+threads, precision and torch version) under `paths.cache`, so that only the first plan on a machine pays
+the few seconds it takes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..config.schema import HardwareConfig
+from ..files import write_text
+from ..model.gpt import GPT, GPTConfig
+from ..train.hardware import Precision, peak_matmul_flops
+from .rules import Shape, Speed
+
+log = logging.getLogger(__name__)
+
+# From one narrow layer to six wide ones: they span the shapes the rules choose among on a CPU, so
+# that the fitted step time holds between them (a few seconds in all).
+REFERENCE_SHAPES = (
+    Shape(n_layer=1, n_embd=64, n_head=2, block_size=128, vocab_size=1024, batch_size=8),
+    Shape(n_layer=4, n_embd=64, n_head=2, block_size=128, vocab_size=1024, batch_size=8),
+    Shape(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=1024, batch_size=8),
+    Shape(n_layer=2, n_embd=256, n_head=8, block_size=128, vocab_size=2048, batch_size=8),
+    Shape(n_layer=6, n_embd=256, n_head=8, block_size=128, vocab_size=2048, batch_size=8),
+)
+TIMED_SECONDS = 0.5  # per reference shape, after two untimed steps
+RECORD_VERSION = 2
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """What a plan knows of a machine: its name, the matmul peak and the fitted step time."""
+
+    machine: str
+    peak_flops: float
+    speed: Speed
+    measured_at: str
+    version: int = RECORD_VERSION
+
+
+def machine_name(device: torch.device, threads: int, precision: str) -> str:
+    """The record's key: what the speed depends on (the processor or GPU, torch's threads, the precision, torch)."""
+    if device.type == "cuda":
+        chip = torch.cuda.get_device_name(device)
+    else:
+        chip = _cpu_model() or platform.machine()
+    return f"{device.type} {chip}, {threads} thread{'s' * (threads != 1)}, {precision}, torch {torch.__version__}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machines_folder() -> Path:
+    """Where machine records live: the user's cache (XDG_CACHE_HOME, else ~/.cache), shared by every
+    project and test on the machine, as a machine's speed is its own and not a corpus's."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fragment-llm" / "machines"
+
+
+def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRecord:
+    """This machine's record: read from `machines_folder()`, or measured now (a few seconds) and written
+    there (a folder that cannot be written only means measuring again next time)."""
+    precision = Precision(hardware, device)
+    name = machine_name(device, torch.get_num_threads(), precision.name)
+    path = machines_folder() / (_file_name(name) + ".json")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("version") == RECORD_VERSION and stored.get("machine") == name:
+            return MachineRecord(**{**stored, "speed": Speed(**stored["speed"])})
+    except (OSError, ValueError, TypeError):
+        pass  # none yet, or damaged: measure again
+    log.info("Plan: timing a few steps of %d shapes on this machine (once; kept in %s)", len(REFERENCE_SHAPES), path)
+    record = MachineRecord(
+        machine=name,
+        peak_flops=peak_matmul_flops(precision.dtype or torch.float32, device),
+        speed=Speed.fitted([(shape, seconds_per_step(shape, device, precision)) for shape in REFERENCE_SHAPES]),
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    try:
+        write_text(path, json.dumps(asdict(record), indent=1))
+    except OSError as error:
+        log.debug("machine record not kept: %s", error)
+    return record
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:150]
+
+
+def seconds_per_step(shape: Shape, device: torch.device, precision: Precision) -> float:
+    """The mean seconds of an optimizer step of `shape` (modern layout, AdamW), after two untimed steps."""
+    config = GPTConfig(
+        vocab_size=shape.vocab_size,
+        block_size=shape.block_size,
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        position="rope",
+        activation="relu2",
+        value_embeddings=True,
+    )
+    generator = torch.Generator().manual_seed(0)
+    model = GPT(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, shape.vocab_size, (shape.batch_size, shape.block_size + 1), generator=generator)
+    inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+    def step() -> None:
+        with precision.autocast():
+            _, loss = model(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):
+        step()
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < TIMED_SECONDS:
+        step()
+        steps += 1
+    return (time.perf_counter() - started) / steps

@@ -1,0 +1,263 @@
+"""A run's plan: what `model=auto` chooses for the corpus, the machine and the time (every key with its
+reason), and what the run will do either way: parameters, tokens, epochs, steps, wall time, and the bits
+per byte the fitted law predicts, with a range. `fragment-llm plan` prints it; a run logs it and keeps it in
+summary.json, where its end adds what it reached."""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config.load import load_settings
+from ..config.schema import SECTIONS, Config, ConfigError
+from ..data.cache import PreparedData, prepare_data
+from ..data.corpus import check_documents, collect_documents
+from .law import TRUSTED
+from .machine import machine_record
+from .rules import EVALUATION_SHARE, Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, outcome
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+STAND_IN = {
+    "vocab_size": 1024,
+    "block_size": 128,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+}  # model=tiny's, until chosen
+# The start of the training split, decoded and compressed: how hard the corpus is.
+SAMPLE_TOKENS, SAMPLE_BYTES = 300_000, 500_000
+
+
+@dataclass
+class Plan:
+    """What a run will do; `chosen` holds auto's keys (key -> (value, reason)), empty for a given shape."""
+
+    auto: bool
+    machine: str
+    seconds: float  # of training: the budget, or the steps at this machine's speed
+    seconds_reason: str
+    outcome: Outcome
+    chosen: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    outside: Optional[str] = None  # where the run falls outside what the rules were fitted on
+
+    def to_json(self) -> dict[str, Any]:
+        result = asdict(self)
+        result["chosen"] = {key: {"value": value, "reason": reason} for key, (value, reason) in self.chosen.items()}
+        result["outcome"]["params"] = self.outcome.shape.params
+        return result
+
+    def lines(self) -> list[str]:
+        o, shape = self.outcome, self.outcome.shape
+        lines = [f"Plan: {'model=auto chose ' if self.auto else ''}{shape.describe()}; {shape.params:,} parameters"]
+        lines += [f"Plan:   {key}={value}: {reason}" for key, (value, reason) in self.chosen.items()]
+        lines.append(
+            f"Plan: {seconds_text(self.seconds)} of training ({self.seconds_reason}); {o.steps:,} steps of "
+            f"{shape.tokens_per_step:,} tokens, {o.tokens:,} tokens, {o.epochs:.1f} epochs, on {self.machine}"
+        )
+        lines.append(f"Plan: about {seconds_text(self.seconds * (1 + EVALUATION_SHARE))} with the evaluations")
+        lines.append(f"Plan: predicted validation bits per byte {o.bpb:.2f} (range {o.low:.2f}-{o.high:.2f})")
+        if self.outside:
+            lines.append(f"Plan: {self.outside}")
+        return lines
+
+
+def with_stand_ins(cfg: DictConfig) -> DictConfig:
+    """`cfg` with model=auto's open shape keys filled with model=tiny's: for checking the rest of a config
+    whose shape is chosen later (a sweep's jobs, before they start), or taken from a checkpoint."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for name in SHAPE_KEYS:
+        if OmegaConf.select(cfg, f"model.{name}") is None:
+            OmegaConf.update(cfg, f"model.{name}", STAND_IN[name])
+    return cfg
+
+
+def seconds_text(seconds: float) -> str:
+    """90 -> `1m 30s`, 5400 -> `1h 30m`, 4.5 -> `4.5s`."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def user_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys the command line sets (`model.n_layer=6` -> model.n_layer); groups (`model=auto`) are not keys."""
+    keys = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "." in key and key.split(".")[0] in SECTIONS:
+            keys.add(key)
+    return keys
+
+
+def planned(cfg: DictConfig, overrides: Sequence[str], auto: bool) -> tuple[DictConfig, Plan]:
+    """The plan of `cfg` (composed from `overrides`), and with model=auto (`auto`) the config it chose."""
+    import torch  # noqa: F401  (the machine's measurement needs it; imported here so the module reads without it)
+
+    from ..train.distributed import Ranks
+    from ..train.hardware import prepare_device
+
+    given = user_keys(overrides)
+    cfg = with_stand_ins(cfg)
+    settings = load_settings(cfg)
+    device = prepare_device(settings.hardware, Ranks())
+    record = machine_record(settings.hardware, device)
+    if not auto:
+        data = prepared(settings, settings.model.vocab_size)
+        return cfg, given_plan(settings, data, record.speed, device.type, record.machine)
+    return auto_plan(cfg, settings, given, record.speed, device.type, record.machine)
+
+
+def prepared(settings: Config, vocab_size: int) -> PreparedData:
+    """The corpus tokenized with `vocab_size` (from the cache, or made and cached now, as the run would)."""
+    return prepare_data(
+        settings.data,
+        vocab_size,
+        settings.model.block_size,
+        settings.tokenizer.min_frequency,
+        settings.tokenizer.retrain,
+        Path(settings.paths.cache),
+    )
+
+
+def corpus_of(data: PreparedData) -> Corpus:
+    """The training split's bytes and tokens, and zlib's bits per byte on the text of its first tokens."""
+    text = data.tokenizer.decode(data.sources[0].train[:SAMPLE_TOKENS].tolist())
+    sample = text.encode("utf-8")[:SAMPLE_BYTES]
+    compressibility = 8 * len(zlib.compress(sample, 9)) / max(1, len(sample))
+    return Corpus(
+        train_bytes=sum(source.train_bytes for source in data.sources),
+        train_tokens=sum(len(source.train) for source in data.sources),
+        compressibility=compressibility,
+    )
+
+
+def shape_of(settings: Config) -> Shape:
+    model = settings.model
+    return Shape(
+        model.n_layer, model.n_embd, model.n_head, model.block_size, model.vocab_size, settings.train.batch_size
+    )
+
+
+def given_plan(settings: Config, data: PreparedData, speed: Speed, device: str, machine: str) -> Plan:
+    """The plan of a configuration as given: its budget, or its epochs and max_iters at this machine's speed."""
+    corpus, model = corpus_of(data), settings.model
+    batch = settings.train.batch_size * settings.train.grad_accum_steps  # sequences per optimizer step
+    shape = Shape(model.n_layer, model.n_embd, model.n_head, model.block_size, data.vocab_size, batch)
+    step_tokens = shape.tokens_per_step
+    budget = settings.train.budget_seconds
+    if budget is not None:
+        result, reason = outcome(shape, speed, budget, corpus), "train.time_budget"
+    else:
+        epoch_steps = max(1, corpus.train_tokens // step_tokens)
+        steps = min(settings.train.max_iters, settings.train.epochs * epoch_steps)
+        result = outcome(shape, speed, math.inf, corpus, steps=steps)
+        which = "train.max_iters" if steps == settings.train.max_iters else f"train.epochs={settings.train.epochs}"
+        reason = f"{which} at this machine's speed"
+    seconds = result.seconds if budget is None else budget
+    return Plan(False, machine, seconds, reason, result, outside=outside(device, seconds, result, corpus))
+
+
+def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Optional[str]:
+    """One line when the run falls outside what the rules were fitted on; None inside."""
+    reasons = []
+    if device != TRUSTED.device:
+        reasons.append(f"a {device} device")
+    if not TRUSTED.min_seconds <= seconds <= TRUSTED.max_seconds:
+        reasons.append(f"{seconds_text(seconds)} of training")
+    if not TRUSTED.min_bytes <= corpus.train_bytes <= TRUSTED.max_bytes:
+        reasons.append(f"{corpus.train_bytes / 1e6:.1f} MB of text")
+    if result.shape.n_embd > TRUSTED.max_width:
+        reasons.append(f"{result.shape.n_embd} wide")
+    if not reasons:
+        return None
+    return (
+        f"outside what the rules were fitted on ({', '.join(reasons)}; fitted: {TRUSTED.describe()}): "
+        "the prediction is a guess there"
+    )
+
+
+def corpus_bytes(settings: Config) -> int:
+    """The corpus's bytes of text (one reading pass, no tokenizer): what the vocabulary is chosen by."""
+    return sum(check_documents(collect_documents(settings.data)).text_bytes)
+
+
+def auto_plan(
+    cfg: DictConfig, settings: Config, given: set[str], speed: Speed, device: str, machine: str
+) -> tuple[DictConfig, Plan]:
+    """model=auto: the vocabulary by the corpus's size, then the shape the law predicts best for the
+    time on this machine; every key the command line set is kept, and the rest chosen around it."""
+    if settings.data.source.value in ("mix", "chat"):
+        raise ConfigError(
+            f"model=auto plans a single corpus, not data={settings.data.source.value}; choose a model "
+            "(model=tiny, or model.n_layer=... keys) for it"
+        )
+    chosen: dict[str, tuple[Any, str]] = {}
+    vocab = settings.model.vocab_size
+    if "model.vocab_size" not in given:
+        text_bytes = corpus_bytes(settings)
+        vocab, reason = choose_vocabulary(text_bytes * (1 - settings.data.val_fraction))
+        chosen["model.vocab_size"] = (vocab, reason)
+    data = prepared(settings, vocab)
+    corpus = corpus_of(data)
+    seconds, seconds_reason = planned_seconds(settings, corpus, speed)
+    fixed = {
+        key.split(".")[1]: OmegaConf.select(cfg, key)
+        for key in given
+        if key.split(".")[1] in (*SHAPE_KEYS, "batch_size")
+    }
+    try:
+        result = choose(fixed, data.vocab_size, speed, seconds, corpus)
+    except ValueError:
+        raise ConfigError(too_short(seconds, fixed, data.vocab_size, speed)) from None
+    shape = result.shape
+    reason = f"the law's best shape for {seconds_text(seconds)} at this machine's speed (fragment_llm/plan/README.md)"
+    for name in ("n_layer", "n_embd", "n_head"):
+        if f"model.{name}" not in given:
+            chosen[f"model.{name}"] = (getattr(shape, name), reason)
+    if "model.block_size" not in given:
+        chosen["model.block_size"] = (
+            shape.block_size,
+            "the context the sweeps held: longer ones cost more time than they gave",
+        )
+    if "train.batch_size" not in given:
+        chosen["train.batch_size"] = (
+            shape.batch_size,
+            f"{shape.tokens_per_step} tokens a step: many small steps learn most per minute",
+        )
+        chosen["train.grad_accum_steps"] = (1, "no accumulation, for the same reason")
+    if settings.train.budget_seconds is None:
+        chosen["train.time_budget"] = (f"{round(seconds)}s", seconds_reason)
+    for key, (value, _) in chosen.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg, Plan(True, machine, seconds, seconds_reason, result, chosen, outside(device, seconds, result, corpus))
+
+
+def planned_seconds(settings: Config, corpus: Corpus, speed: Speed) -> tuple[float, str]:
+    """The training time to plan for: train.time_budget, else the time the hardware tier's epochs take
+    with model=tiny's shape on this corpus and machine (the length the tier stands for)."""
+    if settings.train.budget_seconds is not None:
+        return settings.train.budget_seconds, "train.time_budget"
+    tiny = Shape(4, 128, 4, 128, 1024, settings.train.batch_size)
+    steps = settings.train.epochs * corpus.train_tokens / tiny.tokens_per_step
+    seconds = max(60.0, steps * speed.seconds_per_step(tiny))
+    return seconds, f"no train.time_budget: the time {settings.train.epochs} epochs of model=tiny take here"
+
+
+def too_short(seconds: float, fixed: dict[str, int], vocab_size: int, speed: Speed) -> str:
+    from .rules import candidates
+
+    shortest = min(speed.seconds_per_step(shape) for shape in candidates(fixed, vocab_size))
+    least = max(1, math.ceil(shortest))
+    return (
+        f"train.time_budget={seconds_text(seconds)} is too short for one step of any shape here (the quickest "
+        f"takes {shortest:.3g}s); give at least train.time_budget={least}s"
+    )

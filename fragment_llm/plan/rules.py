@@ -1,0 +1,209 @@
+"""The rules `model=auto` chooses by, fitted to sweeps run with this toolkit (fragment_llm/plan/README.md):
+how fast a machine trains a shape (`Speed`, measured per machine), what bits per byte a shape reaches
+after so many tokens of a corpus (`predicted_bpb`, the fitted law), and the choice itself (`choose`):
+among the shapes a machine can train, the one the law predicts best for the time.
+
+Pure arithmetic: the machine's speed and the corpus's figures come in as numbers, so that the rules
+are tested on fixed inputs and `fragment-llm plan` shows exactly what a run would do."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from .law import LAW, Law
+
+HEAD_SIZE = 32  # the head size of the shapes swept; wider models (over 256) use 64
+WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+DEPTHS = (1, 2, 3, 4, 6, 8, 12)
+VOCABULARIES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+TOKENS_PER_STEP = 1024  # 8 sequences of 128: many small steps learn most per minute (conf/README.md)
+EVALUATION_SHARE = 0.05  # on top of the training time (a budget counts training alone): the evaluations
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What auto chooses of a model and its batch."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    block_size: int
+    vocab_size: int
+    batch_size: int
+
+    @property
+    def block_params(self) -> int:
+        """The transformer blocks' weights: attention's four and the MLP's two 4x matrices, per layer."""
+        return 12 * self.n_layer * self.n_embd**2
+
+    @property
+    def params(self) -> int:
+        """All weights of the modern layout: the blocks, the (tied) token embedding and a value
+        embedding on every other layer."""
+        return self.block_params + (1 + (self.n_layer + 1) // 2) * self.vocab_size * self.n_embd
+
+    @property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per weight that multiplies (the blocks and the head), and attention's."""
+        return (
+            6 * (self.block_params + self.vocab_size * self.n_embd) + 12 * self.n_layer * self.block_size * self.n_embd
+        )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_layer} layers, {self.n_head} heads, {self.n_embd} wide, block {self.block_size}, "
+            f"vocab {self.vocab_size}, batch {self.batch_size}"
+        )
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per optimizer step of a shape on one machine: fixed + per layer + per FLOP, fitted to timed steps."""
+
+    fixed: float
+    per_layer: float
+    per_flop: float
+
+    def seconds_per_step(self, shape: Shape) -> float:
+        flops = shape.flops_per_token * shape.tokens_per_step
+        return self.fixed + self.per_layer * shape.n_layer + self.per_flop * flops
+
+    @classmethod
+    def fitted(cls, timed: list[tuple[Shape, float]]) -> "Speed":
+        """Least squares of the relative error through the timed steps, no term negative (a negative one is
+        dropped and the rest refitted)."""
+        terms = [0, 1, 2]
+        while True:
+            coefficients = least_squares(
+                [[_features(shape)[t] / seconds for t in terms] for shape, seconds in timed], [1.0 for _ in timed]
+            )
+            if all(c >= 0 for c in coefficients) or len(terms) == 1:
+                break
+            terms.pop(min(range(len(terms)), key=lambda i: coefficients[i]))
+        full = [0.0, 0.0, 0.0]
+        for term, value in zip(terms, coefficients):
+            full[term] = max(0.0, value)
+        return cls(*full)
+
+
+def _features(shape: Shape) -> tuple[float, float, float]:
+    return 1.0, float(shape.n_layer), shape.flops_per_token * shape.tokens_per_step
+
+
+def least_squares(rows: list[list[float]], values: list[float]) -> list[float]:
+    """The normal equations, solved by Gauss-Jordan elimination (a handful of rows and at most three columns)."""
+    size = len(rows[0])
+    scale = [max(abs(row[j]) for row in rows) or 1.0 for j in range(size)]
+    scaled = [[row[j] / scale[j] for j in range(size)] for row in rows]
+    matrix = [
+        [sum(r[i] * r[j] for r in scaled) for j in range(size)] + [sum(r[i] * v for r, v in zip(scaled, values))]
+        for i in range(size)
+    ]
+    for column in range(size):
+        pivot = max(range(column, size), key=lambda r: abs(matrix[r][column]))
+        matrix[column], matrix[pivot] = matrix[pivot], matrix[column]
+        if abs(matrix[column][column]) < 1e-300:
+            return [0.0] * size
+        for row in range(size):
+            if row != column:
+                factor = matrix[row][column] / matrix[column][column]
+                matrix[row] = [a - factor * b for a, b in zip(matrix[row], matrix[column])]
+    return [matrix[i][size] / matrix[i][i] / scale[i] for i in range(size)]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What the rules know of a corpus: its training text in bytes and in tokens, and how hard it is."""
+
+    train_bytes: int
+    train_tokens: int
+    compressibility: float  # zlib's bits per byte on a sample of it
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.train_bytes / max(1, self.train_tokens)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a shape does in a run of `seconds` on a machine, and the bits per byte the law predicts."""
+
+    shape: Shape
+    seconds: float
+    steps: int
+    tokens: int
+    epochs: float
+    bpb: float
+    low: float
+    high: float
+
+
+def outcome(
+    shape: Shape, speed: Speed, seconds: float, corpus: Corpus, law: Law = LAW, steps: Optional[int] = None
+) -> Outcome:
+    """The run of `shape`: `steps` if given (a step-counted run), else as many as `seconds` allow."""
+    per_step = speed.seconds_per_step(shape)
+    if steps is None:
+        steps = max(0, int(seconds / per_step))
+    tokens = steps * shape.tokens_per_step
+    bpb = law.bpb(shape.block_params, tokens, corpus.train_tokens, corpus.bytes_per_token, corpus.compressibility)
+    return Outcome(
+        shape,
+        steps * per_step,
+        steps,
+        tokens,
+        tokens / max(1, corpus.train_tokens),
+        bpb,
+        bpb * (1 - law.spread),
+        bpb * (1 + law.spread),
+    )
+
+
+def heads_for(width: int) -> int:
+    return max(1, width // (HEAD_SIZE if width <= 256 else 64))
+
+
+def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
+    """Every shape auto may choose, keeping the keys the user set (`fixed`: model.* and train.batch_size names)."""
+    widths = [fixed["n_embd"]] if "n_embd" in fixed else WIDTHS
+    depths = [fixed["n_layer"]] if "n_layer" in fixed else DEPTHS
+    block = fixed.get("block_size", 128)
+    batch = fixed.get("batch_size", max(1, TOKENS_PER_STEP // block))
+    for width in widths:
+        heads = fixed.get("n_head", heads_for(width))
+        if width % heads or (width // heads) % 2:
+            continue  # rotary positions need an even head size
+        for depth in depths:
+            yield Shape(depth, width, heads, block, vocab_size, batch)
+
+
+def choose(
+    fixed: dict[str, int], vocab_size: int, speed: Speed, seconds: float, corpus: Corpus, law: Law = LAW
+) -> Outcome:
+    """The candidate the law predicts best for `seconds` on this machine; at least one step of it must fit."""
+    outcomes = [outcome(shape, speed, seconds, corpus, law) for shape in candidates(fixed, vocab_size)]
+    possible = [o for o in outcomes if o.steps >= 1]
+    if not possible:
+        raise ValueError("no candidate shape fits one step")
+    return min(possible, key=lambda o: o.bpb)
+
+
+def choose_vocabulary(train_bytes: float) -> tuple[int, str]:
+    """The vocabulary for a corpus of `train_bytes` of training text: VOCABULARY_PER_ROOT_BYTE x its square
+    root, to a power of two in VOCABULARIES (each token needs enough occurrences to learn its embedding)."""
+    target = VOCABULARY_PER_ROOT_BYTE * math.sqrt(max(1.0, train_bytes))
+    vocab = min(VOCABULARIES, key=lambda v: abs(math.log(v / target)))
+    return (
+        vocab,
+        f"{train_bytes / 1e6:.2g} MB of training text: {VOCABULARY_PER_ROOT_BYTE:g} x its square root, "
+        "to a power of two",
+    )
+
+
+VOCABULARY_PER_ROOT_BYTE = 1.6  # fitted to the sweeps' best vocabularies (README.md)

@@ -1,0 +1,96 @@
+"""model=auto and `fragment-llm plan`: a plan shown without training, an auto run that trains what it
+planned and records the prediction beside what it reached, the keys a user sets kept, and bad inputs in
+one line."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import RUN, run_in_process
+
+KEYS = ["train.eval_iters=4", "train.eval_interval=10", "train.save_interval=0"]
+
+
+def auto_overrides(tmp_path, corpus, *keys: str) -> list[str]:
+    return [
+        "model=auto",
+        f"data.path={corpus}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+        *KEYS,
+        *keys,
+    ]
+
+
+def test_plan_shows_the_choice_without_training(tmp_path, corpus):
+    args = ["-m", "fragment_llm", "plan", "--json", *auto_overrides(tmp_path, corpus, "train.time_budget=2m")]
+    result = run_in_process(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["auto"] is True and plan["seconds"] == 120
+    chosen = plan["chosen"]
+    for key in ("model.vocab_size", "model.n_layer", "model.n_embd", "model.n_head", "train.batch_size"):
+        assert chosen[key]["reason"], key
+    outcome = plan["outcome"]
+    assert outcome["steps"] > 0 and outcome["tokens"] == outcome["steps"] * outcome["shape"]["batch_size"] * 128
+    assert outcome["low"] <= outcome["bpb"] <= outcome["high"]
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").glob("20*"))  # no run made
+
+    text = run_in_process(
+        ["-m", "fragment_llm", "plan", *auto_overrides(tmp_path, corpus, "train.time_budget=2m")], tmp_path
+    )
+    assert "model=auto chose" in text.stdout and "predicted validation bits per byte" in text.stdout
+
+
+def test_plan_of_a_given_configuration_says_its_steps(tmp_path, corpus):
+    keys = [f"data.path={corpus}", f"paths.outputs={tmp_path / 'o'}", "model=medium", "train.time_budget=5m"]
+    result = run_in_process(["-m", "fragment_llm", "plan", "--json", *keys], tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["auto"] is False and plan["chosen"] == {}
+    assert plan["outcome"]["shape"]["n_layer"] == 12 and plan["outcome"]["steps"] >= 0
+
+
+def test_an_auto_run_trains_its_plan_and_records_what_it_reached(tmp_path, corpus):
+    run_dir = tmp_path / "run"
+    args = [
+        RUN,
+        *auto_overrides(tmp_path, corpus, "train.time_budget=4s", "model.n_layer=1"),
+        f"hydra.run.dir={run_dir}",
+    ]
+    result = run_in_process(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    plan = summary["plan"]
+    assert plan["auto"] and plan["outcome"]["shape"]["n_layer"] == 1  # the user's key, kept
+    assert "model.n_layer" not in plan["chosen"]
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"n_embd: {plan['outcome']['shape']['n_embd']}" in config
+    reached = summary["plan_reached"]
+    assert reached["val_bpb"] == summary["val_bpb"] and reached["predicted_bpb"] == plan["outcome"]["bpb"]
+    log = (run_dir / "train.log").read_text()
+    assert "Plan: model=auto chose" in log and "reached" in log
+
+
+def test_a_run_as_given_records_its_plan_too(finished_run):
+    _, run_dir = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["plan"]["auto"] is False
+    assert summary["plan"]["outcome"]["steps"] == 6  # train.max_iters
+    assert "val_bpb" in summary["plan_reached"]
+
+
+def test_a_budget_too_short_for_a_step_is_one_line(tmp_path, corpus):
+    result = run_in_process([RUN, *auto_overrides(tmp_path, corpus, "train.time_budget=0.00001s")], tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "too short" in lines[0] and "give at least train.time_budget=" in lines[0], result.stderr
+
+
+def test_auto_refuses_a_mixture_and_several_ranks_in_one_line(tmp_path, corpus):
+    mixture = [RUN, "model=auto", f"data.sources=[{{path: {corpus}}}]", f"paths.outputs={tmp_path / 'o'}"]
+    for args in (mixture, [RUN, *auto_overrides(tmp_path, corpus, "hardware.nproc=2")]):
+        result = run_in_process(args, tmp_path)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "model=auto" in lines[0], result.stderr

@@ -1,0 +1,103 @@
+"""model=auto's rules on fixed inputs: a machine's speed, a corpus's figures and a budget in, a shape out."""
+
+from __future__ import annotations
+
+import pytest
+
+from fragment_llm.plan.law import LAW
+from fragment_llm.plan.rules import (
+    Corpus,
+    Shape,
+    Speed,
+    candidates,
+    choose,
+    choose_vocabulary,
+    outcome,
+)
+
+# A 2-core CPU as the sweeps' machine measured itself (one thread), and the bundled corpus and a 10 MB one.
+CPU = Speed(fixed=0.004, per_layer=0.003, per_flop=1.7e-11)
+SMALL = Corpus(train_bytes=420_000, train_tokens=147_000, compressibility=2.34)
+LARGE = Corpus(train_bytes=10_900_000, train_tokens=4_190_000, compressibility=1.85)
+
+
+def test_params_match_the_model_the_trainer_builds():
+    from fragment_llm.model.gpt import GPT, GPTConfig
+
+    shape = Shape(n_layer=3, n_embd=96, n_head=3, block_size=128, vocab_size=1024, batch_size=8)
+    model = GPT(
+        GPTConfig(
+            vocab_size=1024,
+            block_size=128,
+            n_layer=3,
+            n_head=3,
+            n_embd=96,
+            position="rope",
+            activation="relu2",
+            value_embeddings=True,
+        )
+    )
+    counted = sum(p.numel() for p in model.parameters())
+    assert abs(counted - shape.params) / counted < 0.01  # norms and scalars are the rest
+
+
+def test_speed_fit_recovers_a_known_machine():
+    shapes = [Shape(l, w, w // 32, 128, 1024, 8) for l, w in [(1, 64), (4, 64), (4, 128), (2, 256), (6, 256)]]
+    timed = [(shape, CPU.seconds_per_step(shape)) for shape in shapes]
+    fitted = Speed.fitted(timed)
+    for shape in shapes:
+        assert fitted.seconds_per_step(shape) == pytest.approx(CPU.seconds_per_step(shape), rel=1e-6)
+
+
+def test_speed_fit_drops_a_negative_term():
+    shapes = [Shape(l, 128, 4, 128, 1024, 8) for l in (1, 2, 4)]
+    noisy = [(shapes[0], 0.010), (shapes[1], 0.011), (shapes[2], 0.009)]  # slower for fewer layers: noise
+    fitted = Speed.fitted(noisy)
+    assert min(fitted.fixed, fitted.per_layer, fitted.per_flop) >= 0
+
+
+def test_a_longer_budget_chooses_a_larger_model():
+    short = choose({}, 1024, CPU, 60, LARGE)
+    long = choose({}, 1024, CPU, 1200, LARGE)
+    assert long.shape.block_params >= short.shape.block_params
+    assert long.tokens > short.tokens
+
+
+def test_the_chosen_shape_is_the_best_candidate_the_law_predicts():
+    chosen = choose({}, 2048, CPU, 300, LARGE)
+    for shape in candidates({}, 2048):
+        assert outcome(shape, CPU, 300, LARGE).bpb >= chosen.bpb
+
+
+def test_keys_the_user_set_stay_as_set():
+    chosen = choose({"n_layer": 6, "batch_size": 4}, 1024, CPU, 300, SMALL)
+    assert chosen.shape.n_layer == 6 and chosen.shape.batch_size == 4
+    wide = choose({"n_embd": 256}, 1024, CPU, 300, SMALL)
+    assert wide.shape.n_embd == 256 and wide.shape.n_head == 8
+
+
+def test_a_budget_shorter_than_any_step_has_no_choice():
+    with pytest.raises(ValueError):
+        choose({}, 1024, CPU, 0.001, SMALL)
+
+
+def test_steps_tokens_and_epochs_follow_the_speed():
+    shape = Shape(4, 128, 4, 128, 1024, 8)
+    result = outcome(shape, CPU, 300, SMALL)
+    assert result.steps == int(300 / CPU.seconds_per_step(shape))
+    assert result.tokens == result.steps * 1024
+    assert result.epochs == pytest.approx(result.tokens / SMALL.train_tokens)
+    assert result.low < result.bpb < result.high or LAW.spread == 0
+
+
+def test_a_step_counted_run_takes_its_steps():
+    result = outcome(Shape(4, 128, 4, 128, 1024, 8), CPU, float("inf"), SMALL, steps=40)
+    assert result.steps == 40 and result.seconds < 10
+
+
+def test_the_vocabulary_grows_with_the_corpus():
+    small, _ = choose_vocabulary(420_000)
+    large, reason = choose_vocabulary(10_900_000)
+    assert small < large
+    assert "MB of training text" in reason
+    assert choose_vocabulary(1)[0] == 512 and choose_vocabulary(1e12)[0] == 32768
