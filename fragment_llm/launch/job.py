@@ -336,8 +336,8 @@ def stop_on_signals() -> Iterator[None]:
 
 def record_config(run_dir: Path, settings: Config, choices: dict[str, str]) -> None:
     """Make .hydra/config.yaml say what a resumed or fine-tuned run trains with (settings partly taken
-    from a checkpoint), or what model=auto chose, not what the command line alone composed, and .hydra/hydra.yaml's group choices
-    `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
+    from a checkpoint), or what model=auto chose, not what the command line alone composed, and
+    .hydra/hydra.yaml's group choices `choices`, so that `fragment-llm runs`, `show` and `compare` describe it truly."""
     paths = RunPaths(run_dir)
     if not paths.hydra.is_dir():
         return

@@ -42,7 +42,7 @@ def test_params_match_the_model_the_trainer_builds():
 
 
 def test_speed_fit_recovers_a_known_machine():
-    shapes = [Shape(l, w, w // 32, 128, 1024, 8) for l, w in [(1, 64), (4, 64), (4, 128), (2, 256), (6, 256)]]
+    shapes = [Shape(depth, w, w // 32, 128, 1024, 8) for depth, w in [(1, 64), (4, 64), (4, 128), (2, 256), (6, 256)]]
     timed = [(shape, CPU.seconds_per_step(shape)) for shape in shapes]
     fitted = Speed.fitted(timed)
     for shape in shapes:
@@ -50,7 +50,7 @@ def test_speed_fit_recovers_a_known_machine():
 
 
 def test_speed_fit_drops_a_negative_term():
-    shapes = [Shape(l, 128, 4, 128, 1024, 8) for l in (1, 2, 4)]
+    shapes = [Shape(depth, 128, 4, 128, 1024, 8) for depth in (1, 2, 4)]
     noisy = [(shapes[0], 0.010), (shapes[1], 0.011), (shapes[2], 0.009)]  # slower for fewer layers: noise
     fitted = Speed.fitted(noisy)
     assert min(fitted.fixed, fitted.per_layer, fitted.per_flop) >= 0
