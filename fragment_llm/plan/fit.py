@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +24,65 @@ def load_runs(path: Path = SWEEPS) -> list[dict[str, Any]]:
 
 
 def predicted(law: Law, run: dict[str, Any]) -> float:
-    return law.bpb(
-        run["block_params"], run["tokens"], run["train_tokens"], run["bytes_per_token"], run["compressibility"]
-    )
+    return law.bpb(run["block_params"], run["tokens"], run["train_tokens"], run["bytes_per_token"], run["bigram_bpb"])
 
 
-ALPHAS = BETAS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
+ALPHAS = BETAS = (0.01, 0.02, 0.03, *(round(0.05 * i, 2) for i in range(1, 21)))  # 0.01 .. 1.0
 REPEATS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-LINEAR = ("e0", "e1", "a", "b")  # given the exponents and R, the law is linear in these
 
 
 def fit(runs: list[dict[str, Any]]) -> Law:
-    """The law's constants that minimise the squared relative error over the runs not held out: a grid
-    over the exponents and R, and for each point least squares for the linear constants (none negative).
-    Its `spread` is the largest relative error on the held-out runs (twice the fit's RMS when there are none)."""
+    """The law's constants, in two steps. First the shape of the law (A, alpha, B, beta, R), with an offset
+    of each corpus's own: a grid over the exponents and R, and for each point least squares of the
+    relative error for the offsets, A and B. Then the offset of a corpus not seen, from its bigram bits
+    per byte: a line through the fitted corpora's offsets. Its `spread` is the largest relative error on
+    the held-out runs (twice the fit's RMS when there are none)."""
     fitted_runs = [run for run in runs if not run["held_out"]]
-    best: tuple[float, Law] = (math.inf, LAW)
+    corpora = sorted({run["corpus"] for run in fitted_runs})
+    best: tuple[float, Any] = (math.inf, None)
     for alpha, beta, repeats in itertools.product(ALPHAS, BETAS, REPEATS):
         shape = Law(0, 0, 1, alpha, 1, beta, repeats, 0)
-        rows = [_terms(shape, run) for run in fitted_runs]
-        constants = _non_negative_fit(rows, fitted_runs)
-        law = replace(shape, **dict(zip(LINEAR, constants)))
-        error = sum(((predicted(law, run) - run["bpb"]) / run["bpb"]) ** 2 for run in fitted_runs)
+        rows = [_terms(shape, run, corpora) for run in fitted_runs]
+        constants = least_squares(
+            [[t / run["bpb"] for t in row] for row, run in zip(rows, fitted_runs)], [1.0] * len(rows)
+        )
+        error = sum(
+            (sum(c * t for c, t in zip(constants, row)) / run["bpb"] - 1) ** 2 for row, run in zip(rows, fitted_runs)
+        )
         if error < best[0]:
-            best = (error, law)
-    law = Law(**{key: round(value, 4) for key, value in asdict(best[1]).items()})
+            best = (error, (alpha, beta, repeats, constants))
+    error, (alpha, beta, repeats, constants) = best
+    offsets = dict(zip(corpora, constants[: len(corpora)]))
+    difficulty = {run["corpus"]: run["bigram_bpb"] for run in fitted_runs if run["vocab_size"] == 1024}
+    e1, e0 = _line([difficulty[name] for name in corpora], [offsets[name] for name in corpora])
+    law = Law(
+        e0=round(e0, 4),
+        e1=round(e1, 4),
+        a=round(constants[-2], 4),
+        alpha=alpha,
+        b=round(constants[-1], 4),
+        beta=beta,
+        repeats=repeats,
+        spread=0.0,
+    )
     held_out = [abs(predicted(law, run) - run["bpb"]) / run["bpb"] for run in runs if run["held_out"]]
-    rms = math.sqrt(best[0] / len(fitted_runs))
+    rms = math.sqrt(error / len(fitted_runs))
     return replace(law, spread=round(max(held_out) if held_out else 2 * rms, 3))
 
 
-def _terms(shape: Law, run: dict[str, Any]) -> list[float]:
-    """The four terms the linear constants multiply, for one run."""
+def _terms(shape: Law, run: dict[str, Any], corpora: list[str]) -> list[float]:
+    """What the linear constants multiply, for one run: its corpus's offset (one of them), A and B."""
     seen = shape.effective_tokens(run["tokens"], run["train_tokens"]) * run["bytes_per_token"]
-    return [1.0, run["compressibility"], (run["block_params"] / 1e6) ** -shape.alpha, (seen / 1e6) ** -shape.beta]
+    own = [1.0 if run["corpus"] == name else 0.0 for name in corpora]
+    return [*own, (run["block_params"] / 1e6) ** -shape.alpha, (seen / 1e6) ** -shape.beta]
 
 
-def _non_negative_fit(rows: list[list[float]], runs: list[dict[str, Any]]) -> list[float]:
-    """Least squares of the relative error; a negative constant is dropped (0) and the rest refitted."""
-    used = list(range(len(LINEAR)))
-    while True:
-        weighted = [[row[i] / run["bpb"] for i in used] for row, run in zip(rows, runs)]
-        values = least_squares(weighted, [1.0] * len(runs))
-        if all(v >= 0 for v in values) or len(used) == 1:
-            break
-        used.pop(min(range(len(used)), key=lambda i: values[i]))
-    constants = [0.0] * len(LINEAR)
-    for index, value in zip(used, values):
-        constants[index] = max(0.0, value)
-    return constants
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Slope and intercept of the least-squares line through the points."""
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread_x = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread_x if spread_x else 0.0
+    return slope, mean_y - slope * mean_x
 
 
 def main() -> None:

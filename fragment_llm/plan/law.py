@@ -5,7 +5,7 @@ worth less than new text (Muennighoff et al.'s decay):
     bpb = E + A (N / 1e6)^-alpha + B (D' b / 1e6)^-beta
     D'  = D                                    while D <= U (one epoch or less)
           U (1 + R (1 - exp(-(D / U - 1) / R)))  after (each epoch past the first is worth less)
-    E   = E0 + E1 z                            z: the corpus's zlib bits per byte (how hard its text is)
+    E   = E0 + E1 z                            z: a bigram model's bits per byte on its first 300k tokens
 
 `fit.py` fits the constants to the sweeps in sweeps.json (`python -m fragment_llm.plan.fit` prints them);
 a test refits them, so the numbers here are the data's. Pure arithmetic, no torch."""
@@ -27,8 +27,8 @@ class Law:
     repeats: float  # R: how many epochs' worth new text the repeats add at most
     spread: float  # the relative error that holds on the corpora held out of the fit (a range of +- this)
 
-    def offset(self, compressibility: float) -> float:
-        return self.e0 + self.e1 * compressibility
+    def offset(self, bigram_bpb: float) -> float:
+        return self.e0 + self.e1 * bigram_bpb
 
     def effective_tokens(self, tokens: float, unique: float) -> float:
         if tokens <= unique:
@@ -36,11 +36,11 @@ class Law:
         return unique * (1 + self.repeats * (1 - math.exp(-(tokens / unique - 1) / self.repeats)))
 
     def bpb(
-        self, block_params: float, tokens: float, unique: float, bytes_per_token: float, compressibility: float
+        self, block_params: float, tokens: float, unique: float, bytes_per_token: float, bigram_bpb: float
     ) -> float:
         seen = self.effective_tokens(tokens, unique) * bytes_per_token
         return (
-            self.offset(compressibility)
+            self.offset(bigram_bpb)
             + self.a * (max(block_params, 1.0) / 1e6) ** -self.alpha
             + self.b * (max(seen, 1.0) / 1e6) ** -self.beta
         )

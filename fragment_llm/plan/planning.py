@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,11 +19,12 @@ from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
 from .law import TRUSTED
 from .machine import machine_record
-from .rules import EVALUATION_SHARE, Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, outcome
+from .rules import Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, outcome
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+STARTUP_SECONDS = 2.0  # importing, building the model, the first evaluation: about this on a CPU
 SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 STAND_IN = {
     "vocab_size": 1024,
@@ -33,8 +33,7 @@ STAND_IN = {
     "n_head": 4,
     "n_embd": 128,
 }  # model=tiny's, until chosen
-# The start of the training split, decoded and compressed: how hard the corpus is.
-SAMPLE_TOKENS, SAMPLE_BYTES = 300_000, 500_000
+SAMPLE_TOKENS = 300_000  # the start of the training split, a bigram model of which says how hard the text is
 
 
 @dataclass
@@ -46,6 +45,7 @@ class Plan:
     seconds: float  # of training: the budget, or the steps at this machine's speed
     seconds_reason: str
     outcome: Outcome
+    startup_seconds: float  # before training: the data (as preparing it took here) and building the model
     chosen: dict[str, tuple[Any, str]] = field(default_factory=dict)
     outside: Optional[str] = None  # where the run falls outside what the rules were fitted on
 
@@ -58,12 +58,15 @@ class Plan:
     def lines(self) -> list[str]:
         o, shape = self.outcome, self.outcome.shape
         lines = [f"Plan: {'model=auto chose ' if self.auto else ''}{shape.describe()}; {shape.params:,} parameters"]
-        lines += [f"Plan:   {key}={value}: {reason}" for key, (value, reason) in self.chosen.items()]
+        lines += [f"Plan:   {key}={_text(value)}: {reason}" for key, (value, reason) in self.chosen.items()]
         lines.append(
             f"Plan: {seconds_text(self.seconds)} of training ({self.seconds_reason}); {o.steps:,} steps of "
             f"{shape.tokens_per_step:,} tokens, {o.tokens:,} tokens, {o.epochs:.1f} epochs, on {self.machine}"
         )
-        lines.append(f"Plan: about {seconds_text(self.seconds * (1 + EVALUATION_SHARE))} with the evaluations")
+        lines.append(
+            f"Plan: about {seconds_text(self.seconds + self.startup_seconds)} in all, with "
+            f"{seconds_text(self.startup_seconds)} of start-up"
+        )
         lines.append(f"Plan: predicted validation bits per byte {o.bpb:.2f} (range {o.low:.2f}-{o.high:.2f})")
         if self.outside:
             lines.append(f"Plan: {self.outside}")
@@ -129,22 +132,32 @@ def prepared(settings: Config, vocab_size: int) -> PreparedData:
 
 
 def corpus_of(data: PreparedData) -> Corpus:
-    """The training split's bytes and tokens, and zlib's bits per byte on the text of its first tokens."""
-    text = data.tokenizer.decode(data.sources[0].train[:SAMPLE_TOKENS].tolist())
-    sample = text.encode("utf-8")[:SAMPLE_BYTES]
-    compressibility = 8 * len(zlib.compress(sample, 9)) / max(1, len(sample))
+    """The training split's bytes and tokens, and how hard its text is: the bits per byte of a bigram
+    model of its first tokens, fitted on them (cheap, and it ranks corpora as a short run's model does)."""
+    import numpy as np
+
+    sample = data.sources[0].train[:SAMPLE_TOKENS].astype(np.int64)
+    sample_bytes = len(data.tokenizer.decode(sample.tolist()).encode("utf-8"))
     return Corpus(
         train_bytes=sum(source.train_bytes for source in data.sources),
         train_tokens=sum(len(source.train) for source in data.sources),
-        compressibility=compressibility,
+        bigram_bpb=round(_bigram_bits(sample, data.vocab_size) / max(1, sample_bytes), 4),
     )
 
 
-def shape_of(settings: Config) -> Shape:
-    model = settings.model
-    return Shape(
-        model.n_layer, model.n_embd, model.n_head, model.block_size, model.vocab_size, settings.train.batch_size
-    )
+def _bigram_bits(tokens, vocab_size: int) -> float:
+    """The bits a bigram model fitted on `tokens` spends on them: H(pairs) - H(first tokens), in total."""
+    import numpy as np
+
+    def entropy_bits(counts) -> float:
+        counts = counts[counts > 0].astype(np.float64)
+        total = counts.sum()
+        return float(-(counts * np.log2(counts / total)).sum())
+
+    if len(tokens) < 2:
+        return 0.0
+    pairs = np.unique(tokens[:-1] * vocab_size + tokens[1:], return_counts=True)[1]
+    return entropy_bits(pairs) - entropy_bits(np.bincount(tokens[:-1], minlength=vocab_size))
 
 
 def given_plan(settings: Config, data: PreparedData, speed: Speed, device: str, machine: str) -> Plan:
@@ -163,7 +176,8 @@ def given_plan(settings: Config, data: PreparedData, speed: Speed, device: str, 
         which = "train.max_iters" if steps == settings.train.max_iters else f"train.epochs={settings.train.epochs}"
         reason = f"{which} at this machine's speed"
     seconds = result.seconds if budget is None else budget
-    return Plan(False, machine, seconds, reason, result, outside=outside(device, seconds, result, corpus))
+    startup = data.seconds + STARTUP_SECONDS
+    return Plan(False, machine, seconds, reason, result, startup, outside=outside(device, seconds, result, corpus))
 
 
 def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Optional[str]:
@@ -236,9 +250,36 @@ def auto_plan(
         chosen["train.grad_accum_steps"] = (1, "no accumulation, for the same reason")
     if settings.train.budget_seconds is None:
         chosen["train.time_budget"] = (f"{round(seconds)}s", seconds_reason)
+    chosen.update(kept_keys(settings, shape, given))
     for key, (value, _) in chosen.items():
         OmegaConf.update(cfg, key, value)
-    return cfg, Plan(True, machine, seconds, seconds_reason, result, chosen, outside(device, seconds, result, corpus))
+    startup = data.seconds + STARTUP_SECONDS
+    plan = Plan(
+        True, machine, seconds, seconds_reason, result, startup, chosen, outside(device, seconds, result, corpus)
+    )
+    return cfg, plan
+
+
+def kept_keys(settings: Config, shape: Shape, given: set[str]) -> dict[str, tuple[Any, str]]:
+    """The learning rate and the regularisation: what the sweeps held, said with their reasons. A width
+    past the sweeps' takes a learning rate scaled down with it (as wider layers want), a guess the plan
+    flags as outside the fit."""
+    kept: dict[str, tuple[Any, str]] = {}
+    if "optimizer.lr" not in given and settings.optimizer.name.value == "adamw":
+        lr = settings.optimizer.lr
+        if shape.n_embd > TRUSTED.max_width:
+            lr = float(f"{lr * TRUSTED.max_width / shape.n_embd:.2g}")
+            kept["optimizer.lr"] = (
+                lr,
+                f"scaled by {TRUSTED.max_width}/{shape.n_embd} from the tuned 2e-3 for this width",
+            )
+        else:
+            kept["optimizer.lr"] = (lr, "the tuned default, which the sweeps trained with at every width they tried")
+    if "optimizer.weight_decay" not in given and settings.optimizer.name.value == "adamw":
+        kept["optimizer.weight_decay"] = (settings.optimizer.weight_decay, "strong decay, tuned against over-fitting")
+    if "model.dropout" not in given:
+        kept["model.dropout"] = (None, "chosen by the epochs the run makes (conf/README.md, regularisation by epochs)")
+    return kept
 
 
 def planned_seconds(settings: Config, corpus: Corpus, speed: Speed) -> tuple[float, str]:
@@ -261,3 +302,8 @@ def too_short(seconds: float, fixed: dict[str, int], vocab_size: int, speed: Spe
         f"train.time_budget={seconds_text(seconds)} is too short for one step of any shape here (the quickest "
         f"takes {shortest:.3g}s); give at least train.time_budget={least}s"
     )
+
+
+def _text(value: Any) -> str:
+    """A key's value as the command line writes it."""
+    return "null" if value is None else str(value)

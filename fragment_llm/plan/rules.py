@@ -19,7 +19,9 @@ WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 DEPTHS = (1, 2, 3, 4, 6, 8, 12)
 VOCABULARIES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 TOKENS_PER_STEP = 1024  # 8 sequences of 128: many small steps learn most per minute (conf/README.md)
-EVALUATION_SHARE = 0.05  # on top of the training time (a budget counts training alone): the evaluations
+EVALUATION_SHARE = (
+    0.04  # of a budget (it counts the loop's evaluations: 160 windows every 200 steps, and each epoch's end)
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Corpus:
 
     train_bytes: int
     train_tokens: int
-    compressibility: float  # zlib's bits per byte on a sample of it
+    bigram_bpb: float  # a bigram model's bits per byte on the start of its training text (how hard it is)
 
     @property
     def bytes_per_token(self) -> float:
@@ -150,12 +152,12 @@ def outcome(
     """The run of `shape`: `steps` if given (a step-counted run), else as many as `seconds` allow."""
     per_step = speed.seconds_per_step(shape)
     if steps is None:
-        steps = max(0, int(seconds / per_step))
+        steps = max(0, int(seconds * (1 - EVALUATION_SHARE) / per_step))
     tokens = steps * shape.tokens_per_step
-    bpb = law.bpb(shape.block_params, tokens, corpus.train_tokens, corpus.bytes_per_token, corpus.compressibility)
+    bpb = law.bpb(shape.block_params, tokens, corpus.train_tokens, corpus.bytes_per_token, corpus.bigram_bpb)
     return Outcome(
         shape,
-        steps * per_step,
+        steps * per_step / (1 - EVALUATION_SHARE),
         steps,
         tokens,
         tokens / max(1, corpus.train_tokens),

@@ -17,8 +17,8 @@ from fragment_llm.plan.rules import (
 
 # A 2-core CPU as the sweeps' machine measured itself (one thread), and the bundled corpus and a 10 MB one.
 CPU = Speed(fixed=0.004, per_layer=0.003, per_flop=1.7e-11)
-SMALL = Corpus(train_bytes=420_000, train_tokens=147_000, compressibility=2.34)
-LARGE = Corpus(train_bytes=10_900_000, train_tokens=4_190_000, compressibility=1.85)
+SMALL = Corpus(train_bytes=420_000, train_tokens=147_000, bigram_bpb=2.34)
+LARGE = Corpus(train_bytes=10_900_000, train_tokens=4_190_000, bigram_bpb=1.85)
 
 
 def test_params_match_the_model_the_trainer_builds():
@@ -84,7 +84,7 @@ def test_a_budget_shorter_than_any_step_has_no_choice():
 def test_steps_tokens_and_epochs_follow_the_speed():
     shape = Shape(4, 128, 4, 128, 1024, 8)
     result = outcome(shape, CPU, 300, SMALL)
-    assert result.steps == int(300 / CPU.seconds_per_step(shape))
+    assert result.steps == int(300 * (1 - 0.04) / CPU.seconds_per_step(shape))
     assert result.tokens == result.steps * 1024
     assert result.epochs == pytest.approx(result.tokens / SMALL.train_tokens)
     assert result.low < result.bpb < result.high or LAW.spread == 0
