@@ -85,14 +85,28 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return slope, mean_y - slope * mean_x
 
 
+def table(law: Law, runs: list[dict[str, Any]]) -> list[str]:
+    """The runs as a markdown table: each its shape, steps, epochs, and what it reached beside the prediction."""
+    rows = [
+        "| corpus | budget | layers x width | vocabulary | steps | epochs | reached | predicted | error |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in sorted(runs, key=lambda r: (r["held_out"], r["corpus"], r["budget_s"], r["bpb"])):
+        guess = predicted(law, run)
+        corpus = f"{run['corpus']}{' (held out)' if run['held_out'] else ''}"
+        rows.append(
+            f"| {corpus} | {run['budget_s'] // 60} min | {run['n_layer']} x {run['n_embd']} | {run['vocab_size']} | "
+            f"{run['steps']:,} | {run['epochs']:.1f} | {run['bpb']:.3f} | {guess:.3f} | {guess / run['bpb'] - 1:+.1%} |"
+        )
+    return rows
+
+
 def main() -> None:
     runs = load_runs()
     law = fit(runs)
     print(law)
-    for run in runs:
-        guess = predicted(law, run)
-        print(f"{run['name']:40s} reached {run['bpb']:.3f} predicted {guess:.3f} ({guess / run['bpb'] - 1:+.1%})")
     print("in law.py now:", LAW)
+    print("\n".join(table(law, runs)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config.schema import HardwareConfig
+from ..console import error_console
 from ..files import write_text
 from ..model.gpt import GPT, GPTConfig
 from ..train.hardware import Precision, peak_matmul_flops
@@ -84,13 +85,15 @@ def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRec
             return MachineRecord(**{**stored, "speed": Speed(**stored["speed"])})
     except (OSError, ValueError, TypeError):
         pass  # none yet, or damaged: measure again
-    log.info("Plan: timing a few steps of %d shapes on this machine (once; kept in %s)", len(REFERENCE_SHAPES), path)
+    # Said now, on the terminal: a run's log lines wait until its directory is claimed, after this.
+    error_console.print(f"Plan: timing this machine once ({len(REFERENCE_SHAPES)} shapes, a few seconds) ...")
     record = MachineRecord(
         machine=name,
         peak_flops=peak_matmul_flops(precision.dtype or torch.float32, device),
         speed=Speed.fitted([(shape, seconds_per_step(shape, device, precision)) for shape in REFERENCE_SHAPES]),
         measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
+    log.info("Plan: timed this machine (%s); kept in %s", name, path)
     try:
         write_text(path, json.dumps(asdict(record), indent=1))
     except OSError as error:

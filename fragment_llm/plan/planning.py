@@ -19,7 +19,7 @@ from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
 from .law import TRUSTED
 from .machine import machine_record
-from .rules import Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, outcome
+from .rules import Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, heads_for, outcome
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ STAND_IN = {
     "n_head": 4,
     "n_embd": 128,
 }  # model=tiny's, until chosen
-SAMPLE_TOKENS = 300_000  # the start of the training split, a bigram model of which says how hard the text is
+# The start of the training split, whose bigram model says how hard the text is (corpus_of).
+SAMPLE_TOKENS, SAMPLE_BYTES, REFERENCE_VOCABULARY = 300_000, 500_000, 1024
 
 
 @dataclass
@@ -77,9 +78,11 @@ def with_stand_ins(cfg: DictConfig) -> DictConfig:
     """`cfg` with model=auto's open shape keys filled with model=tiny's: for checking the rest of a config
     whose shape is chosen later (a sweep's jobs, before they start), or taken from a checkpoint."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    width = OmegaConf.select(cfg, "model.n_embd")
     for name in SHAPE_KEYS:
         if OmegaConf.select(cfg, f"model.{name}") is None:
-            OmegaConf.update(cfg, f"model.{name}", STAND_IN[name])
+            stand_in = heads_for(width) if name == "n_head" and isinstance(width, int) else STAND_IN[name]
+            OmegaConf.update(cfg, f"model.{name}", stand_in)
     return cfg
 
 
@@ -133,15 +136,23 @@ def prepared(settings: Config, vocab_size: int) -> PreparedData:
 
 def corpus_of(data: PreparedData) -> Corpus:
     """The training split's bytes and tokens, and how hard its text is: the bits per byte of a bigram
-    model of its first tokens, fitted on them (cheap, and it ranks corpora as a short run's model does)."""
+    model of the start of its text, fitted on it (cheap, and it ranks corpora as a short run's model
+    does). The bigram's tokens are those of a small BPE vocabulary (REFERENCE_VOCABULARY) trained on that
+    text, whatever the run's vocabulary, so that the figure is the corpus's alone."""
     import numpy as np
 
-    sample = data.sources[0].train[:SAMPLE_TOKENS].astype(np.int64)
-    sample_bytes = len(data.tokenizer.decode(sample.tolist()).encode("utf-8"))
+    from ..data.tokenizer import train_tokenizer
+
+    text = data.tokenizer.decode(data.sources[0].train[:SAMPLE_TOKENS].tolist())
+    text = text.encode("utf-8")[:SAMPLE_BYTES].decode("utf-8", errors="ignore")
+    lines = text.splitlines(keepends=True)
+    reference = train_tokenizer(iter(lines), REFERENCE_VOCABULARY, min_frequency=2)
+    ids = [token for encoding in reference.encode_batch(lines, add_special_tokens=False) for token in encoding.ids]
+    sample = np.asarray(ids, dtype=np.int64)
     return Corpus(
         train_bytes=sum(source.train_bytes for source in data.sources),
         train_tokens=sum(len(source.train) for source in data.sources),
-        bigram_bpb=round(_bigram_bits(sample, data.vocab_size) / max(1, sample_bytes), 4),
+        bigram_bpb=round(_bigram_bits(sample, reference.get_vocab_size()) / max(1, len(text.encode("utf-8"))), 4),
     )
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ..text import plural
 from .law import LAW, Law
 
 HEAD_SIZE = 32  # the head size of the shapes swept; wider models (over 256) use 64
@@ -59,7 +60,8 @@ class Shape:
 
     def describe(self) -> str:
         return (
-            f"{self.n_layer} layers, {self.n_head} heads, {self.n_embd} wide, block {self.block_size}, "
+            f"{plural(self.n_layer, 'layer')}, {plural(self.n_head, 'head')}, {self.n_embd} wide, "
+            f"block {self.block_size}, "
             f"vocab {self.vocab_size}, batch {self.batch_size}"
         )
 
@@ -168,7 +170,11 @@ def outcome(
 
 
 def heads_for(width: int) -> int:
-    return max(1, width // (HEAD_SIZE if width <= 256 else 64))
+    """Heads of about HEAD_SIZE wide (64 past 256 wide), each of an even size as rotary positions need;
+    1 when the width has no such split."""
+    target = HEAD_SIZE if width <= 256 else 64
+    splits = [heads for heads in range(1, width + 1) if width % heads == 0 and (width // heads) % 2 == 0]
+    return min(splits, key=lambda heads: (abs(math.log(width / heads / target)), heads)) if splits else 1
 
 
 def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
