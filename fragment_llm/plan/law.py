@@ -46,7 +46,7 @@ class Law:
         )
 
 
-LAW = Law(e0=0.0, e1=0.0, a=0.0, alpha=0.0, b=0.0, beta=0.0, repeats=1.0, spread=0.0)  # set from the fit
+LAW = Law(e0=-0.39, e1=0.6597, a=0.4659, alpha=0.15, b=0.8586, beta=0.55, repeats=4.0, spread=0.049)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,7 +19,7 @@ from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
 from .law import TRUSTED
 from .machine import machine_record
-from .rules import Corpus, Outcome, Shape, Speed, choose, choose_vocabulary, heads_for, outcome
+from .rules import VOCABULARIES, Corpus, Outcome, Shape, Speed, choose, heads_for, outcome
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +135,39 @@ def prepared(settings: Config, vocab_size: int) -> PreparedData:
 
 
 def corpus_of(data: PreparedData) -> Corpus:
-    """The training split's bytes and tokens, and how hard its text is: the bits per byte of a bigram
-    model of the start of its text, fitted on it (cheap, and it ranks corpora as a short run's model
-    does). The bigram's tokens are those of a small BPE vocabulary (REFERENCE_VOCABULARY) trained on that
-    text, whatever the run's vocabulary, so that the figure is the corpus's alone."""
+    """The training split's bytes and tokens, and how hard its text is (`difficulty`, on the start of it)."""
+    text = data.tokenizer.decode(data.sources[0].train[:SAMPLE_TOKENS].tolist())
+    return Corpus(
+        train_bytes=sum(source.train_bytes for source in data.sources),
+        train_tokens=sum(len(source.train) for source in data.sources),
+        bigram_bpb=difficulty(text),
+    )
+
+
+def start_of_text(text: str) -> str:
+    """The first SAMPLE_BYTES of `text`, cut at a character."""
+    return text.encode("utf-8")[:SAMPLE_BYTES].decode("utf-8", errors="ignore")
+
+
+def reference_tokens(text: str, vocab_size: int):
+    """`text` in the tokens of a BPE vocabulary of `vocab_size` trained on it (a fraction of a second)."""
     import numpy as np
 
     from ..data.tokenizer import train_tokenizer
 
-    text = data.tokenizer.decode(data.sources[0].train[:SAMPLE_TOKENS].tolist())
-    text = text.encode("utf-8")[:SAMPLE_BYTES].decode("utf-8", errors="ignore")
     lines = text.splitlines(keepends=True)
-    reference = train_tokenizer(iter(lines), REFERENCE_VOCABULARY, min_frequency=2)
-    ids = [token for encoding in reference.encode_batch(lines, add_special_tokens=False) for token in encoding.ids]
-    sample = np.asarray(ids, dtype=np.int64)
-    return Corpus(
-        train_bytes=sum(source.train_bytes for source in data.sources),
-        train_tokens=sum(len(source.train) for source in data.sources),
-        bigram_bpb=round(_bigram_bits(sample, reference.get_vocab_size()) / max(1, len(text.encode("utf-8"))), 4),
-    )
+    tokenizer = train_tokenizer(iter(lines), vocab_size, min_frequency=2)
+    ids = [token for encoding in tokenizer.encode_batch(lines, add_special_tokens=False) for token in encoding.ids]
+    return np.asarray(ids, dtype=np.int64), tokenizer.get_vocab_size()
+
+
+def difficulty(text: str) -> float:
+    """How hard a corpus's text is: the bits per byte of a bigram model of its start, fitted on it (cheap,
+    and it ranks corpora as a short run's model does). The bigram's tokens are those of a small BPE
+    vocabulary (REFERENCE_VOCABULARY) trained on that text, whatever the run's, so the figure is the corpus's."""
+    text = start_of_text(text)
+    tokens, vocab_size = reference_tokens(text, REFERENCE_VOCABULARY)
+    return round(_bigram_bits(tokens, vocab_size) / max(1, len(text.encode("utf-8"))), 4)
 
 
 def _bigram_bits(tokens, vocab_size: int) -> float:
@@ -210,9 +224,30 @@ def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Opt
     )
 
 
-def corpus_bytes(settings: Config) -> int:
-    """The corpus's bytes of text (one reading pass, no tokenizer): what the vocabulary is chosen by."""
-    return sum(check_documents(collect_documents(settings.data)).text_bytes)
+def corpus_sample(settings: Config) -> tuple[float, str]:
+    """The corpus's bytes of training text, and the start of its text (one reading pass, no tokenizer)."""
+    documents = collect_documents(settings.data)
+    text_bytes = sum(check_documents(documents).text_bytes)
+    pieces, size = [], 0
+    for document in documents:
+        for text in document.texts():
+            pieces.append(text)
+            size += len(text)
+            if size >= SAMPLE_BYTES:
+                return text_bytes * (1 - settings.data.val_fraction), start_of_text("\n".join(pieces))
+    return text_bytes * (1 - settings.data.val_fraction), start_of_text("\n".join(pieces))
+
+
+def estimated_corpora(train_bytes: float, text: str, vocabularies: list[int]) -> dict[int, Corpus]:
+    """The corpus as each vocabulary would tokenize it, estimated from its start: the bytes per token of a
+    tokenizer of that size trained on the start of the text (before the run's own is trained on all of it)."""
+    hardness, sample_bytes = difficulty(text), len(text.encode("utf-8"))
+    corpora = {}
+    for vocab_size in vocabularies:
+        tokens, _ = reference_tokens(text, vocab_size)
+        per_token = sample_bytes / max(1, len(tokens))
+        corpora[vocab_size] = Corpus(round(train_bytes), max(1, round(train_bytes / per_token)), hardness)
+    return corpora
 
 
 def auto_plan(
@@ -226,23 +261,25 @@ def auto_plan(
             "(model=tiny, or model.n_layer=... keys) for it"
         )
     chosen: dict[str, tuple[Any, str]] = {}
-    vocab = settings.model.vocab_size
-    if "model.vocab_size" not in given:
-        text_bytes = corpus_bytes(settings)
-        vocab, reason = choose_vocabulary(text_bytes * (1 - settings.data.val_fraction))
-        chosen["model.vocab_size"] = (vocab, reason)
-    data = prepared(settings, vocab)
-    corpus = corpus_of(data)
-    seconds, seconds_reason = planned_seconds(settings, corpus, speed)
     fixed = {
         key.split(".")[1]: OmegaConf.select(cfg, key)
         for key in given
         if key.split(".")[1] in (*SHAPE_KEYS, "batch_size")
     }
+    train_bytes, text = corpus_sample(settings)
+    vocabularies = [fixed["vocab_size"]] if "vocab_size" in fixed else list(VOCABULARIES)
+    corpora = estimated_corpora(train_bytes, text, vocabularies)
+    seconds, seconds_reason = planned_seconds(settings, corpora[min(corpora, key=lambda v: abs(v - 1024))], speed)
     try:
-        result = choose(fixed, data.vocab_size, speed, seconds, corpus)
+        guess = choose(fixed, corpora, speed, seconds)
     except ValueError:
-        raise ConfigError(too_short(seconds, fixed, data.vocab_size, speed)) from None
+        raise ConfigError(too_short(seconds, fixed, vocabularies[0], speed)) from None
+    vocab = guess.shape.vocab_size
+    if "model.vocab_size" not in given:
+        chosen["model.vocab_size"] = (vocab, f"with the shape below: the law's best for {seconds_text(seconds)} here")
+    data = prepared(settings, vocab)  # the run's own tokens, cached for it: the steps and epochs as they will be
+    corpus = corpus_of(data)
+    result = outcome(replace(guess.shape, vocab_size=data.vocab_size), speed, seconds, corpus)
     shape = result.shape
     reason = f"the law's best shape for {seconds_text(seconds)} at this machine's speed (fragment_llm/plan/README.md)"
     for name in ("n_layer", "n_embd", "n_head"):

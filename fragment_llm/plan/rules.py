@@ -18,7 +18,10 @@ from .law import LAW, Law
 HEAD_SIZE = 32  # the head size of the shapes swept; wider models (over 256) use 64
 WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 DEPTHS = (1, 2, 3, 4, 6, 8, 12)
-VOCABULARIES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+VOCABULARIES = (512, 1024, 2048, 4096, 8192)
+# The law holds where the sweeps trained: auto chooses no model of more block weights than twice the
+# largest they trained (4 x 192, 1.8M), where it would extrapolate (a key the user sets may go beyond).
+MAX_BLOCK_PARAMS = 3_600_000
 TOKENS_PER_STEP = 1024  # 8 sequences of 128: many small steps learn most per minute (conf/README.md)
 EVALUATION_SHARE = (
     0.04  # of a budget (it counts the loop's evaluations: 160 windows every 200 steps, and each epoch's end)
@@ -188,30 +191,20 @@ def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
         if width % heads or (width // heads) % 2:
             continue  # rotary positions need an even head size
         for depth in depths:
-            yield Shape(depth, width, heads, block, vocab_size, batch)
+            shape = Shape(depth, width, heads, block, vocab_size, batch)
+            if shape.block_params <= MAX_BLOCK_PARAMS or "n_layer" in fixed or "n_embd" in fixed:
+                yield shape
 
 
-def choose(
-    fixed: dict[str, int], vocab_size: int, speed: Speed, seconds: float, corpus: Corpus, law: Law = LAW
-) -> Outcome:
-    """The candidate the law predicts best for `seconds` on this machine; at least one step of it must fit."""
-    outcomes = [outcome(shape, speed, seconds, corpus, law) for shape in candidates(fixed, vocab_size)]
+def choose(fixed: dict[str, int], corpora: dict[int, Corpus], speed: Speed, seconds: float, law: Law = LAW) -> Outcome:
+    """The candidate the law predicts best for `seconds` on this machine, over the vocabularies in
+    `corpora` (each with the corpus as that vocabulary tokenizes it); at least one step of it must fit."""
+    outcomes = [
+        outcome(shape, speed, seconds, corpus, law)
+        for vocab_size, corpus in corpora.items()
+        for shape in candidates(fixed, vocab_size)
+    ]
     possible = [o for o in outcomes if o.steps >= 1]
     if not possible:
         raise ValueError("no candidate shape fits one step")
     return min(possible, key=lambda o: o.bpb)
-
-
-def choose_vocabulary(train_bytes: float) -> tuple[int, str]:
-    """The vocabulary for a corpus of `train_bytes` of training text: VOCABULARY_PER_ROOT_BYTE x its square
-    root, to a power of two in VOCABULARIES (each token needs enough occurrences to learn its embedding)."""
-    target = VOCABULARY_PER_ROOT_BYTE * math.sqrt(max(1.0, train_bytes))
-    vocab = min(VOCABULARIES, key=lambda v: abs(math.log(v / target)))
-    return (
-        vocab,
-        f"{train_bytes / 1e6:.2g} MB of training text: {VOCABULARY_PER_ROOT_BYTE:g} x its square root, "
-        "to a power of two",
-    )
-
-
-VOCABULARY_PER_ROOT_BYTE = 1.6  # fitted to the sweeps' best vocabularies (README.md)

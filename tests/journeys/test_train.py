@@ -146,7 +146,8 @@ def test_cfg_job_and_help_show_the_composed_config(train, tmp_path):
     assert config.model.n_embd == 384 and config.optimizer.lr == 3e-4 and config.hardware.device == "cpu"
     help_text = run_in_process([*train, "--help"], cwd=tmp_path).stdout
     assert (
-        "model: auto, large, medium, small, tiny" in help_text and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
+        "model: auto, large, medium, small, tiny" in help_text
+        and "hardware: cpu, cpu_guide, ddp, gpu, gpu_high" in help_text
     )
     assert "debug: fast" in help_text and "model.n_embd=128  [64, 2048]" in help_text  # every key, from the schema
     assert "optimizer.momentum=(unset: only muon, sgd)" in help_text

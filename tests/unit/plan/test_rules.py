@@ -11,7 +11,6 @@ from fragment_llm.plan.rules import (
     Speed,
     candidates,
     choose,
-    choose_vocabulary,
     outcome,
 )
 
@@ -57,28 +56,28 @@ def test_speed_fit_drops_a_negative_term():
 
 
 def test_a_longer_budget_chooses_a_larger_model():
-    short = choose({}, 1024, CPU, 60, LARGE)
-    long = choose({}, 1024, CPU, 1200, LARGE)
+    short = choose({}, {1024: LARGE}, CPU, 60)
+    long = choose({}, {1024: LARGE}, CPU, 1200)
     assert long.shape.block_params >= short.shape.block_params
     assert long.tokens > short.tokens
 
 
 def test_the_chosen_shape_is_the_best_candidate_the_law_predicts():
-    chosen = choose({}, 2048, CPU, 300, LARGE)
+    chosen = choose({}, {2048: LARGE}, CPU, 300)
     for shape in candidates({}, 2048):
         assert outcome(shape, CPU, 300, LARGE).bpb >= chosen.bpb
 
 
 def test_keys_the_user_set_stay_as_set():
-    chosen = choose({"n_layer": 6, "batch_size": 4}, 1024, CPU, 300, SMALL)
+    chosen = choose({"n_layer": 6, "batch_size": 4}, {1024: SMALL}, CPU, 300)
     assert chosen.shape.n_layer == 6 and chosen.shape.batch_size == 4
-    wide = choose({"n_embd": 256}, 1024, CPU, 300, SMALL)
+    wide = choose({"n_embd": 256}, {1024: SMALL}, CPU, 300)
     assert wide.shape.n_embd == 256 and wide.shape.n_head == 8
 
 
 def test_a_budget_shorter_than_any_step_has_no_choice():
     with pytest.raises(ValueError):
-        choose({}, 1024, CPU, 0.001, SMALL)
+        choose({}, {1024: SMALL}, CPU, 0.001)
 
 
 def test_steps_tokens_and_epochs_follow_the_speed():
@@ -95,9 +94,16 @@ def test_a_step_counted_run_takes_its_steps():
     assert result.steps == 40 and result.seconds < 10
 
 
-def test_the_vocabulary_grows_with_the_corpus():
-    small, _ = choose_vocabulary(420_000)
-    large, reason = choose_vocabulary(10_900_000)
-    assert small < large
-    assert "MB of training text" in reason
-    assert choose_vocabulary(1)[0] == 512 and choose_vocabulary(1e12)[0] == 32768
+def test_the_vocabulary_is_chosen_with_the_shape():
+    """Each vocabulary tokenizes the corpus its own way (more bytes a token, fewer tokens): the choice is
+    the best of every vocabulary's candidates."""
+    corpora = {
+        1024: LARGE,
+        4096: Corpus(train_bytes=LARGE.train_bytes, train_tokens=2_900_000, bigram_bpb=LARGE.bigram_bpb),
+    }
+    chosen = choose({}, corpora, CPU, 300)
+    best = min(
+        (outcome(shape, CPU, 300, corpora[v]) for v in corpora for shape in candidates({}, v)), key=lambda o: o.bpb
+    )
+    assert chosen == best
+    assert choose({}, {4096: corpora[4096]}, CPU, 300).shape.vocab_size == 4096
