@@ -35,8 +35,8 @@ def fit(runs: list[dict[str, Any]]) -> Law:
     """The law's constants, in two steps. First the shape of the law (A, alpha, B, beta, R), with an offset
     of each corpus's own: a grid over the exponents and R, and for each point least squares of the
     relative error for the offsets, A and B. Then the offset of a corpus not seen, from its bigram bits
-    per byte: a line through the fitted corpora's offsets. Its `spread` is the largest relative error on
-    the held-out runs (twice the fit's RMS when there are none)."""
+    per byte: a line through the fitted corpora's offsets. Its `spread` is the largest relative error of
+    the whole law (that line included) on the held-out runs, or on the fitted ones when none is held out."""
     fitted_runs = [run for run in runs if not run["held_out"]]
     corpora = sorted({run["corpus"] for run in fitted_runs})
     best: tuple[float, Any] = (math.inf, None)
@@ -53,7 +53,7 @@ def fit(runs: list[dict[str, Any]]) -> Law:
             best = (error, (alpha, beta, repeats, constants))
     error, (alpha, beta, repeats, constants) = best
     offsets = dict(zip(corpora, constants[: len(corpora)]))
-    difficulty = {run["corpus"]: run["bigram_bpb"] for run in fitted_runs if run["vocab_size"] == 1024}
+    difficulty = {run["corpus"]: run["bigram_bpb"] for run in fitted_runs}
     e1, e0 = _line([difficulty[name] for name in corpora], [offsets[name] for name in corpora])
     law = Law(
         e0=round(e0, 4),
@@ -65,9 +65,9 @@ def fit(runs: list[dict[str, Any]]) -> Law:
         repeats=repeats,
         spread=0.0,
     )
-    held_out = [abs(predicted(law, run) - run["bpb"]) / run["bpb"] for run in runs if run["held_out"]]
-    rms = math.sqrt(error / len(fitted_runs))
-    return replace(law, spread=round(max(held_out) if held_out else 2 * rms, 3))
+    held_out = [run for run in runs if run["held_out"]] or fitted_runs
+    spread = max(abs(predicted(law, run) - run["bpb"]) / run["bpb"] for run in held_out)
+    return replace(law, spread=round(spread, 3))
 
 
 def _terms(shape: Law, run: dict[str, Any], corpora: list[str]) -> list[float]:
