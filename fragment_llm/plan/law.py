@@ -46,7 +46,7 @@ class Law:
         )
 
 
-LAW = Law(e0=-0.39, e1=0.6597, a=0.4659, alpha=0.15, b=0.8586, beta=0.55, repeats=4.0, spread=0.193)
+LAW = Law(e0=-0.39, e1=0.6597, a=0.4659, alpha=0.15, b=0.8586, beta=0.55, repeats=4.0, spread=0.179)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,11 @@ DEPTHS = (1, 2, 3, 4, 6, 8, 12)
 VOCABULARIES = (512, 1024, 2048, 4096, 8192)
 # The law holds where the sweeps trained: auto chooses no model of more block weights than twice the
 # largest they trained (4 x 192, 1.8M), where it would extrapolate (a key the user sets may go beyond).
-MAX_BLOCK_PARAMS = 3_600_000
+MAX_BLOCK_PARAMS, MAX_WIDTH = 3_600_000, 256  # and no wider than the sweeps' 192 by more than a step
+# Nor more block weights than 2 per byte of training text: on the bundled corpus (0.43 MB) 4 x 128 (1.8 a
+# byte) was the best of its 5-minute runs and model=auto's 4 x 192 (4.1 a byte) worse, and the law, whose
+# repeated epochs only stop helping, does not see a large model over-fit a small corpus.
+MAX_WEIGHTS_PER_BYTE = 2
 TOKENS_PER_STEP = 1024  # 8 sequences of 128: many small steps learn most per minute (conf/README.md)
 EVALUATION_SHARE = (
     0.04  # of a budget (it counts the loop's evaluations: 160 windows every 200 steps, and each epoch's end)
@@ -192,17 +196,20 @@ def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
             continue  # rotary positions need an even head size
         for depth in depths:
             shape = Shape(depth, width, heads, block, vocab_size, batch)
-            if shape.block_params <= MAX_BLOCK_PARAMS or "n_layer" in fixed or "n_embd" in fixed:
+            within = shape.block_params <= MAX_BLOCK_PARAMS and width <= MAX_WIDTH
+            if within or "n_layer" in fixed or "n_embd" in fixed:
                 yield shape
 
 
 def choose(fixed: dict[str, int], corpora: dict[int, Corpus], speed: Speed, seconds: float, law: Law = LAW) -> Outcome:
     """The candidate the law predicts best for `seconds` on this machine, over the vocabularies in
     `corpora` (each with the corpus as that vocabulary tokenizes it); at least one step of it must fit."""
+    shaped = "n_layer" in fixed or "n_embd" in fixed
     outcomes = [
         outcome(shape, speed, seconds, corpus, law)
         for vocab_size, corpus in corpora.items()
         for shape in candidates(fixed, vocab_size)
+        if shaped or shape.block_params <= MAX_WEIGHTS_PER_BYTE * corpus.train_bytes
     ]
     possible = [o for o in outcomes if o.steps >= 1]
     if not possible:

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, settings_for
 
+from fragment_llm.config.load import load_settings
 from fragment_llm.config.schema import ConfigError
 from fragment_llm.launch.compose import check_overrides, with_implied_choices
+from fragment_llm.launch.conf import compose
 from fragment_llm.launch.guide_flags import check_guide_flags, in_keys
+from fragment_llm.plan.planning import with_stand_ins
 
 ROOT = ROOT.resolve()
 README = ROOT / "README.md"
@@ -108,6 +111,8 @@ def test_doc_command_composes(arguments):
         if expected_error:
             with pytest.raises(ValueError, match="model.dropout=1.5 is out of range"):
                 settings_for(overrides)
+        elif "model=auto" in overrides:  # its shape is chosen as the run starts (tests/journeys/test_plan.py)
+            load_settings(with_stand_ins(compose(overrides)))
         else:
             settings_for(overrides)
 
