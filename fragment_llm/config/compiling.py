@@ -43,10 +43,11 @@ class CompileRecord:
         return self.warm_seconds if self.warm else self.cold_seconds
 
 
-# What a machine that never compiled a shape assumes: measured on the tier it was tuned on (a 2-core
-# CPU, model=tiny to 6x192 and 4x256 with AdamW; fragment_llm/train/README.md, "Compiling"), the
-# cost of the slowest shape measured and the smallest speed-up, so that a guess errs towards eager.
-PRIOR = CompileRecord(cold_seconds=60.0, warm_seconds=20.0, speedup=0.1)
+# What a machine that never compiled a shape assumes, from what compiling cost and saved on a 2-core CPU
+# (model=tiny's 4x128, 6x192 and 4x256, AdamW; fragment_llm/train/README.md, "Compiling"): a cold
+# compile above the slowest measured (46 s), a warm one above the slowest (3 s) with room for starting
+# Inductor's workers, and the smallest speed-up measured (9%), so that a guess errs towards eager.
+PRIOR = CompileRecord(cold_seconds=60.0, warm_seconds=10.0, speedup=0.09)
 
 
 def decide_compile(planned_seconds: float, record: Optional[CompileRecord] = None) -> tuple[bool, str]:
