@@ -55,7 +55,7 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Config:
     try:
         if not isinstance(cfg, dict):  # resolving `${...}` here, so that one naming nothing is a ConfigError
             cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-        plain = {key: value for key, value in cfg.items() if key != "hydra"}
+        plain = with_compile_words({key: value for key, value in cfg.items() if key != "hydra"})
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         return OmegaConf.to_object(merged)
     except InterpolationResolutionError as error:
@@ -83,6 +83,15 @@ def with_added_data_keys(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("source") != "text":
         return data
     return {"split": "train", "text_field": "text", "skip_bad_records": False, **data}
+
+
+def with_compile_words(plain: dict[str, Any]) -> dict[str, Any]:
+    """hardware.compile as the schema's words: YAML and the command line write true and false as
+    booleans, and so do configs recorded before `auto` (a checkpoint's, a run's .hydra/config.yaml)."""
+    hardware = plain.get("hardware")
+    if isinstance(hardware, dict) and isinstance(hardware.get("compile"), bool):
+        return {**plain, "hardware": {**hardware, "compile": str(hardware["compile"]).lower()}}
+    return plain
 
 
 def to_plain(settings: Config) -> dict[str, Any]:

@@ -119,6 +119,13 @@ class WandbMode(str, Enum):
     disabled = "disabled"
 
 
+class CompileMode(str, Enum):
+    # hardware.compile was a bool before auto: config/load.py reads a recorded true/false as these.
+    true = "true"
+    false = "false"
+    auto = "auto"
+
+
 class DataSource(str, Enum):
     pydoc = "pydoc"
     text = "text"
@@ -374,7 +381,10 @@ class HardwareConfig(Section):
         "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
         "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS"
     )
-    compile: bool = setting("true: `torch.compile` the model")
+    compile: CompileMode = setting(
+        "true: `torch.compile` the model; auto: when the run is long enough to repay the compile time, "
+        'measured on this machine (fragment_llm/train/README.md, "Compiling")'
+    )
     num_threads: int = setting(
         "CPU threads for torch; 0: one per physical core, shared among the ranks on the machine", 0, 1024
     )

@@ -91,10 +91,14 @@ def interleaved_rounds(
 class BenchTrainer(Trainer):
     """The real trainer and its loop, without the work a run schedules every so many steps
     (evaluations, samples, checkpoints): the bare loop does none of it, and what it costs is the
-    schedule's, not the toolkit's. Each step's metrics row, scalars and progress stay."""
+    schedule's, not the toolkit's. Each step's metrics row, scalars and progress stay. hardware.compile=auto
+    stays eager: the bench runs no run whose length could repay a compile (true measures compiled)."""
 
     def due(self) -> Due:
         return super().due()._replace(evaluation=False, sample=False, epoch_checkpoint=None, step_checkpoint=False)
+
+    def compile_when_due(self) -> None:
+        pass
 
 
 def bare_step_function(trainer: Trainer):
@@ -103,7 +107,7 @@ def bare_step_function(trainer: Trainer):
     model.load_state_dict(trainer.model.state_dict())
     optimizer = build_optimizer(model, trainer.settings.optimizer, trainer.device)
     accum, clip = trainer.settings.train.grad_accum_steps, trainer.settings.train.grad_clip
-    forward = torch.compile(model) if trainer.settings.hardware.compile else model
+    forward = torch.compile(model) if trainer.compiled else model
 
     def step() -> None:
         for _ in range(accum):
@@ -187,7 +191,7 @@ def run_bench(settings: Config, rounds: int, prepare_mb: float = 0, prepare_form
             "precision": trainer.precision.name,
             "attention": attention,
             "threads": torch.get_num_threads(),
-            "compile": settings.hardware.compile,
+            "compile": trainer.compiled,
         },
         "train": train,
         # On a CPU, how bf16 matmuls compare with fp32: what decides whether hardware.amp=true uses bf16.

@@ -44,6 +44,7 @@ class ReportedRun:
                 "val_tokens": self.data.val_tokens,
                 "data_seconds": round(self.data.seconds, 3),
                 "time_budget_s": self.budget,
+                "compile": self.compile_choice,
                 **(
                     {"source_weights": {source.name: source.share for source in self.data.sources}}
                     if self.data.mixture

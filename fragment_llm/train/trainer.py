@@ -22,6 +22,7 @@ from ..data.mixture import training_batches
 from ..errors import UserError
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
+from .compiling import CompiledRun
 from .distributed import Ranks, all_reduce_sum, barrier
 from .from_run import carried_tokenizer, with_vocabulary
 from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
@@ -61,7 +62,7 @@ class Loop:
     train_loss: float = math.nan  # the last epoch's mean
 
 
-class Trainer(ResumableRun, ReportedRun, ValidatedRun):
+class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
     """Owns the model, optimizer, data stream and run directory of one training run.
 
     Given a checkpoint, it continues that run exactly: weights, optimizer and scaler state, the
@@ -120,7 +121,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         trained = self.ddp or self.model
-        self.forward = torch.compile(trained) if settings.hardware.compile else trained
+        self.forward = self.first_forward(trained)  # hardware.compile (train/compiling.py)
         self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
     def prepare_data(self, checkpoint: Optional[dict], parent: Optional[dict]) -> PreparedData:
@@ -215,6 +216,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
         if self.step % self.steps_per_epoch == 0 or self.step == loop.start_step:
             self.outputs.epoch_started(self.step // self.steps_per_epoch + 1, self.epochs)
         loss, grad_norm = self.train_step()
+        self.compile_when_due()
         loop.epoch_losses.append(loss)
         loop.window_steps += 1
         if self.dropout_pending and self.pace_known(loop.start_step):

@@ -14,6 +14,7 @@ import torch
 from helpers import settings_for, small_gpt, tiny_overrides, train_tiny_run
 
 from fragment_llm.config.load import to_plain
+from fragment_llm.config.schema import CompileMode
 from fragment_llm.config.shape import Position
 from fragment_llm.launch import conf
 from fragment_llm.model.gpt import GPT, GPTConfig
@@ -54,9 +55,10 @@ def test_resume_picks_the_highest_step_not_the_newest_file(tmp_path, corpus):
 
 
 def test_an_older_checkpoints_settings_resume_in_todays_keys():
-    """A checkpoint from before `train.checkpoint_every` was renamed and before the layout keys and
-    cautious weight decay existed: its model is GPT-2's layout, its epoch checkpoints keep their
-    interval, and the keys it lacks in sections a resumed run may change take this command's value."""
+    """A checkpoint from before `train.checkpoint_every` was renamed, before the layout keys and
+    cautious weight decay existed, and from when hardware.compile was a bool: its model is GPT-2's
+    layout, its epoch checkpoints keep their interval, its compile setting holds, and the keys it lacks
+    in sections a resumed run may change take this command's value."""
     saved = to_plain(settings_for(["train.checkpoint_every_epochs=2"]))
     saved["train"]["checkpoint_every"] = saved["train"].pop("checkpoint_every_epochs")
     for key in (
@@ -73,10 +75,12 @@ def test_an_older_checkpoints_settings_resume_in_todays_keys():
     ):
         del saved["model"][key]
     del saved["optimizer"]["cautious_weight_decay"]
+    saved["hardware"]["compile"] = True
     settings = resume_settings(conf.compose(["train.max_iters=20"]), saved, ["train.max_iters=20"])
     assert settings.train.checkpoint_every_epochs == 2 and settings.train.max_iters == 20
     assert settings.model.position is Position.learned and settings.model.activation.value == "gelu"
     assert settings.model.value_embeddings is False and settings.optimizer.cautious_weight_decay is False
+    assert settings.hardware.compile is CompileMode.true
 
 
 def test_a_folder_that_is_not_a_run_is_refused_with_the_fix(tmp_path, trained_run):
