@@ -92,7 +92,7 @@ def test_a_wheel_installed_elsewhere_trains_sweeps_and_runs_the_tools(tmp_path, 
     composed = run(bin_dir, ["python", "-m", "fragment_llm", "train", "--cfg", "job", "model=small"], elsewhere)
     assert "n_embd: 384" in composed.stdout and "hydra:" not in composed.stdout
     usage = run(bin_dir, ["fragment-llm", "train", "--help"], elsewhere).stdout
-    assert "== Config groups (group=option) ==" in usage and "model: large, medium, small, tiny" in usage
+    assert "== Config groups (group=option) ==" in usage and "model: auto, large, medium, small, tiny" in usage
     assert "model.n_layer=4" in usage  # the keys, composed through the package's resolvers
 
     run(bin_dir, ["fragment-llm", "train", "-m", *tiny, "train.seed=1,2"], elsewhere)

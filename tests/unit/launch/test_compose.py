@@ -57,7 +57,7 @@ def test_check_overrides_knows_renamed_keys_the_debug_group_and_option_keys(over
         (["model.nembd=128"], "model.nembd is not a config key; did you mean model.n_embd?"),
         (["train.lr=1e-3"], "did you mean optimizer.lr?"),
         (["modle=small"], "did you mean model?"),
-        (["model=tinny"], "model=tinny is not an option of model; choose one of large, medium, small, tiny"),
+        (["model=tinny"], "model=tinny is not an option of model; choose one of auto, large, medium, small, tiny"),
         (["+model.n_embd=64"], "model.n_embd exists already; drop the +"),
         (["model.n_layer=["], "is not a valid override"),
         (["optimizer.momentum=0.5"], "optimizer.momentum is not a setting of optimizer=adamw, only of optimizer=muon"),
