@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from fragment_llm.config.load import describe_keys, to_plain
-from fragment_llm.config.schema import DataSource, OptimizerName, SchedulerName
+from fragment_llm.config.schema import CompileMode, DataSource, OptimizerName, SchedulerName
 from fragment_llm.launch import conf
 
 
@@ -83,7 +83,7 @@ def test_hardware_profiles():
     assert (guide.train.batch_size, guide.train.grad_accum_steps, guide.train.epochs) == (4, 16, 5)
     assert guide.hardware == cpu.hardware
     assert (gpu.train.batch_size, gpu.train.grad_accum_steps, gpu.hardware.amp) == (16, 4, True)
-    assert (high.train.batch_size, high.train.grad_accum_steps, high.hardware.compile) == (32, 2, True)
+    assert (high.train.batch_size, high.train.grad_accum_steps, high.hardware.compile) == (32, 2, CompileMode.true)
     assert (cpu.train.epochs, gpu.train.epochs, high.train.epochs) == (8, 10, 20)
     assert (ddp.train.batch_size, ddp.train.grad_accum_steps, ddp.hardware.nproc, ddp.hardware.amp) == (16, 2, 2, True)
 
@@ -112,9 +112,9 @@ def test_every_experiment_recipe_composes_and_validates(recipe):
 def test_experiment_recipes_pick_the_guides_profiles():
     assert options("experiment") == ["chat_demo", "debug", "high_end_gpu", "low_end_cpu", "mid_range_gpu"]
     cases = {
-        "low_end_cpu": (256, "cpu", False, False),
-        "mid_range_gpu": (384, "auto", True, False),
-        "high_end_gpu": (768, "auto", True, True),
+        "low_end_cpu": (256, "cpu", False, CompileMode.false),
+        "mid_range_gpu": (384, "auto", True, CompileMode.false),
+        "high_end_gpu": (768, "auto", True, CompileMode.true),
     }
     for recipe, expected in cases.items():
         settings = settings_for([f"experiment={recipe}"])
@@ -132,14 +132,14 @@ def test_experiment_recipes_pick_the_guides_profiles():
 def test_debug_makes_any_model_tiny_and_fast(model):
     settings = settings_for([f"model={model}", "hardware=gpu_high", "experiment=debug"])
     assert (settings.model.n_layer, settings.model.n_embd, settings.model.block_size) == (1, 64, 128)
-    assert settings.train.max_iters <= 10 and settings.hardware.compile is False
+    assert settings.train.max_iters <= 10 and settings.hardware.compile is CompileMode.false
 
 
 @pytest.mark.parametrize("recipe", options("experiment"))
 def test_debug_fast_stacks_on_any_recipe(recipe):
     settings = settings_for([f"experiment={recipe}", "debug=fast"])
     assert (settings.model.n_layer, settings.model.n_embd, settings.model.block_size) == (1, 64, 128)
-    assert settings.train.max_iters <= 10 and settings.train.eval_interval == 5 and settings.hardware.compile is False
+    assert settings.train.max_iters <= 10 and settings.train.eval_interval == 5 and settings.hardware.compile is CompileMode.false
     assert settings.optimizer.lr == settings_for([f"experiment={recipe}"]).optimizer.lr  # the rest is the recipe's
 
 
