@@ -143,11 +143,8 @@ def test_debug_makes_any_model_tiny_and_fast(model):
 def test_debug_fast_stacks_on_any_recipe(recipe):
     settings = settings_for([f"experiment={recipe}", "debug=fast"])
     assert (settings.model.n_layer, settings.model.n_embd, settings.model.block_size) == (1, 64, 128)
-    assert (
-        settings.train.max_iters <= 10
-        and settings.train.eval_interval == 5
-        and settings.hardware.compile is CompileMode.false
-    )
+    assert settings.train.max_iters <= 10 and settings.train.eval_interval == 5
+    assert settings.hardware.compile is CompileMode.false
     assert settings.optimizer.lr == settings_for([f"experiment={recipe}"]).optimizer.lr  # the rest is the recipe's
 
 
