@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.load import load_settings
+from ..config.load import load_settings, to_plain
 from ..config.schema import SECTIONS, Config, ConfigError
 from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
@@ -49,6 +49,7 @@ class Plan:
     startup_seconds: float  # before training: the data (as preparing it took here) and building the model
     chosen: dict[str, tuple[Any, str]] = field(default_factory=dict)
     outside: Optional[str] = None  # where the run falls outside what the rules were fitted on
+    compile: Optional[str] = None  # hardware.compile=auto's expected choice, in words
 
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
@@ -69,6 +70,8 @@ class Plan:
             f"{seconds_text(self.startup_seconds)} of start-up"
         )
         lines.append(f"Plan: predicted validation bits per byte {o.bpb:.2f} (range {o.low:.2f}-{o.high:.2f})")
+        if self.compile:
+            lines.append(f"Plan: {self.compile}")
         if self.outside:
             lines.append(f"Plan: {self.outside}")
         return lines
@@ -118,8 +121,30 @@ def planned(cfg: DictConfig, overrides: Sequence[str], auto: bool) -> tuple[Dict
     record = machine_record(settings.hardware, device)
     if not auto:
         data = prepared(settings, settings.model.vocab_size)
-        return cfg, given_plan(settings, data, record.speed, device.type, record.machine)
-    return auto_plan(cfg, settings, given, record.speed, device.type, record.machine)
+        plan = given_plan(settings, data, record.speed, device.type, record.machine)
+    else:
+        cfg, plan = auto_plan(cfg, settings, given, record.speed, device.type, record.machine)
+        settings = load_settings(cfg)
+    plan.compile = compile_choice(settings, plan, device)
+    return cfg, plan
+
+
+def compile_choice(settings: Config, plan: Plan, device) -> Optional[str]:
+    """With hardware.compile=auto, what the run will decide after its first steps (train/compiling.py):
+    compile or stay eager, by this machine's record of compiling this shape (a prior without one)."""
+    from ..config.compiling import decide_compile, read_record, shape_of
+    from ..config.schema import CompileMode
+    from ..train.compiling import device_name
+    from ..train.hardware import Precision
+
+    if settings.hardware.compile is not CompileMode.auto:
+        return None
+    model = {**to_plain(settings)["model"], "vocab_size": plan.outcome.shape.vocab_size}
+    shape = shape_of(model, settings.train.batch_size, Precision(settings.hardware, device).name)
+    record = read_record(Path(settings.paths.cache), device_name(device), shape)
+    compiles, reason = decide_compile(plan.seconds, record)
+    verdict = "compiles after its first steps" if compiles else "stays eager"
+    return f"hardware.compile=auto: {verdict} ({reason})"
 
 
 def prepared(settings: Config, vocab_size: int) -> PreparedData:

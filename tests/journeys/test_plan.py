@@ -36,10 +36,10 @@ def test_plan_shows_the_choice_without_training(tmp_path, corpus):
     assert outcome["low"] <= outcome["bpb"] <= outcome["high"]
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").glob("20*"))  # no run made
 
-    text = run_in_process(
-        ["-m", "fragment_llm", "plan", *auto_overrides(tmp_path, corpus, "train.time_budget=2m")], tmp_path
-    )
+    keys = auto_overrides(tmp_path, corpus, "train.time_budget=2m", "hardware.compile=auto")
+    text = run_in_process(["-m", "fragment_llm", "plan", *keys], tmp_path)
     assert "model=auto chose" in text.stdout and "predicted validation bits per byte" in text.stdout
+    assert "hardware.compile=auto: stays eager (a 2min run" in text.stdout
 
 
 def test_plan_of_a_given_configuration_says_its_steps(tmp_path, corpus):
