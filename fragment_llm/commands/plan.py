@@ -9,6 +9,8 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,12 +33,8 @@ def handle(args: argparse.Namespace) -> int:
     from ..plan.planning import planned
 
     cfg, auto = composed_config(list(args.overrides))
-    quiet = logging.getLogger("fragment_llm")
-    level, quiet.level = quiet.level, logging.WARNING if args.json else logging.INFO
-    try:
+    with log_to_standard_error(logging.WARNING if args.json else logging.INFO):
         _, plan = planned(cfg, args.overrides, auto)
-    finally:
-        quiet.level = level
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -44,3 +42,18 @@ def handle(args: argparse.Namespace) -> int:
         for line in plan.lines():
             print(line.removeprefix("Plan: ").removeprefix("Plan:"))
     return 0
+
+
+@contextmanager
+def log_to_standard_error(level: int) -> Iterator[None]:
+    """The package's log lines (reading and tokenizing the corpus) on standard error, from `level` up,
+    whatever handlers an earlier run in this process left: standard output is the plan's alone."""
+    logger = logging.getLogger("fragment_llm")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = list(logger.handlers), logger.propagate, logger.level
+    logger.handlers[:], logger.propagate, logger.level = [handler], False, level
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved
