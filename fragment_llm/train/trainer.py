@@ -22,7 +22,7 @@ from ..data.mixture import training_batches
 from ..errors import UserError
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
-from .distributed import Ranks, all_reduce_sum, barrier
+from .distributed import Ranks, all_reduce_sum, barrier, data_parallel
 from .from_run import carried_tokenizer, with_vocabulary
 from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
 from .optim import build_optimizer, lr_factor, set_lr
@@ -115,10 +115,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
         # test's) counts from here.
         self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
-        self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
-        if ranks.distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp = data_parallel(self.model, self.device, ranks)
         trained = self.ddp or self.model
         self.forward = torch.compile(trained) if settings.hardware.compile else trained
         self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
