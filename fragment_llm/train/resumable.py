@@ -95,7 +95,11 @@ class ResumableRun:
             )
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
-        self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        scaler_state = checkpoint["scaler_state_dict"]
+        if self.precision.scaler.is_enabled() and not scaler_state:  # an fp16 resume of a run without a scaler
+            log.info("The checkpoint trained without fp16's GradScaler (in fp32 or bf16): the scaler starts afresh")
+        else:  # a disabled scaler (fp32, bf16) ignores an fp16 run's
+            self.precision.scaler.load_state_dict(scaler_state)
         self.step = checkpoint["step"]
         self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
         self.best_step = checkpoint.get("best_step")
@@ -107,7 +111,7 @@ class ResumableRun:
         self.batches.position = checkpoint["data_position"]
         rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
         if self.ranks.rank < len(rng_states):
-            restore_rng_state(rng_states[self.ranks.rank])
+            restore_rng_state(rng_states[self.ranks.rank], self.device)
         else:
             log.warning(
                 "the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
