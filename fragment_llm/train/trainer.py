@@ -301,7 +301,9 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
         accum = self.settings.train.grad_accum_steps
         scaler = self.precision.scaler
         step_loss = torch.zeros((), device=self.device)
+        self.step_started()
         for micro_step in range(accum):
+            self.stop_if_overdue()
             inputs, targets = self.batches.next_batch()
             # Gradients are averaged across ranks once, on the last micro-step.
             gradients_stay_local = self.ddp is not None and micro_step < accum - 1
@@ -329,6 +331,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun):
         scaler.unscale_(self.optimizer)
         clip = self.settings.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        self.step_ended()
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
