@@ -283,7 +283,8 @@ def print_summary(check: Check) -> None:
         seconds = f"{phase['seconds']:.0f} s" if "seconds" in phase else ""
         check.say(f"{phase['name']:<32} {phase['status']:<8} {seconds:>6} {phase.get('reason', '')}")
     tests = check.result.get("tests") or {}
-    check.say(f"GPU tests: {tests.get('passed')} passed, {len(tests.get('failed', []))} failed {tests.get('failed')}")
+    failed = tests.get("failed", [])
+    check.say(f"GPU tests: {tests.get('passed')} passed, {tests.get('skipped')} skipped, {len(failed)} failed {failed}")
     env = check.result.get("env") or {}
     check.say(f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}, CUDA {env.get('cuda')}")
     found = check.result["figures"]
