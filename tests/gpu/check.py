@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -319,8 +320,9 @@ def measure_env(path: Path, cpu: bool) -> None:
         found["bf16_peak_flops_bench"] = peak_matmul_flops(torch.bfloat16, device)  # what the bench's MFU divides by
         found["bf16_peak_flops_8192"] = matmul_flops(torch.bfloat16, device, 8192, repeats=10, chain=2)
         query = "name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu"
-        smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True)
-        found["nvidia_smi"] = smi.stdout.strip()
+        if shutil.which("nvidia-smi"):
+            smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True)
+            found["nvidia_smi"] = smi.stdout.strip()
     else:
         found["fp32_peak_flops"] = matmul_flops(torch.float32, device, 256, repeats=3)
     path.write_text(json.dumps(found, indent=2), encoding="utf-8")
