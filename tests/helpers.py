@@ -128,6 +128,16 @@ def package_logging_restored() -> Iterator[None]:
         logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
 
 
+# ---- GPU runs (tests/gpu/) ------------------------------------------------------------------------------
+NO_CUDA = "needs a CUDA GPU (CI has none): tests/gpu/README.md runs these on a lent one"
+
+
+def gpu_overrides(tmp_path: Path, corpus: Path, **keys) -> list[str]:
+    """tiny_overrides on the GPU profile (hardware=gpu: the best device, AMP), with dropout, whose random
+    numbers come from the GPU's generator: a resume must restore it."""
+    return tiny_overrides(tmp_path, corpus, **{"hardware": "gpu", "model.dropout": 0.1, **keys})
+
+
 # ---- commands as a user runs them -----------------------------------------------------------------------
 @contextlib.contextmanager
 def lock_held_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:

@@ -69,6 +69,8 @@ def figures(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("generation, no cache", f"{generate['uncached_tokens_per_sec']:,.0f} tokens/s"),
         ("peak resident memory", f"{result['peak_rss_mb']:,.0f} MB"),
     ]
+    if result.get("peak_gpu_memory_mb") is not None:
+        rows.append(("peak GPU memory (training)", f"{result['peak_gpu_memory_mb']:,.0f} MB"))
     if result.get("prepare"):
         rows += preparation_figures(result["prepare"])
     if result["cpu_bf16_speedup"] is not None:
@@ -119,7 +121,7 @@ def handle(args: argparse.Namespace) -> int:
     result = run_bench(settings, args.steps, args.prepare_mb, args.prepare_format)
     setup = result["config"]
     table = Table(
-        title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup['device']}, "
+        title=f"fragment-llm bench: {setup['model']}, batch {setup['batch']}, {setup.get('gpu') or setup['device']}, "
         f"{setup['precision']}, {plural(setup['threads'], 'thread')}{', compiled' if setup['compile'] else ''}"
     )
     table.add_column("measure")

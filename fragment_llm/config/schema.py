@@ -106,6 +106,12 @@ class OptimizerName(str, Enum):
     muon = "muon"
 
 
+class AmpDtype(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class SchedulerName(str, Enum):
     cosine = "cosine"
     linear = "linear"
@@ -380,6 +386,14 @@ class HardwareConfig(Section):
         "mixed precision: on CUDA bf16 where supported, else fp16 with a GradScaler; on CPU bf16 "
         "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
         "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS"
+    )
+    amp_dtype: AmpDtype = setting(
+        "the type hardware.amp computes in: auto (bf16 where the device runs it, else fp16 on CUDA), bf16, or "
+        "fp16 (CUDA only, with a GradScaler; on a CPU a warning and fp32)"
+    )
+    deterministic: bool = setting(
+        "true: deterministic algorithms (`torch.use_deterministic_algorithms`, with a warning naming any "
+        "operation that has none), so that a run and its resume give the same bits on a GPU; slower"
     )
     compile: CompileMode = setting(
         "true: `torch.compile` the model; auto: when the run is long enough to repay the compile time, "

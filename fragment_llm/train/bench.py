@@ -174,6 +174,7 @@ def run_bench(settings: Config, rounds: int, prepare_mb: float = 0, prepare_form
         with trainer.loop() as loop:  # the loop fit runs: its steps, each with what a run reports after it
             trainer.step_and_report(loop)
             startup_seconds = seconds_since_process_start()  # until the first step and its report are done
+            gpu_memory = peak_gpu_memory_mb(trainer.device)  # the trainer's alone: before the bare loop's copy
             train = training_speed(trainer, lambda: trainer.step_and_report(loop), rounds)
         device, dtype, config = trainer.device, trainer.precision.dtype or torch.float32, trainer.model_config
         attention = attention_kernel(
@@ -192,6 +193,8 @@ def run_bench(settings: Config, rounds: int, prepare_mb: float = 0, prepare_form
             "attention": attention,
             "threads": torch.get_num_threads(),
             "compile": trainer.compiled,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__,
         },
         "train": train,
         # On a CPU, how bf16 matmuls compare with fp32: what decides whether hardware.amp=true uses bf16.
@@ -206,4 +209,10 @@ def run_bench(settings: Config, rounds: int, prepare_mb: float = 0, prepare_form
         },
         "prepare": prepare,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_memory_mb": gpu_memory,
     }
+
+
+def peak_gpu_memory_mb(device: torch.device) -> float | None:
+    """The most GPU memory tensors have held so far (torch's allocator; its cache holds more), None on a CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

@@ -226,7 +226,9 @@ def check_branch(run_dir: Path, step: int, source: str = "the checkpoint") -> No
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) random states, as plain data that loads with weights_only."""
+    """Python, NumPy, torch (and the CUDA device's) random states, as plain data that loads with
+    weights_only. Only the rank's own GPU: reading every GPU's state would start a CUDA context on each
+    GPU from every rank."""
     kind, key, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -234,14 +236,20 @@ def capture_rng_state(device: torch.device) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Random states that `capture_rng_state` took, restored for training on `device`. The CUDA state
+    applies only on a GPU (a GPU run resumed on a CPU leaves it; a CPU run resumed on a GPU has none to
+    give, and keeps the seeded one). A list is an older checkpoint's state of every GPU: this GPU's."""
     random.setstate(state["python"])
     kind, key, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(key, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and cuda is not None:
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda, device)

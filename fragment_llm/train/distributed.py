@@ -12,12 +12,16 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ..signals import handling
+from ..text import plural
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Ranks:
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1  # ranks on this machine, which share its cores
+    launched: bool = False  # started as a rank (torchrun, spawned, a submitit task), even as the only one
 
     @property
     def is_main(self) -> bool:
@@ -33,8 +38,9 @@ class Ranks:
 
     @property
     def distributed(self) -> bool:
-        """More than one rank: data-parallel training."""
-        return self.world_size > 1
+        """Data-parallel training in a process group: more than one rank, or a launcher's single rank
+        (`torchrun --nproc_per_node=1` trains with DDP on NCCL as it would with more)."""
+        return self.world_size > 1 or self.launched
 
 
 def from_environment() -> Ranks:
@@ -51,6 +57,7 @@ def from_environment() -> Ranks:
         int(os.environ.get("LOCAL_RANK", 0)),
         world_size,
         int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+        launched=True,
     )
 
 
@@ -80,6 +87,17 @@ def backend() -> str:
 def init_process_group(ranks: Ranks) -> None:
     if ranks.distributed and not dist.is_initialized():
         dist.init_process_group(backend(), rank=ranks.rank, world_size=ranks.world_size)
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> Optional[DistributedDataParallel]:
+    """`model` wrapped in DistributedDataParallel when this process is a rank of a process group (its
+    gradients averaged over the ranks over NCCL on CUDA, gloo on a CPU; rank 0 says which), else None."""
+    if not ranks.distributed:
+        return None
+    if ranks.is_main:
+        via = "nccl" if device.type == "cuda" else "gloo"
+        log.info("Data-parallel: %s, gradients averaged over %s", plural(ranks.world_size, "rank"), via)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def shutdown() -> None:

@@ -20,7 +20,7 @@ from typing import ContextManager, Optional
 import numpy as np
 import torch
 
-from ..config.schema import Config, ConfigError, HardwareConfig
+from ..config.schema import AmpDtype, Config, ConfigError, HardwareConfig
 from ..train.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -66,27 +66,34 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8) -> float:
-    """The best FLOP/s of `repeats` square `size` x `size` matmuls in `dtype` on `device`."""
+def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 8, chain: int = 1) -> float:
+    """The best FLOP/s of `repeats` timings of `chain` square `size` x `size` matmuls in `dtype` on
+    `device`. On a GPU, one untimed matmul first (the library's set-up), and a chain of them per timing,
+    queued back to back, keeps the launch and the wait for the result out of the rate."""
     a, b = (_random((size, size), device, dtype) for _ in range(2))
+    if device.type == "cuda":
+        a @ b
     best = math.inf
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        a @ b
+        for _ in range(chain):
+            a @ b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+    return 2 * size**3 * chain / best
 
 
 @functools.cache
 def peak_matmul_flops(dtype: torch.dtype, device: torch.device) -> float:
-    """The device's matmul peak for `dtype`: square matmuls big enough to reach it (4096 on CUDA, 1024
-    elsewhere), small enough to measure in well under a second. Measured once per process (a sweep's
-    jobs in one process share it)."""
-    return matmul_flops(dtype, device, 4096 if device.type == "cuda" else 1024, repeats=3)
+    """The device's matmul peak for `dtype`: square matmuls big enough to reach it (4096 on CUDA, in
+    chains of 8, 1024 elsewhere), small enough to measure in well under a second and, on a GPU, to fit
+    beside a training run (96 MB in bf16). Measured once per process (a sweep's jobs in one process share it)."""
+    if device.type == "cuda":
+        return matmul_flops(dtype, device, 4096, repeats=5, chain=8)
+    return matmul_flops(dtype, device, 1024, repeats=3)
 
 
 def cpu_bf16_speedup() -> float:
@@ -120,12 +127,26 @@ def attention_kernel(
     return f"{kernel} (CPU)" if device.type == "cpu" and choice != "MATH" else kernel
 
 
+OUT_OF_MEMORY_MESSAGES = (
+    "DefaultCPUAllocator: can't allocate memory",  # torch's CPU allocator
+    "CUDA out of memory",  # a CUDA allocation outside the caching allocator
+    "CUBLAS_STATUS_ALLOC_FAILED",  # cuBLAS's workspace
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """A failed allocation: CUDA's OutOfMemoryError, NumPy's MemoryError, or the RuntimeError of torch's
-    CPU allocator."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
-    )
+    """A failed allocation: CUDA's OutOfMemoryError, NumPy's MemoryError, the RuntimeError of torch's CPU
+    allocator or of a CUDA library, also as the cause another error was raised from (as torch.compile
+    raises what failed while it compiled)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(error, RuntimeError) and any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES)
+        ):
+            return True
+        error = error.__cause__
+    return False
 
 
 def oom_advice(settings: Config) -> str:
@@ -205,35 +226,55 @@ def prepare_device(hardware: HardwareConfig, ranks: Ranks) -> torch.device:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if hardware.deterministic:  # cuBLAS reads this as it starts: set before the first matmul on the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(hardware.deterministic, warn_only=True)
     return device
 
 
+def gpu_missing(hardware: HardwareConfig, device: torch.device) -> bool:
+    """A GPU profile (hardware.device=auto) on a machine without a GPU: it trains on the CPU instead."""
+    return hardware.device == "auto" and device.type == "cpu"
+
+
 class Precision:
-    """Autocast and gradient scaling for the device: CUDA bf16 where supported, else fp16 with a
-    GradScaler; CPU bf16 autocast where the CPU runs bf16 matmuls at least as fast as fp32; fp32 when
-    `hardware.amp=false`, on MPS, and on CPUs without native bf16 (AVX2-only: hundreds of times slower)."""
+    """Autocast and gradient scaling for the device: on CUDA bf16 where supported (else, or with
+    hardware.amp_dtype=fp16, fp16 with a GradScaler); CPU bf16 autocast where the CPU runs bf16 matmuls at
+    least as fast as fp32; fp32 when `hardware.amp=false`, on MPS, and on CPUs without native bf16
+    (AVX2-only: hundreds of times slower). `note` says why AMP that was asked for is not used: a warning,
+    unless a GPU profile found no GPU (`gpu_missing`), whose line at the run's start says it."""
 
     def __init__(self, hardware: HardwareConfig, device: torch.device):
         self.dtype: Optional[torch.dtype] = None
+        self.note: Optional[str] = None
         if hardware.amp and device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.dtype = self.cuda_dtype(hardware.amp_dtype)
+        elif hardware.amp and device.type == "cpu" and hardware.amp_dtype is AmpDtype.fp16:
+            self.note = "hardware.amp_dtype=fp16 is for CUDA GPUs (a CPU's AMP is bf16)"
         elif hardware.amp and device.type == "cpu":
             speedup = cpu_bf16_speedup()
             if speedup >= 1:
                 self.dtype = torch.bfloat16
             else:
-                log.warning(
-                    "hardware.amp=true, but this CPU runs bf16 matmuls %.0fx slower than fp32 (no native "
-                    "bf16); training in fp32 (set hardware.amp=false to skip this check)",
-                    1 / speedup,
-                )
+                self.note = f"this CPU runs bf16 matmuls {1 / speedup:.0f}x slower than fp32 (no native bf16)"
         elif hardware.amp:
-            log.warning("hardware.amp=true is not supported on %s; training in fp32", device.type)
+            self.note = f"AMP is not supported on {device.type}"
+        if self.note and not gpu_missing(hardware, device):
+            log.warning("hardware.amp=true, but %s; training in fp32 (set hardware.amp=false to skip this)", self.note)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[
             self.dtype
         ]
+
+    @staticmethod
+    def cuda_dtype(wanted: AmpDtype) -> torch.dtype:
+        bf16 = torch.cuda.is_bf16_supported()
+        if wanted is AmpDtype.bf16 and not bf16:
+            raise ConfigError(
+                "hardware.amp_dtype=bf16 but this GPU has no bf16; use hardware.amp_dtype=fp16 or auto (fp16 here)"
+            )
+        return torch.bfloat16 if bf16 and wanted is not AmpDtype.fp16 else torch.float16
 
     def autocast(self) -> ContextManager:
         if self.dtype is None:

@@ -5,6 +5,7 @@ starts, where it is (summary.json), and its figures as it ends, through RunOutpu
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Optional
@@ -13,16 +14,24 @@ import torch
 
 from ..model.generate import Sampling, generate_text
 from ..text import plural
+from .hardware import gpu_missing, peak_matmul_flops
 from .outputs import format_seconds
+
+log = logging.getLogger(__name__)
 
 SAMPLE_PROMPT_TOKENS = 8
 SAMPLE_TOKENS = 48
 SAMPLE_SAMPLING = Sampling(temperature=0.8, top_k=50)
+# The share of the CPU's measured matmul peak a projection assumes training reaches (`fragment-llm bench`
+# measures 58-63% on the CPU profiles' models).
+PROJECTED_MFU = 0.5
 
 
 class ReportedRun:
     def start(self) -> None:
         """Say what is trained, mark the summary running, and evaluate the model a new run starts from."""
+        if gpu_missing(self.settings.hardware, self.device) and self.ranks.is_main:
+            log.warning(self.missing_gpu_line())
         length = (
             f"for {format_seconds(self.budget)} (train.time_budget)"
             if self.budget
@@ -60,6 +69,31 @@ class ReportedRun:
         else:
             self.outputs.resumed(self.step, self.total_steps)
         self.model.train()
+
+    def missing_gpu_line(self) -> str:
+        """A GPU profile on a machine without a GPU, in one line: what trains instead, how long that is
+        projected to take (its training and evaluation FLOPs at PROJECTED_MFU of this CPU's measured matmul
+        peak), and how to stop it for a recipe made for a CPU."""
+        precision, train_settings = self.precision, self.settings.train
+        tokens_per_sec = (
+            PROJECTED_MFU
+            * peak_matmul_flops(precision.dtype or torch.float32, self.device)
+            / self.model.flops_per_token()
+        )
+        if self.budget:
+            seconds = self.budget - self.train_seconds
+        else:  # an evaluation's forward passes are a third of training's work per token
+            steps = self.total_steps - self.step  # and an evaluation at the start, every eval_interval and epoch
+            evaluations = (self.step == 0) + steps // train_settings.eval_interval + -(-steps // self.steps_per_epoch)
+            windows = evaluations * train_settings.eval_iters * train_settings.batch_size * len(self.data.sources)
+            tokens = steps * self.tokens_per_step + windows * self.model_config.block_size / 3
+            seconds = tokens / tokens_per_sec
+        return (
+            f"No GPU found: hardware.device=auto trains on the CPU instead, in {precision.name}"
+            f"{f' ({precision.note})' if precision.note else ''}, projected at about {tokens_per_sec:,.0f} "
+            f"tokens/s to take {rough_duration(seconds)}; to stop, press Ctrl-C now and train a recipe made for a "
+            "CPU (hardware=cpu, or experiment=low_end_cpu); hardware.device=cpu trains this one without this line"
+        )
 
     def finish(self, start_step: int, train_loss: float) -> None:
         """Save the final model, then mark the summary completed with the run's figures."""
@@ -141,3 +175,12 @@ class ReportedRun:
         )
         self.model.train()
         self.outputs.sampled(self.step, text)
+
+
+def rough_duration(seconds: float) -> str:
+    """`under a minute`, `about 40 minutes`, `about 3.5 hours`: a projection's precision."""
+    if seconds < 60:
+        return "under a minute"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} minute{'s' if round(seconds / 60) > 1 else ''}"
+    return f"about {seconds / 3600:.1f} hours"

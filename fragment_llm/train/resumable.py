@@ -7,11 +7,15 @@ settings; they live here so that the training loop reads on one screen."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Optional, TypeVar
+
+import torch
 
 from ..config.load import to_plain
 from ..config.schema import ConfigError
@@ -31,6 +35,12 @@ from .checkpoint import (
 from .distributed import all_gather
 
 log = logging.getLogger(__name__)
+
+# How long a stop signal waits for the optimizer step (or evaluation) under way before that is dropped
+# and the run stops at the step before: a step of the tiny default takes milliseconds, one of a GPU profile
+# on a CPU minutes. Schedulers give a stopped job about 30 s before they kill it.
+PROMPT_STOP_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class Interrupted(BaseException):
@@ -72,6 +82,10 @@ def load_weights(model: GPT, checkpoint: dict, fix: str) -> None:
 
 
 class ResumableRun:
+    started_at_step = 0  # the step this process started training at (a resumed run's checkpoint's)
+    step_start: Optional[tuple] = None  # the step under way's data position and random states
+    stop_requested_at = math.inf  # when the first stop signal came (time.monotonic)
+
     def restore(self, checkpoint: dict) -> None:
         """Load a checkpoint's state. The learning rate is the current settings' (it may change on
         resume); the schedule is rebuilt for the current length and replayed up to the step. A run
@@ -95,7 +109,11 @@ class ResumableRun:
             )
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.settings.optimizer.lr
-        self.precision.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        scaler_state = checkpoint["scaler_state_dict"]
+        if self.precision.scaler.is_enabled() and not scaler_state:  # an fp16 resume of a run without a scaler
+            log.info("The checkpoint trained without fp16's GradScaler (in fp32 or bf16): the scaler starts afresh")
+        else:  # a disabled scaler (fp32, bf16) ignores an fp16 run's
+            self.precision.scaler.load_state_dict(scaler_state)
         self.step = checkpoint["step"]
         self.best_val_loss, self.best_val_bpb = checkpoint["best_val_loss"], checkpoint["best_val_bpb"]
         self.best_step = checkpoint.get("best_step")
@@ -107,7 +125,7 @@ class ResumableRun:
         self.batches.position = checkpoint["data_position"]
         rng_states = checkpoint["rng_state"]  # one per rank of the run that saved it
         if self.ranks.rank < len(rng_states):
-            restore_rng_state(rng_states[self.ranks.rank])
+            restore_rng_state(rng_states[self.ranks.rank], self.device)
         else:
             log.warning(
                 "the checkpoint has no random state for rank %d (it ran on %d); seeding it afresh",
@@ -180,13 +198,15 @@ class ResumableRun:
     # ---- signals ------------------------------------------------------------------------------
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current optimizer step; a second one stops at
-        once. After the last step a first signal changes nothing: the final model is being saved."""
+        """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the current optimizer step (or sooner: see
+        `stop_if_overdue`); a second one stops at once. After the last step a first signal changes
+        nothing: the final model is being saved."""
+        self.started_at_step = self.step
 
         def request_stop(signum: int, frame) -> None:
             if self.stop_signal is not None:
                 raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once at step {self.step}")
-            self.stop_signal = signum
+            self.stop_signal, self.stop_requested_at = signum, time.monotonic()
             log.warning(
                 "%s received: finishing the current optimizer step, then saving a checkpoint "
                 "(send it again to stop at once)",
@@ -196,11 +216,54 @@ class ResumableRun:
         with handling(request_stop):
             yield
 
-    def stop_here(self) -> None:
+    def step_started(self) -> None:
+        """Where the step about to be taken starts, for `stop_if_overdue` to go back to: the data's position
+        and torch's random states (dropout's; a step draws no other). With several ranks nothing: a step
+        is never dropped there."""
+        if self.ranks.distributed:
+            return
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.step_start = (self.batches.position, torch.get_rng_state(), cuda)
+
+    def step_ended(self) -> None:
+        self.step_start = None
+
+    def stop_if_overdue(self) -> None:
+        """Between two micro-steps, or two batches of an evaluation: a stop that has waited
+        PROMPT_STOP_SECONDS for the step or evaluation under way drops it (a GPU profile on a CPU takes
+        minutes for one) and stops at the last whole step, whose state (the data's position and the random
+        state as the dropped step found them) is saved. Ranks always finish the step, and stop together."""
+        waited = time.monotonic() - self.stop_requested_at
+        if self.stop_signal is None or self.ranks.distributed or waited < PROMPT_STOP_SECONDS:
+            return
+        if self.step_start is not None:
+            self.batches.position, cpu, cuda = self.step_start
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step_start = None
+        name = signal.Signals(self.stop_signal).name
+        if self.step == self.started_at_step:  # nothing trained in this process: nothing to save
+            self.outputs.update(**self.summary(), status="interrupted")
+            raise Interrupted(
+                self.stop_signal,
+                f"{name}: stopped at step {self.step}, before this run's first step was done; nothing was lost: "
+                "run the same command again",
+            )
+        self.stop_here(f" (the step or evaluation under way dropped after {PROMPT_STOP_SECONDS:g} s)")
+
+    def stop_here(self, dropped: str = "") -> None:
         path = self.save_step_checkpoint()
         self.outputs.update(**self.summary(), status="interrupted")
         raise Interrupted(
             self.stop_signal,
-            f"{signal.Signals(self.stop_signal).name}: stopped at step {self.step} and saved {path}; "
+            f"{signal.Signals(self.stop_signal).name}: stopped at step {self.step}{dropped} and saved {path}; "
             f"resume with: python run.py train.resume={self.run_dir}",
         )
+
+    def unless_stopped(self, batches: Iterable[T]) -> Iterator[T]:
+        """`batches`, with `stop_if_overdue` before each."""
+        for batch in batches:
+            self.stop_if_overdue()
+            yield batch

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..model.gpt import GPT, GPTConfig
 from ..runs.paths import RunPaths
 from .compiling import CompiledRun
-from .distributed import Ranks, all_reduce_sum, barrier
+from .distributed import Ranks, all_reduce_sum, barrier, data_parallel
 from .from_run import carried_tokenizer, with_vocabulary
 from .hardware import Precision, divergence_advice, is_out_of_memory, oom_advice, prepare_device, seed_everything
 from .optim import build_optimizer, lr_factor, set_lr
@@ -116,10 +116,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         # test's) counts from here.
         self.seconds_before, self.loop_started = self.train_seconds, time.perf_counter()
         self.update_lr()
-        self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
-        if ranks.distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp = data_parallel(self.model, self.device, ranks)
         trained = self.ddp or self.model
         self.forward = self.first_forward(trained)  # hardware.compile (train/compiling.py)
         self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
@@ -306,7 +303,9 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         accum = self.settings.train.grad_accum_steps
         scaler = self.precision.scaler
         step_loss = torch.zeros((), device=self.device)
+        self.step_started()
         for micro_step in range(accum):
+            self.stop_if_overdue()
             inputs, targets = self.batches.next_batch()
             # Gradients are averaged across ranks once, on the last micro-step.
             gradients_stay_local = self.ddp is not None and micro_step < accum - 1
@@ -334,6 +333,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         scaler.unscale_(self.optimizer)
         clip = self.settings.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        self.step_ended()
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -36,6 +36,7 @@ class ValidatedRun:
                 source, self.model_config.block_size, train_settings.batch_size, train_settings.eval_iters, self.device
             )
             mine = itertools.islice(batches, self.ranks.rank, None, self.ranks.world_size)  # each rank its share
+            mine = self.unless_stopped(mine)  # a stop that waited too long drops the evaluation
             total, count = loss_sum(self.forward, mine, self.precision.autocast)
             sums += [float(total), float(count)]
         totals = all_reduce_sum(torch.tensor(sums, device=self.device))

@@ -1,6 +1,6 @@
 """Data-parallel training on CPU over gloo with 2 processes: spawned and torchrun, one run directory,
 the same first step as one process with the same global batch, exact resume per rank, and DDP
-checkpoints resuming in one process."""
+checkpoints resuming in one process; one torchrun process is a rank of its own."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def test_torchrun_ranks_agree_on_one_run_directory(tmp_path, corpus):
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 10
     assert result.stdout.count("Epoch 1/1") == 1
+
+
+def test_one_torchrun_rank_is_a_data_parallel_rank_and_spawns_none(tmp_path, corpus):
+    # hardware=ddp's nproc is for spawning ranks: under torchrun it is unused, even with one process (the
+    # one GPU of a machine trains as any rank does, with DDP over NCCL: tests/gpu/test_training.py).
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    keys = {**DDP, "train.max_iters": 4, "train.batch_size": 2}
+    run_dir, _ = train_cli(tmp_path, corpus, "torchrun", launcher=torchrun, **keys)
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["tokens"] == 4 * 2 * 128  # one rank's batch
+    log = (run_dir / "train.log").read_text()
+    assert "Data-parallel: 1 rank, gradients averaged over gloo" in log and "Starting" not in log
 
 
 def test_a_sweep_under_torchrun_is_refused_before_anything_is_written(tmp_path, corpus, monkeypatch):

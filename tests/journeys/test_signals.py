@@ -1,6 +1,7 @@
 """Stopping a run: SIGTERM, SIGINT and SIGHUP save a checkpoint and print the resume command (a second one
 stops at once without damage), kill -9 at any moment never leaves a bad checkpoint, and a signal while
-starting up, preparing data or in spawned ranks stops cleanly. Each run is a process of its own."""
+starting up, preparing data or in spawned ranks stops cleanly, and one in a step that takes long (a GPU
+recipe on a CPU) without waiting for it. Each run is a process of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 from helpers import ROOT, RUN, run_in_process, tiny_overrides
 
 from fragment_llm.runs.records import read_summary
@@ -225,3 +227,27 @@ def test_a_signal_while_starting_up_quits_quietly(tmp_path, corpus, signum, dela
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_recipe_on_a_cpu_says_so_and_a_signal_does_not_wait_for_its_long_step(tmp_path, corpus):
+    # A new user's first try, on a machine without a GPU: the mid-range GPU recipe, whose optimizer steps
+    # take far longer on a CPU than a stop should wait (here in 64 micro-batches of 2, a second or so each).
+    overrides = [
+        "experiment=mid_range_gpu",
+        "data=text",
+        f"data.path={corpus}",
+        "model.vocab_size=1024",
+        "train.batch_size=2",
+        "train.grad_accum_steps=64",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+    ]
+    code, err, summary = signalled(overrides, tmp_path, "Model: ", signal.SIGTERM, 1.0)
+    assert code == 143 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning: No GPU found")]
+    assert "trains on the CPU instead, in " in line and "projected at about" in line and "Ctrl-C" in line
+    assert "SIGTERM: stopped at step 0, before this run's first step was done; nothing was lost" in err
+    assert json.loads(summary.read_text())["status"] == "interrupted"
+    assert not list(summary.parent.rglob("*.pt"))

@@ -62,6 +62,8 @@ def test_bench_prints_a_table_and_writes_every_figure(tmp_path, corpus, capsys, 
         assert value > 0, path
     assert 0 < result["train"]["mfu"] < 1
     assert result["config"]["precision"] == "fp32" and result["config"]["device"] == "cpu"
+    assert result["config"]["gpu"] is None and result["peak_gpu_memory_mb"] is None  # tests/gpu/ has a GPU's
+    assert result["config"]["torch"] == torch.__version__
     # The kernel SDPA picks for the model's attention shape (which one depends on the torch build).
     assert result["config"]["attention"] == attention_kernel(4, 2, 128, 32, torch.float32, torch.device("cpu"))
     assert result["cpu_bf16_speedup"] > 0

@@ -43,6 +43,23 @@ def test_checkpoints_round_trip_with_the_guides_keys(tmp_path, corpus):
     optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
 
 
+def test_a_run_resumes_across_precisions_with_or_without_a_grad_scaler(tmp_path, corpus):
+    # fp16 on a GPU keeps a GradScaler; fp32 and bf16 have none and save its empty state. Either resumes
+    # with the other (a CPU run on an fp16 GPU, a GPU run on a CPU): an enabled scaler starts afresh.
+    trainer = make_trainer(tmp_path, corpus, "fp32", **{"train.max_iters": 3})
+    trainer.fit()
+    without_scaler = load_checkpoint(tmp_path / "fp32" / "models" / "final_model.pt", for_resume=True)
+    assert without_scaler["scaler_state_dict"] == {}
+    resumed = make_trainer(tmp_path, corpus, "fp16", **{"train.max_iters": 6})
+    resumed.precision.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # as fp16 on a GPU
+    resumed.restore(without_scaler)
+    assert resumed.step == 3 and resumed.precision.scaler.get_scale() == 1024.0
+    with_scaler = {**without_scaler, "scaler_state_dict": resumed.precision.scaler.state_dict()}
+    again = make_trainer(tmp_path, corpus, "fp32-again", **{"train.max_iters": 6})
+    again.restore(with_scaler)
+    assert again.step == 3 and not again.precision.scaler.is_enabled()
+
+
 def test_step_checkpoints_rotate_and_last_points_at_the_newest(tmp_path, corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -92,8 +109,19 @@ def test_random_states_round_trip_through_a_safe_checkpoint(tmp_path):
     state = capture_rng_state(torch.device("cpu"))
     save_checkpoint(tmp_path / "rng.pt", {"rng_state": state})
     expected = (random.random(), np.random.rand(), torch.rand(1))
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng_state"])
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng_state"], torch.device("cpu"))
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_a_gpu_runs_random_state_restores_on_a_cpu(tmp_path):
+    # A GPU run's checkpoint (this GPU's CUDA state, or every GPU's in an older one) resumed on a CPU: the
+    # CPU's states are restored, the CUDA one left alone (tests/gpu/ restores it on a GPU).
+    state = capture_rng_state(torch.device("cpu"))
+    expected = torch.rand(1)
+    for cuda in (torch.zeros(16, dtype=torch.uint8), [torch.zeros(16, dtype=torch.uint8)] * 2):
+        save_checkpoint(tmp_path / "rng.pt", {"rng_state": {**state, "cuda": cuda}})
+        restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng_state"], torch.device("cpu"))
+        assert torch.equal(torch.rand(1), expected)
 
 
 def test_damaged_and_missing_checkpoints_are_one_line_errors(tmp_path):

@@ -17,6 +17,7 @@ from fragment_llm.config.schema import ConfigError
 from fragment_llm.train.hardware import (
     attention_kernel,
     cpu_bf16_speedup,
+    is_out_of_memory,
     keep_freed_memory,
     matmul_flops,
     oom_advice,
@@ -85,6 +86,24 @@ def test_amp_on_a_cpu_without_native_bf16_warns_and_stays_fp32(tmp_path, corpus,
     assert "bf16 matmuls 400x slower than fp32" in caplog.text and "training in fp32" in caplog.text
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("speedup,precision", [(0.0025, "fp32 (this CPU runs bf16 matmuls 400x slower"), (2.0, "bf16")])
+def test_a_gpu_profile_without_a_gpu_says_so_in_one_line_at_the_start(
+    tmp_path, corpus, monkeypatch, caplog, speedup, precision
+):
+    # hardware=gpu asks for the best device (auto) and AMP: on a CPU one line says what trains instead, in
+    # which precision (never bf16 without saying so, nor where the CPU runs it slowly), for how long, and
+    # how to stop it.
+    monkeypatch.setattr("fragment_llm.train.hardware.cpu_bf16_speedup", lambda: speedup)
+    keys = {"hardware": "gpu", "train.max_iters": 2, "train.eval_iters": 1, "logging.tensorboard": False}
+    make_trainer(tmp_path, corpus, **keys).start()
+    lines = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"No GPU found: hardware.device=auto trains on the CPU instead, in {precision}")
+    assert "projected at about" in lines[0] and "tokens/s to take under a minute" in lines[0]
+    assert "press Ctrl-C now and train a recipe made for a CPU (hardware=cpu" in lines[0]
+
+
 def test_threads_default_to_the_physical_cores(tmp_path, corpus):
     default = torch.get_num_threads()
     try:
@@ -100,6 +119,19 @@ def test_out_of_memory_advice_names_concrete_overrides():
     advice = oom_advice(settings_for(["hardware=gpu", "model=medium"]))
     assert "train.batch_size=8 train.grad_accum_steps=8" in advice
     assert "model.block_size=512" in advice and "\n" not in advice
+
+
+def test_out_of_memory_is_told_from_other_errors_also_as_a_cause():
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert is_out_of_memory(cuda) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not is_out_of_memory(RuntimeError("backend compiler failed"))
+    wrapped = RuntimeError("backend compiler failed")
+    wrapped.__cause__ = cuda  # `raise ... from`, as torch.compile raises what failed while it compiled
+    assert is_out_of_memory(wrapped)
+    unrelated = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    unrelated.__context__ = cuda  # merely raised while another was handled: not the out-of-memory
+    assert not is_out_of_memory(unrelated)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

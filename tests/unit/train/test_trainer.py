@@ -1,12 +1,14 @@
 """The training loop (train/trainer.py) on tiny configs: it learns, gradient accumulation and determinism,
 a NaN loss, torch.compile; a time budget ending the run and its schedule on time (the clock replaced
 by one that advances a fixed time per optimizer step, so that what the trainer decides is exact), the
-best model and early stopping, and dropout chosen by the epochs a run makes."""
+best model and early stopping, dropout chosen by the epochs a run makes, and a stop signal that waited too
+long dropping the step or evaluation under way."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from fragment_llm.runs.paths import RunPaths
 from fragment_llm.runs.records import read_summary
 from fragment_llm.train.checkpoint import load_checkpoint
 from fragment_llm.train.from_run import find_resume_checkpoint
+from fragment_llm.train.resumable import PROMPT_STOP_SECONDS, Interrupted
 from fragment_llm.train.trainer import Trainer, TrainingError, train
 
 
@@ -252,3 +255,43 @@ def test_a_time_budget_chooses_dropout_from_its_pace_and_a_resume_keeps_it(tmp_p
     assert dropouts(resumed.model) == {expected} and not resumed.dropout_pending
     resumed.fit()
     assert read_summary(tmp_path / "first")["dropout"] == expected
+
+
+def overdue_stop_in(trainer: Trainer, micro_batch: int) -> None:
+    """A stop signal that has waited PROMPT_STOP_SECONDS by the time the trainer has read `micro_batch`
+    micro-batches (counting from 1), as when one step of a GPU profile on a CPU takes minutes."""
+    original, read = trainer.batches.next_batch, []
+
+    def next_batch():
+        read.append(1)
+        if len(read) == micro_batch:
+            trainer.stop_signal, trainer.stop_requested_at = 15, time.monotonic() - PROMPT_STOP_SECONDS
+        return original()
+
+    trainer.batches.next_batch = next_batch
+
+
+def test_a_stop_that_waited_too_long_drops_the_step_and_the_run_resumes_exactly(tmp_path, corpus):
+    keys = {"train.grad_accum_steps": 4, "model.dropout": 0.1, "train.max_iters": 10, "train.eval_interval": 100}
+    whole = make_trainer(tmp_path, corpus, "whole", **keys)
+    whole.fit()
+    stopped = make_trainer(tmp_path, corpus, "stopped", **keys)
+    overdue_stop_in(stopped, 5 * 4 + 2)  # the 2nd micro-batch of step 6: step 6 is dropped
+    with pytest.raises(Interrupted, match=r"stopped at step 5 \(the step or evaluation under way dropped"):
+        stopped.fit()
+    assert read_summary(tmp_path / "stopped")["status"] == "interrupted"
+    checkpoint = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt", for_resume=True)
+    assert checkpoint["step"] == 5 and checkpoint["data_position"] == 5 * 4 * 4  # steps x accum x batch
+    resumed = Trainer(stopped.settings, tmp_path / "stopped", checkpoint)
+    resumed.fit()
+    expected, continued = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[key], continued[key]) for key in expected)
+
+
+def test_a_stop_that_waited_too_long_before_the_first_step_saves_nothing(tmp_path, corpus):
+    trainer = make_trainer(tmp_path, corpus)
+    trainer.stop_signal, trainer.stop_requested_at = 15, time.monotonic() - PROMPT_STOP_SECONDS
+    with trainer.stop_on_signals(), pytest.raises(Interrupted, match="before this run's first step was done; nothing"):
+        trainer.fit()  # in the evaluation a new run starts with
+    assert read_summary(tmp_path / "run")["status"] == "interrupted" and trainer.step == 0
+    assert not list((tmp_path / "run").rglob("*.pt"))
