@@ -278,8 +278,9 @@ def estimated_corpora(train_bytes: float, text: str, vocabularies: list[int]) ->
 def auto_plan(
     cfg: DictConfig, settings: Config, given: set[str], speed: Speed, device: str, machine: str
 ) -> tuple[DictConfig, Plan]:
-    """model=auto: the vocabulary by the corpus's size, then the shape the law predicts best for the
-    time on this machine; every key the command line set is kept, and the rest chosen around it."""
+    """model=auto: the vocabulary and the shape the law predicts best for the time on this machine (each
+    vocabulary's tokens estimated on the corpus's start); every key the command line set is kept, and the
+    rest chosen around it."""
     if settings.data.source.value in ("mix", "chat"):
         raise ConfigError(
             f"model=auto plans a single corpus, not data={settings.data.source.value}; choose a model "
