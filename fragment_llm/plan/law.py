@@ -5,7 +5,7 @@ worth less than new text (Muennighoff et al.'s decay):
     bpb = E + A (N / 1e6)^-alpha + B (D' b / 1e6)^-beta
     D'  = D                                    while D <= U (one epoch or less)
           U (1 + R (1 - exp(-(D / U - 1) / R)))  after (each epoch past the first is worth less)
-    E   = E0 + E1 z                            z: a bigram model's bits per byte on its first 300k tokens
+    E   = E0 + E1 z                            z: a bigram model's bits per byte on its first 500 KB
 
 `fit.py` fits the constants to the sweeps in sweeps.json (`python -m fragment_llm.plan.fit` prints them);
 a test refits them, so the numbers here are the data's. Pure arithmetic, no torch."""
