@@ -21,7 +21,8 @@ from ..config.schema import Config, ConfigError, DataSource
 from ..console import setup_logging
 from ..errors import UserError
 from ..files import file_problem, write_text
-from ..plan.planning import Plan
+from ..data.cache import PreparedData
+from ..plan.planning import Plan, planned_data
 from ..runs.claim import RunLock, check_writable_folder, claim_run_directory, resumes
 from ..runs.paths import RunPaths
 from ..runs.records import holds_run, read_summary
@@ -151,7 +152,8 @@ def train_claimed(claim: Claim, run_dir: Path, ranks: distributed.Ranks, outputs
     plan = record_plan(start.plan, settings, not (checkpoint_path or parent_path), ranks)
     if plan is not None:
         outputs.try_update(plan=plan.to_json())
-    best = train_phase(settings, run_dir, ranks, start.checkpoint, checkpoint_path, start.parent, parent_path)
+    data = planned_data(plan, settings)  # the corpus as the plan read it, not read again
+    best = train_phase(settings, run_dir, ranks, start.checkpoint, checkpoint_path, start.parent, parent_path, data)
     record_reached(plan, run_dir, outputs)
     return best
 
@@ -164,15 +166,16 @@ def train_phase(
     checkpoint_path: Optional[Path] = None,
     parent: Optional[dict] = None,
     parent_path: Optional[Path] = None,
+    data: Optional[PreparedData] = None,
 ) -> float:
-    """Train into `run_dir`, continuing `checkpoint` or starting from `parent` if given, in this process
-    or in `hardware.nproc` spawned ranks."""
+    """Train into `run_dir`, continuing `checkpoint` or starting from `parent` if given (on `data`, when a
+    plan prepared it), in this process or in `hardware.nproc` spawned ranks."""
     if settings.hardware.nproc > 1 and not ranks.distributed:
         return spawn_ranks(settings, run_dir, checkpoint_path, parent_path)
     distributed.init_process_group(ranks)
     resumed = None if checkpoint_path is None else (checkpoint_path, checkpoint["step"])
     with tracking(settings, run_dir, ranks, resumed):
-        return train(settings, run_dir, checkpoint, ranks, parent)
+        return train(settings, run_dir, checkpoint, ranks, parent, data)
 
 
 PRETRAINED = "pretrain"  # the folder of a run's pretraining (data.pretrain), a run directory of its own

@@ -50,9 +50,13 @@ class Plan:
     chosen: dict[str, tuple[Any, str]] = field(default_factory=dict)
     outside: Optional[str] = None  # where the run falls outside what the rules were fitted on
     compile: Optional[str] = None  # hardware.compile=auto's expected choice, in words
+    # The corpus as the plan tokenized it, and what for (`prepared`): the run trains on it, not reading it twice.
+    data: Optional[PreparedData] = field(default=None, repr=False, compare=False)
+    data_for: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        result = asdict(self)
+        result = asdict(replace(self, data=None))
+        del result["data"], result["data_for"]
         result["chosen"] = {key: {"value": value, "reason": reason} for key, (value, reason) in self.chosen.items()}
         result["outcome"]["params"] = self.outcome.shape.params
         return result
@@ -149,7 +153,12 @@ def compile_choice(settings: Config, plan: Plan, device) -> Optional[str]:
 
 def prepared(settings: Config, vocab_size: int) -> PreparedData:
     """The corpus tokenized with `vocab_size` (from the cache, or made and cached now, as the run would)."""
-    return prepare_data(
+    return prepare_data(*data_arguments(settings, vocab_size))
+
+
+def data_arguments(settings: Config, vocab_size: int) -> tuple:
+    """prepare_data's arguments for a run of `settings` at `vocab_size`."""
+    return (
         settings.data,
         vocab_size,
         settings.model.block_size,
@@ -157,6 +166,13 @@ def prepared(settings: Config, vocab_size: int) -> PreparedData:
         settings.tokenizer.retrain,
         Path(settings.paths.cache),
     )
+
+
+def planned_data(plan: Optional[Plan], settings: Config) -> Optional[PreparedData]:
+    """The corpus as `plan` prepared it, when the run of `settings` would prepare it alike (else None)."""
+    if plan is None or plan.data is None or plan.data_for != data_arguments(settings, settings.model.vocab_size):
+        return None
+    return plan.data
 
 
 def corpus_of(data: PreparedData) -> Corpus:
@@ -227,7 +243,9 @@ def given_plan(settings: Config, data: PreparedData, speed: Speed, device: str, 
         reason = f"{which} at this machine's speed"
     seconds = result.seconds if budget is None else budget
     startup = data.seconds + STARTUP_SECONDS
-    return Plan(False, machine, seconds, reason, result, startup, outside=outside(device, seconds, result, corpus))
+    plan = Plan(False, machine, seconds, reason, result, startup, outside=outside(device, seconds, result, corpus))
+    plan.data, plan.data_for = data, data_arguments(settings, settings.model.vocab_size)
+    return plan
 
 
 def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Optional[str]:
@@ -331,6 +349,7 @@ def auto_plan(
     plan = Plan(
         True, machine, seconds, seconds_reason, result, startup, chosen, outside(device, seconds, result, corpus)
     )
+    plan.data, plan.data_for = data, data_arguments(settings, vocab)
     return cfg, plan
 
 

@@ -83,6 +83,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         checkpoint: Optional[dict] = None,
         ranks: Ranks = Ranks(),
         parent: Optional[dict] = None,
+        data: Optional[PreparedData] = None,
     ):
         self.settings = settings
         self.ranks = ranks
@@ -92,7 +93,7 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         self.started = time.perf_counter()
         self.outputs = RunOutputs(self.run_dir, ranks)
         self.device = prepare_device(settings.hardware, ranks)
-        self.data = self.prepare_data(checkpoint, parent)
+        self.data = self.prepare_data(checkpoint, parent, data)
         self.model = self.build_model(parent)
         self.precision = Precision(settings.hardware, self.device)
         self.optimizer = build_optimizer(self.model, settings.optimizer, self.device)
@@ -121,10 +122,16 @@ class Trainer(ResumableRun, ReportedRun, ValidatedRun, CompiledRun):
         self.forward = self.first_forward(trained)  # hardware.compile (train/compiling.py)
         self.outputs.open_tensorboard(settings, self.model.flops_per_token(), self.device, self.precision.dtype)
 
-    def prepare_data(self, checkpoint: Optional[dict], parent: Optional[dict]) -> PreparedData:
+    def prepare_data(
+        self, checkpoint: Optional[dict], parent: Optional[dict], data: Optional[PreparedData] = None
+    ) -> PreparedData:
         """The corpus as token arrays, encoded with the tokenizer of the run continued or started from,
-        else with one trained (or cached) for it; the run's tokenizer.json written."""
+        else with one trained (or cached) for it, or as a new run's plan prepared it (`data`); the run's
+        tokenizer.json written."""
         settings = self.settings
+        if data is not None and checkpoint is None and parent is None:
+            self.outputs.save_tokenizer(data.tokenizer)
+            return data
         prepare = prepare_chat_data if settings.data.source is DataSource.chat else prepare_data
         data = prepare(
             settings.data,
@@ -378,11 +385,12 @@ def train(
     checkpoint: Optional[dict] = None,
     ranks: Ranks = Ranks(),
     parent: Optional[dict] = None,
+    data: Optional[PreparedData] = None,
 ) -> float:
     """Train one model into `run_dir` (continuing `checkpoint`, or starting from `parent`'s weights and
-    tokenizer, if given); returns the best validation loss."""
+    tokenizer, if given; on `data` when its plan prepared the corpus); returns the best validation loss."""
     try:
-        trainer = Trainer(settings, run_dir, checkpoint, ranks, parent)
+        trainer = Trainer(settings, run_dir, checkpoint, ranks, parent, data)
         with trainer.stop_on_signals():
             best_val_loss = trainer.fit()
     except (RuntimeError, MemoryError) as error:

@@ -70,6 +70,7 @@ def test_an_auto_run_trains_its_plan_and_records_what_it_reached(tmp_path, corpu
     assert reached["val_bpb"] == summary["val_bpb"] and reached["predicted_bpb"] == plan["outcome"]["bpb"]
     log = (run_dir / "train.log").read_text()
     assert "Plan: model=auto chose" in log and "reached" in log
+    assert log.count("validation tokens, vocabulary") == 1  # the corpus the plan prepared is the one trained on
 
 
 def test_a_run_as_given_records_its_plan_too(finished_run):
@@ -78,6 +79,8 @@ def test_a_run_as_given_records_its_plan_too(finished_run):
     assert summary["plan"]["auto"] is False
     assert summary["plan"]["outcome"]["steps"] == 6  # train.max_iters
     assert "val_bpb" in summary["plan_reached"]
+    log = (run_dir / "train.log").read_text()
+    assert log.count("validation tokens, vocabulary") == 1  # prepared once, for the plan and the run
 
 
 def test_a_budget_too_short_for_a_step_is_one_line(tmp_path, corpus):
