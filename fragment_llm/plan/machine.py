@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -79,12 +81,9 @@ def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRec
     precision = Precision(hardware, device)
     name = machine_name(device, torch.get_num_threads(), precision.name)
     path = machines_folder() / (_file_name(name) + ".json")
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("version") == RECORD_VERSION and stored.get("machine") == name:
-            return MachineRecord(**{**stored, "speed": Speed(**stored["speed"])})
-    except (OSError, ValueError, TypeError):
-        pass  # none yet, or damaged: measure again
+    stored = stored_record(path, name)
+    if stored is not None:
+        return stored
     # Said now, on the terminal: a run's log lines wait until its directory is claimed, after this.
     error_console.print(f"Plan: timing this machine once ({len(REFERENCE_SHAPES)} shapes, a few seconds) ...")
     record = MachineRecord(
@@ -98,6 +97,26 @@ def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRec
         write_text(path, json.dumps(asdict(record), indent=1))
     except OSError as error:
         log.debug("machine record not kept: %s", error)
+    return record
+
+
+def stored_record(path: Path, name: str) -> Optional[MachineRecord]:
+    """The record kept at `path` for machine `name`; None when there is none, or it is for another version,
+    or damaged in any way (then the machine is timed again and the record rewritten)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        speed = Speed(**{key: float(stored["speed"][key]) for key in ("fixed", "per_layer", "per_flop")})
+        record = MachineRecord(stored["machine"], float(stored["peak_flops"]), speed, str(stored["measured_at"]))
+        valid = stored.get("version") == RECORD_VERSION and record.machine == name
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable, not JSON, not a record
+        return None
+    figures = (record.peak_flops, speed.fixed, speed.per_layer, speed.per_flop)
+    if (
+        not valid
+        or not all(math.isfinite(f) and f >= 0 for f in figures)
+        or speed.seconds_per_step(REFERENCE_SHAPES[0]) <= 0
+    ):
+        return None
     return record
 
 

@@ -19,7 +19,19 @@ from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
 from .law import TRUSTED
 from .machine import machine_record
-from .rules import VOCABULARIES, Corpus, Outcome, Shape, Speed, choose, heads_for, outcome
+from .rules import (
+    STRONG_DECAY,
+    STRONG_DECAY_EPOCHS,
+    VOCABULARIES,
+    Corpus,
+    Outcome,
+    Shape,
+    Speed,
+    choose,
+    heads_for,
+    outcome,
+    weight_decay_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +354,7 @@ def auto_plan(
         chosen["train.grad_accum_steps"] = (1, "no accumulation, for the same reason")
     if settings.train.budget_seconds is None:
         chosen["train.time_budget"] = (f"{round(seconds)}s", seconds_reason)
-    chosen.update(kept_keys(settings, shape, given))
+    chosen.update(kept_keys(settings, shape, result.epochs, given))
     for key, (value, _) in chosen.items():
         OmegaConf.update(cfg, key, value)
     startup = data.seconds + STARTUP_SECONDS
@@ -353,10 +365,10 @@ def auto_plan(
     return cfg, plan
 
 
-def kept_keys(settings: Config, shape: Shape, given: set[str]) -> dict[str, tuple[Any, str]]:
-    """The learning rate and the regularisation: what the sweeps held, said with their reasons. A width
-    past the sweeps' takes a learning rate scaled down with it (as wider layers want), a guess the plan
-    flags as outside the fit."""
+def kept_keys(settings: Config, shape: Shape, epochs: float, given: set[str]) -> dict[str, tuple[Any, str]]:
+    """The learning rate and the regularisation, said with their reasons: the learning rate the sweeps held
+    (a width past theirs takes one scaled down with it, as wider layers want: a guess the plan flags as
+    outside the fit), the weight decay by the `epochs` the run makes, and the dropout left to them."""
     kept: dict[str, tuple[Any, str]] = {}
     if "optimizer.lr" not in given and settings.optimizer.name.value == "adamw":
         lr = settings.optimizer.lr
@@ -369,7 +381,12 @@ def kept_keys(settings: Config, shape: Shape, given: set[str]) -> dict[str, tupl
         else:
             kept["optimizer.lr"] = (lr, "the tuned default, which the sweeps trained with at every width they tried")
     if "optimizer.weight_decay" not in given and settings.optimizer.name.value == "adamw":
-        kept["optimizer.weight_decay"] = (settings.optimizer.weight_decay, "strong decay, tuned against over-fitting")
+        decay = weight_decay_for(epochs)
+        kept["optimizer.weight_decay"] = (
+            decay,
+            f"{'strong decay against over-fitting many' if decay == STRONG_DECAY else 'light decay for fewer than'} "
+            f"{STRONG_DECAY_EPOCHS} epochs (this run: {epochs:.1f})",
+        )
     if "model.dropout" not in given:
         kept["model.dropout"] = (None, "chosen by the epochs the run makes (conf/README.md, regularisation by epochs)")
     return kept
