@@ -31,6 +31,8 @@ def test_plan_shows_the_choice_without_training(tmp_path, corpus):
     chosen = plan["chosen"]
     for key in ("model.vocab_size", "model.n_layer", "model.n_embd", "model.n_head", "train.batch_size"):
         assert chosen[key]["reason"], key
+    decay = 1.0 if plan["outcome"]["epochs"] >= 8 else 0.1  # by the epochs it plans
+    assert chosen["optimizer.weight_decay"]["value"] == decay, chosen["optimizer.weight_decay"]
     outcome = plan["outcome"]
     assert outcome["steps"] > 0 and outcome["tokens"] == outcome["steps"] * outcome["shape"]["batch_size"] * 128
     assert outcome["low"] <= outcome["bpb"] <= outcome["high"]

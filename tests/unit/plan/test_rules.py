@@ -107,3 +107,10 @@ def test_the_vocabulary_is_chosen_with_the_shape():
     )
     assert chosen == best
     assert choose({}, {4096: corpora[4096]}, CPU, 300).shape.vocab_size == 4096
+
+
+def test_weight_decay_is_light_for_a_few_epochs_and_strong_for_many():
+    from fragment_llm.plan.rules import weight_decay_for
+
+    assert weight_decay_for(2.5) == weight_decay_for(7.9) == 0.1
+    assert weight_decay_for(8) == weight_decay_for(21) == 1.0
