@@ -196,8 +196,12 @@ def heads_for(width: int) -> int:
     return min(splits, key=lambda heads: (abs(math.log(width / heads / target)), heads)) if splits else 1
 
 
-def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
-    """Every shape auto may choose, keeping the keys the user set (`fixed`: model.* and train.batch_size names)."""
+def candidates(fixed: dict[str, int], vocab_size: int, train_bytes: float = math.inf) -> Iterable[Shape]:
+    """Every shape auto may choose for `train_bytes` of training text, keeping the keys the user set (`fixed`:
+    model.* and train.batch_size names): within the limits above (the smallest shape always, however small
+    the corpus), or of any size when the user set the depth or the width."""
+    smallest = 12 * min(DEPTHS) * min(WIDTHS) ** 2
+    most = min(MAX_BLOCK_PARAMS, max(MAX_WEIGHTS_PER_BYTE * train_bytes, smallest))
     widths = [fixed["n_embd"]] if "n_embd" in fixed else WIDTHS
     depths = [fixed["n_layer"]] if "n_layer" in fixed else DEPTHS
     block = fixed.get("block_size", 128)
@@ -208,7 +212,7 @@ def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
             continue  # rotary positions need an even head size
         for depth in depths:
             shape = Shape(depth, width, heads, block, vocab_size, batch)
-            within = shape.block_params <= MAX_BLOCK_PARAMS and width <= MAX_WIDTH
+            within = shape.block_params <= most and width <= MAX_WIDTH
             if within or "n_layer" in fixed or "n_embd" in fixed:
                 yield shape
 
@@ -216,12 +220,10 @@ def candidates(fixed: dict[str, int], vocab_size: int) -> Iterable[Shape]:
 def choose(fixed: dict[str, int], corpora: dict[int, Corpus], speed: Speed, seconds: float, law: Law = LAW) -> Outcome:
     """The candidate the law predicts best for `seconds` on this machine, over the vocabularies in
     `corpora` (each with the corpus as that vocabulary tokenizes it); at least one step of it must fit."""
-    shaped = "n_layer" in fixed or "n_embd" in fixed
     outcomes = [
         outcome(shape, speed, seconds, corpus, law)
         for vocab_size, corpus in corpora.items()
-        for shape in candidates(fixed, vocab_size)
-        if shaped or shape.block_params <= MAX_WEIGHTS_PER_BYTE * corpus.train_bytes
+        for shape in candidates(fixed, vocab_size, corpus.train_bytes)
     ]
     possible = [o for o in outcomes if o.steps >= 1]
     if not possible:

@@ -114,3 +114,13 @@ def test_weight_decay_is_light_for_a_few_epochs_and_strong_for_many():
 
     assert weight_decay_for(2.5) == weight_decay_for(7.9) == 0.1
     assert weight_decay_for(8) == weight_decay_for(21) == 1.0
+
+
+def test_a_corpus_too_small_for_any_shape_by_its_bytes_still_gets_the_smallest():
+    """The cap of 2 block weights per byte never leaves no shape: 12 KB of text gets one layer 64 wide,
+    not a budget called too short."""
+    tiny = Corpus(train_bytes=12_000, train_tokens=4_000, bigram_bpb=2.3)
+    chosen = choose({}, {1024: tiny}, CPU, 300)
+    assert (chosen.shape.n_layer, chosen.shape.n_embd) == (1, 64)
+    small = choose({}, {1024: SMALL}, CPU, 300)  # 420 KB: the cap, not the floor
+    assert small.shape.block_params <= 2 * SMALL.train_bytes
