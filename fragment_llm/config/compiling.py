@@ -81,15 +81,21 @@ def shape_of(model: Mapping[str, Any], batch_size: int, precision: str) -> str:
     return f"{keys} batch_size={batch_size} precision={precision}"
 
 
-def cpu_device_name(threads: int) -> str:
-    """A CPU as the record names it: its model (Linux /proc/cpuinfo) and the threads torch uses."""
+def cpu_model() -> Optional[str]:
+    """The CPU's model as Linux's /proc/cpuinfo names it (its spaces single), None where it does not."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        model = found.group(1).strip() if found else "unknown"
     except OSError:
-        model = "unknown"
-    return f"cpu: {model}, {threads} threads"
+        return None
+    found = re.search(r"^model name\s*:(.+)$", text, re.MULTILINE)
+    if found is None:
+        return None
+    return " ".join(found.group(1).split()) or None
+
+
+def cpu_device_name(threads: int) -> str:
+    """A CPU as the record names it: its model and the threads torch uses."""
+    return f"cpu: {cpu_model() or 'unknown'}, {threads} threads"
 
 
 def torch_version() -> str:

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ..config.compiling import cpu_model
 from ..config.schema import HardwareConfig
 from ..console import error_console
 from ..files import write_text
@@ -55,18 +56,8 @@ def machine_name(device: torch.device, threads: int, precision: str) -> str:
     if device.type == "cuda":
         chip = torch.cuda.get_device_name(device)
     else:
-        chip = _cpu_model() or platform.machine()
+        chip = cpu_model() or platform.processor() or platform.machine()
     return f"{device.type} {chip}, {threads} thread{'s' * (threads != 1)}, {precision}, torch {torch.__version__}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def machines_folder() -> Path:
