@@ -382,11 +382,11 @@ def kept_keys(settings: Config, shape: Shape, epochs: float, given: set[str]) ->
             kept["optimizer.lr"] = (lr, "the tuned default, which the sweeps trained with at every width they tried")
     if "optimizer.weight_decay" not in given and settings.optimizer.name.value == "adamw":
         decay = weight_decay_for(epochs)
-        kept["optimizer.weight_decay"] = (
-            decay,
-            f"{'strong decay against over-fitting many' if decay == STRONG_DECAY else 'light decay for fewer than'} "
-            f"{STRONG_DECAY_EPOCHS} epochs (this run: {epochs:.1f})",
-        )
+        if decay == STRONG_DECAY:
+            reason = f"strong decay against the over-fitting of {STRONG_DECAY_EPOCHS} epochs or more"
+        else:
+            reason = f"light decay for fewer than {STRONG_DECAY_EPOCHS} epochs"
+        kept["optimizer.weight_decay"] = (decay, f"{reason} (this run: {epochs:.1f})")
     if "model.dropout" not in given:
         kept["model.dropout"] = (None, "chosen by the epochs the run makes (conf/README.md, regularisation by epochs)")
     return kept
