@@ -20,7 +20,8 @@ import torch
 from ..config.compiling import cpu_model
 from ..config.schema import HardwareConfig
 from ..console import error_console
-from ..files import write_text
+from ..errors import UserError
+from ..files import read_json, write_text
 from ..model.gpt import GPT, GPTConfig
 from ..train.hardware import Precision, peak_matmul_flops
 from .rules import Shape, Speed
@@ -95,11 +96,11 @@ def stored_record(path: Path, name: str) -> Optional[MachineRecord]:
     """The record kept at `path` for machine `name`; None when there is none, or it is for another version,
     or damaged in any way (then the machine is timed again and the record rewritten)."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = read_json(path)  # a regular file of bounded size (a FIFO there would block), and JSON
         speed = Speed(**{key: float(stored["speed"][key]) for key in ("fixed", "per_layer", "per_flop")})
         record = MachineRecord(stored["machine"], float(stored["peak_flops"]), speed, str(stored["measured_at"]))
         valid = stored.get("version") == RECORD_VERSION and record.machine == name
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable, not JSON, not a record
+    except (OSError, ValueError, UserError, TypeError, KeyError, AttributeError):  # unreadable, not JSON, not a record
         return None
     figures = (record.peak_flops, speed.fixed, speed.per_layer, speed.per_flop)
     if (

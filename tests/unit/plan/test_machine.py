@@ -4,6 +4,7 @@ figures, another machine's or version's) timed again and rewritten, never a trac
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -73,3 +74,10 @@ def test_a_cache_that_cannot_be_written_only_means_timing_again(tmp_path, monkey
     record = machine_record(HardwareConfig(), torch.device("cpu"))
     assert record.speed.seconds_per_step(machine.REFERENCE_SHAPES[0]) > 0
     assert blocked.read_text() == ""
+
+
+def test_a_fifo_or_a_folder_where_the_record_belongs_is_no_record(tmp_path):
+    fifo, folder = tmp_path / "fifo.json", tmp_path / "folder.json"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    folder.mkdir()
+    assert stored_record(fifo, NAME) is None and stored_record(folder, NAME) is None
