@@ -96,14 +96,24 @@ def peak_matmul_flops(dtype: torch.dtype, device: torch.device) -> float:
     return matmul_flops(dtype, device, 1024, repeats=3)
 
 
+@functools.cache
 def cpu_bf16_speedup() -> float:
     """bf16 matmul FLOP/s over fp32 on this CPU. Above 1 with native bf16 (AVX512-BF16, AMX, Arm
-    BF16); a few thousandths on an AVX2-only CPU, where bf16 falls back to a scalar loop. Small
-    matrices, so the slow case costs about half a second."""
-    cpu = torch.device("cpu")
-    return matmul_flops(torch.bfloat16, cpu, size=256, repeats=5) / matmul_flops(
-        torch.float32, cpu, size=256, repeats=5
-    )
+    BF16); a few hundredths on an AVX2-only CPU, where bf16 falls back to a scalar loop. Small
+    matrices, so the slow case costs a fraction of a second. Measured once per process, so that a
+    run's precision and its plan's machine record agree, on one thread and turn about: on a busy
+    machine a two-thread fp32 matmul can wait on a thread the scheduler parked, every time, and
+    look slower than the scalar bf16 loop (in one CI process, two measurements chose bf16, then fp32)."""
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bf16 = fp32 = 0.0
+        for _ in range(5):
+            bf16 = max(bf16, matmul_flops(torch.bfloat16, cpu, size=256, repeats=1))
+            fp32 = max(fp32, matmul_flops(torch.float32, cpu, size=256, repeats=1))
+    finally:
+        torch.set_num_threads(threads)
+    return bf16 / fp32
 
 
 ATTENTION_KERNELS = {  # SDPA's backend choice -> what the bench calls it

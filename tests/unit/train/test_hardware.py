@@ -39,6 +39,28 @@ def test_cpu_bf16_speedup_is_measured():
     assert 0 < cpu_bf16_speedup() < 1000
 
 
+def test_cpu_bf16_speedup_is_measured_once_on_one_thread_turn_about(monkeypatch):
+    # A busy machine once gave one process both answers (bf16, then fp32), so that a plan's machine
+    # record and the run disagreed on the precision. Timed on one thread, bf16 and fp32 taken turn about;
+    # the answer is kept for the process, and torch's threads are put back.
+    timings = []
+
+    def timed(dtype, device, size, repeats):
+        timings.append((dtype, torch.get_num_threads()))
+        return {torch.bfloat16: 1.0 + len(timings), torch.float32: 2.0}[dtype]  # bf16 "speeds up" each time
+
+    monkeypatch.setattr("fragment_llm.train.hardware.matmul_flops", timed)
+    cpu_bf16_speedup.cache_clear()
+    threads = torch.get_num_threads()
+    try:
+        first = cpu_bf16_speedup()
+        assert cpu_bf16_speedup() == first == 10.0 / 2.0
+        assert [dtype for dtype, _ in timings] == [torch.bfloat16, torch.float32] * 5
+        assert {used for _, used in timings} == {1} and torch.get_num_threads() == threads
+    finally:
+        cpu_bf16_speedup.cache_clear()
+
+
 # SDPA's CPU kernels, by the operator the profiler sees run -> what attention_kernel calls them.
 CPU_ATTENTION_OPS = {
     "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
