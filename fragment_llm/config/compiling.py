@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 
 from ..errors import UserError
 from ..files import read_json, write_json
+from ..text import duration
 
 RECORD_FILE = "compile.json"  # under paths.cache
 RECORD_VERSION = 1
@@ -65,12 +66,6 @@ def decide_compile(planned_seconds: float, record: Optional[CompileRecord] = Non
         f"cache{known}) and saves ~{record.speedup:.0%} of the step, ~{duration(saving)}"
     )
     return compiled, reason
-
-
-def duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    return f"{seconds / 60:.0f}min" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
 # ---- the record: what compiling cost and saved on this machine, by shape ------------------------------

@@ -17,6 +17,7 @@ from ..config.load import load_settings, to_plain
 from ..config.schema import SECTIONS, Config, ConfigError
 from ..data.cache import PreparedData, prepare_data
 from ..data.corpus import check_documents, collect_documents
+from ..text import duration
 from .law import TRUSTED
 from .machine import machine_record
 from .rules import (
@@ -78,12 +79,12 @@ class Plan:
         lines = [f"Plan: {'model=auto chose ' if self.auto else ''}{shape.describe()}; {shape.params:,} parameters"]
         lines += [f"Plan:   {key}={_text(value)}: {reason}" for key, (value, reason) in self.chosen.items()]
         lines.append(
-            f"Plan: {seconds_text(self.seconds)} of training ({self.seconds_reason}); {o.steps:,} steps of "
+            f"Plan: {duration(self.seconds)} of training ({self.seconds_reason}); {o.steps:,} steps of "
             f"{shape.tokens_per_step:,} tokens, {o.tokens:,} tokens, {o.epochs:.1f} epochs, on {self.machine}"
         )
         lines.append(
-            f"Plan: about {seconds_text(self.seconds + self.startup_seconds)} in all, with "
-            f"{seconds_text(self.startup_seconds)} of start-up"
+            f"Plan: about {duration(self.seconds + self.startup_seconds)} in all, with "
+            f"{duration(self.startup_seconds)} of start-up"
         )
         lines.append(f"Plan: predicted validation bits per byte {o.bpb:.2f} (range {o.low:.2f}-{o.high:.2f})")
         if self.compile:
@@ -103,14 +104,6 @@ def with_stand_ins(cfg: DictConfig) -> DictConfig:
             stand_in = heads_for(width) if name == "n_head" and isinstance(width, int) else STAND_IN[name]
             OmegaConf.update(cfg, f"model.{name}", stand_in)
     return cfg
-
-
-def seconds_text(seconds: float) -> str:
-    """90 -> `1m 30s`, 5400 -> `1h 30m`, 4.5 -> `4.5s`."""
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m {rest:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def user_keys(overrides: Sequence[str]) -> set[str]:
@@ -266,7 +259,7 @@ def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Opt
     if device != TRUSTED.device:
         reasons.append(f"a {device} device")
     if not TRUSTED.min_seconds <= seconds <= TRUSTED.max_seconds:
-        reasons.append(f"{seconds_text(seconds)} of training")
+        reasons.append(f"{duration(seconds)} of training")
     if not TRUSTED.min_bytes <= corpus.train_bytes <= TRUSTED.max_bytes:
         reasons.append(f"{corpus.train_bytes / 1e6:.1f} MB of text")
     if result.shape.n_embd > TRUSTED.max_width:
@@ -332,12 +325,12 @@ def auto_plan(
         raise ConfigError(too_short(seconds, fixed, vocabularies[0], speed)) from None
     vocab = guess.shape.vocab_size
     if "model.vocab_size" not in given:
-        chosen["model.vocab_size"] = (vocab, f"with the shape below: the law's best for {seconds_text(seconds)} here")
+        chosen["model.vocab_size"] = (vocab, f"with the shape below: the law's best for {duration(seconds)} here")
     data = prepared(settings, vocab)  # the run's own tokens, cached for it: the steps and epochs as they will be
     corpus = corpus_of(data)
     result = outcome(replace(guess.shape, vocab_size=data.vocab_size), speed, seconds, corpus)
     shape = result.shape
-    reason = f"the law's best shape for {seconds_text(seconds)} at this machine's speed (fragment_llm/plan/README.md)"
+    reason = f"the law's best shape for {duration(seconds)} at this machine's speed (fragment_llm/plan/README.md)"
     for name in ("n_layer", "n_embd", "n_head"):
         if f"model.{name}" not in given:
             chosen[f"model.{name}"] = (getattr(shape, name), reason)
@@ -409,7 +402,7 @@ def too_short(seconds: float, fixed: dict[str, int], vocab_size: int, speed: Spe
     shortest = min(speed.seconds_per_step(shape) for shape in candidates(fixed, vocab_size))
     least = max(1, math.ceil(shortest))
     return (
-        f"train.time_budget={seconds_text(seconds)} is too short for one step of any shape here (the quickest "
+        f"train.time_budget={duration(seconds)} is too short for one step of any shape here (the quickest "
         f"takes {shortest:.3g}s); give at least train.time_budget={least}s"
     )
 

@@ -5,6 +5,7 @@ one line."""
 from __future__ import annotations
 
 import json
+import re
 
 from helpers import RUN, run_in_process
 
@@ -41,7 +42,7 @@ def test_plan_shows_the_choice_without_training(tmp_path, corpus):
     keys = auto_overrides(tmp_path, corpus, "train.time_budget=2m", "hardware.compile=auto")
     text = run_in_process(["-m", "fragment_llm", "plan", *keys], tmp_path)
     assert "model=auto chose" in text.stdout and "predicted validation bits per byte" in text.stdout
-    assert "hardware.compile=auto: stays eager (a 2min run" in text.stdout
+    assert re.search(r"hardware.compile=auto: stays eager \(a (1m [0-5]\d|2m 00)s run", text.stdout)  # less start-up
 
 
 def test_plan_of_a_given_configuration_says_its_steps(tmp_path, corpus):

@@ -24,12 +24,12 @@ SHAPE = shape_of({"n_layer": 4, "n_embd": 128, "vocab_size": 1024}, 8, "fp32")
 def test_a_short_run_stays_eager_and_says_why():
     chosen, reason = decide_compile(60, MEASURED)
     assert not chosen
-    assert reason == ("a 60s run; compiling costs ~40s here (cold Inductor cache) and saves ~20% of the step, ~12s")
+    assert reason == ("a 1m 00s run; compiling costs ~40s here (cold Inductor cache) and saves ~20% of the step, ~12s")
 
 
 def test_a_long_run_compiles():
     chosen, reason = decide_compile(30 * 60, MEASURED)
-    assert chosen and reason.startswith("a 30min run; compiling costs ~40s") and reason.endswith("~6min")
+    assert chosen and reason.startswith("a 30m 00s run; compiling costs ~40s") and reason.endswith("~6m 00s")
 
 
 def test_a_warm_cache_lowers_the_bar():

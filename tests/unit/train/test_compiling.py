@@ -15,6 +15,7 @@ from helpers import RUN, make_trainer, run_dirs, run_in_process, tiny_overrides
 
 from fragment_llm.config.compiling import PRIOR, RECORD_FILE, CompileRecord, read_record
 from fragment_llm.runs.records import read_summary
+from fragment_llm.text import duration
 
 
 def test_auto_on_a_short_budget_stays_eager_and_says_why(tmp_path, corpus):
@@ -24,7 +25,7 @@ def test_auto_on_a_short_budget_stays_eager_and_says_why(tmp_path, corpus):
     (run_dir,) = run_dirs(tmp_path / "outputs")
     log = (run_dir / "train.log").read_text(encoding="utf-8")
     # Decided after the first step: what is left of the budget (the first step's time under a loaded machine).
-    reason = rf"a \ds run; compiling costs ~{PRIOR.cold_seconds:.0f}s here \(cold Inductor cache, a prior: "
+    reason = rf"a [\d.]+s run; compiling costs ~{duration(PRIOR.cold_seconds)} here \(cold Inductor cache, a prior: "
     assert re.search(rf"Compile: auto chose eager \({reason}", log)
     choice = read_summary(run_dir)["compile"]
     assert choice["setting"] == "auto" and choice["compiled"] is False and choice["step"] == 1
