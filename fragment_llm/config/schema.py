@@ -385,7 +385,7 @@ class HardwareConfig(Section):
     amp: bool = setting(
         "mixed precision: on CUDA bf16 where supported, else fp16 with a GradScaler; on CPU bf16 "
         "autocast where the CPU runs bf16 matmuls at least as fast as fp32 (native bf16: "
-        "AVX512-BF16, AMX), else a warning and fp32; ignored on MPS"
+        "AVX512-BF16, AMX; measured once per process, on one thread), else a warning and fp32; ignored on MPS"
     )
     amp_dtype: AmpDtype = setting(
         "the type hardware.amp computes in: auto (bf16 where the device runs it, else fp16 on CUDA), bf16, or "
