@@ -279,6 +279,8 @@ def corpus_sample(settings: Config) -> tuple[float, str]:
     pieces, size = [], 0
     for document in documents:
         for text in document.texts():
+            if text is None:  # between a JSON Lines or Parquet file's records
+                continue
             pieces.append(text)
             size += len(text)
             if size >= SAMPLE_BYTES:

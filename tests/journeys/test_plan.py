@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from helpers import RUN, run_in_process
 
 KEYS = ["train.eval_iters=4", "train.eval_interval=10", "train.save_interval=0"]
@@ -43,6 +44,26 @@ def test_plan_shows_the_choice_without_training(tmp_path, corpus):
     text = run_in_process(["-m", "fragment_llm", "plan", *keys], tmp_path)
     assert "model=auto chose" in text.stdout and "predicted validation bits per byte" in text.stdout
     assert re.search(r"hardware.compile=auto: stays eager \(a (1m [0-5]\d|2m 00)s run", text.stdout)  # less start-up
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_plan_reads_a_corpus_of_records(tmp_path, corpus, kind):
+    # Auto samples the corpus's start to estimate it; a JSON Lines or Parquet file yields None between its
+    # records, which once ended `plan` in a TypeError traceback.
+    records = [part for part in corpus.read_text(encoding="utf-8").split("\n\n") if part.strip()]
+    path = tmp_path / f"records.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps({"text": text}) + "\n" for text in records), encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": records}), path)
+    args = ["-m", "fragment_llm", "plan", "--json", *auto_overrides(tmp_path, path, "train.time_budget=2m")]
+    result = run_in_process(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["auto"] is True and plan["outcome"]["steps"] > 0
 
 
 def test_plan_of_a_given_configuration_says_its_steps(tmp_path, corpus):
