@@ -33,6 +33,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..plan.planning import planned
 
     cfg, auto = composed_config(list(args.overrides))
+    refuse_a_run_from_a_checkpoint(cfg)
     with log_to_standard_error(logging.WARNING if args.json else logging.INFO):
         _, plan = planned(cfg, args.overrides, auto)
     if args.json:
@@ -42,6 +43,22 @@ def handle(args: argparse.Namespace) -> int:
         for line in plan.lines():
             print(line.removeprefix("Plan: ").removeprefix("Plan:"))
     return 0
+
+
+def refuse_a_run_from_a_checkpoint(cfg) -> None:
+    """A resumed or fine-tuned run starts from a checkpoint's model, not from the random start the law was
+    fitted on, and model=auto leaves its model to the checkpoint: a plan of it would show a run that
+    never happens. One line instead."""
+    from omegaconf import OmegaConf
+
+    from ..config.schema import ConfigError
+
+    for key in ("train.resume", "train.init_from"):
+        if value := OmegaConf.select(cfg, key):
+            raise ConfigError(
+                f"{key}={value}: `plan` plans a new run from random weights (what its law was fitted on), "
+                f"and this one starts from a checkpoint's model; drop {key} to plan a new run"
+            )
 
 
 @contextmanager

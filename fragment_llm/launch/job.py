@@ -40,7 +40,7 @@ from ..train.outputs import RunOutputs
 from ..train.resumable import Interrupted
 from ..train.trackers import tracking
 from ..train.trainer import TrainingError, train
-from .plans import auto_config, record_plan, record_reached
+from .plans import auto_config, record_plan, record_reached, without_auto
 from .spawned import spawn_ranks, start_logging, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -269,12 +269,12 @@ def starting_point(cfg: DictConfig, overrides: Sequence[str], choices: dict[str,
         check_writable_folder("paths.cache", settings.paths.cache)
         if settings.train.resume:
             checkpoint_path, checkpoint = find_resume_checkpoint(Path(settings.train.resume))
-            settings = resume_settings(cfg, checkpoint["config"], list(overrides))
-            choices = resumed_choices(checkpoint_path, choices, overrides)
+            settings = resume_settings(cfg, checkpoint["config"], without_auto(overrides))
+            choices = resumed_choices(checkpoint_path, choices, without_auto(overrides))
             return Start(settings, checkpoint, checkpoint_path, None, None, choices, tuple(notes))
         if settings.train.init_from:
             parent_path, parent = find_init_checkpoint(Path(settings.train.init_from))
-            settings = fine_tune_settings(cfg, parent["config"], list(overrides))
+            settings = fine_tune_settings(cfg, parent["config"], without_auto(overrides))
             choices = fine_tuned_choices(parent_path, choices)
             return Start(settings, None, None, parent, parent_path, choices, tuple(notes))
         return Start(settings, None, None, None, None, choices, tuple(notes), plan)

@@ -40,6 +40,14 @@ def auto_config(
     return cfg, plan
 
 
+def without_auto(overrides: Sequence[str]) -> list[str]:
+    """A resumed or fine-tuned run's `overrides` to check against its checkpoint: all but `model=auto`, which
+    sets no key of its own there (the checkpoint's model is the one auto chose when the run began, or the
+    parent's); its stand-ins would otherwise read as a model=tiny given against it. Keys set beside it
+    (`model.n_layer=...`) are still checked."""
+    return [override for override in overrides if override.lstrip("+").replace(" ", "") != f"model={AUTO}"]
+
+
 def record_plan(plan: Optional[Plan], settings: Config, new_run: bool, ranks: distributed.Ranks) -> Optional[Plan]:
     """The run's plan: model=auto's, or for a new single-corpus run on one process the plan of its
     settings as given (logged here). None for a resumed or fine-tuned run, a mixture or conversations,

@@ -10,6 +10,8 @@ import re
 import pytest
 from helpers import RUN, run_in_process
 
+from fragment_llm.text import plural
+
 KEYS = ["train.eval_iters=4", "train.eval_interval=10", "train.save_interval=0"]
 
 
@@ -95,6 +97,30 @@ def test_an_auto_run_trains_its_plan_and_records_what_it_reached(tmp_path, corpu
     log = (run_dir / "train.log").read_text()
     assert "Plan: model=auto chose" in log and "reached" in log
     assert log.count("validation tokens, vocabulary") == 1  # the corpus the plan prepared is the one trained on
+
+
+def test_an_auto_run_resumes_and_fine_tunes_with_its_own_command(tmp_path, corpus):
+    # model=auto beside train.resume or train.init_from leaves the model to the checkpoint (auto chose it
+    # when the run began); its stand-in keys once read as a model=tiny given against it, in one wrong line.
+    first = tmp_path / "first"
+    command = [RUN, *auto_overrides(tmp_path, corpus, "train.time_budget=3s", "train.save_interval=0")]
+    assert run_in_process([*command, f"hydra.run.dir={first}"], tmp_path).returncode == 0
+    shape = json.loads((first / "summary.json").read_text())["plan"]["outcome"]["shape"]
+    for key, folder in (("train.resume", "resumed"), ("train.init_from", "tuned")):
+        args = [*command, f"{key}={first}", "train.time_budget=5s", f"hydra.run.dir={tmp_path / folder}"]
+        result = run_in_process(args, tmp_path)
+        assert result.returncode == 0, result.stderr
+        model = f"({plural(shape['n_layer'], 'layer')}, {plural(shape['n_head'], 'head')}, {shape['n_embd']} wide"
+        assert model in (tmp_path / folder / "train.log").read_text()  # the first run's model
+        summary = json.loads((tmp_path / folder / "summary.json").read_text())
+        assert summary.get("resumed_from" if key == "train.resume" else "init_from"), summary
+        assert "plan" not in summary  # the law was fitted on runs from random weights
+    wider = [*command, f"train.resume={first}", f"model.n_embd={shape['n_embd'] * 2}"]
+    lines = [line for line in run_in_process(wider, tmp_path).stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"model.n_embd={shape['n_embd'] * 2} conflicts with the checkpoint" in lines[0]
+    planned = run_in_process(["-m", "fragment_llm", "plan", *command[1:], f"train.init_from={first}"], tmp_path)
+    lines = [line for line in planned.stderr.splitlines() if line.strip()]
+    assert planned.returncode == 1 and len(lines) == 1 and "drop train.init_from to plan a new run" in lines[0]
 
 
 def test_a_run_as_given_records_its_plan_too(finished_run):
