@@ -108,7 +108,7 @@ class PreparedData:
 
 
 @dataclass
-class _SplitCorpus:
+class SplitCorpus:
     """A corpus read once: its documents, split, and each document's hash (to check later readings)."""
 
     documents: list[Document]
@@ -129,14 +129,20 @@ def prepare_data(
     retrain: bool,
     cache_dir: Path,
     tokenizer: Optional[Tokenizer] = None,
+    corpus: Optional[SplitCorpus] = None,
 ) -> PreparedData:
     """Validate the corpus (each source of a mixture), train or reuse the tokenizer, encode once, and open
     the token memmaps. A given `tokenizer` (a resumed checkpoint's own, or a fine-tuned run's parent's)
-    is used as it is, whatever the cache holds."""
+    is used as it is, whatever the cache holds. A single corpus already read (`corpus`, from read_corpus:
+    model=auto's plan reads it before it chooses the vocabulary) is not read again; encoding it still
+    checks each document against the hash taken then."""
     started = time.perf_counter()
     mixture = data.source is DataSource.mix
     sources = data_sources(data)
-    corpora = [_read_source(index, source, block_size, mixture) for index, source in enumerate(sources)]
+    if corpus is not None and not mixture:
+        corpora = [corpus]
+    else:
+        corpora = [_read_source(index, source, block_size, mixture) for index, source in enumerate(sources)]
     cache_dir = Path(cache_dir)
     _remove_stale_temporaries(cache_dir)
     if tokenizer is not None:
@@ -182,24 +188,24 @@ def _source_figures(source: SourceTokens) -> tuple:
     return source.name, source.share, f"{len(source.train):,}", f"{len(source.val):,}"
 
 
-def _read_source(index: int, source: MixSource, block_size: int, mixture: bool) -> _SplitCorpus:
-    """A source's corpus (see _read_corpus); an error about a mixture's source says which one it is."""
+def _read_source(index: int, source: MixSource, block_size: int, mixture: bool) -> SplitCorpus:
+    """A source's corpus (see read_corpus); an error about a mixture's source says which one it is."""
     try:
-        return _read_corpus(source.data, block_size)
+        return read_corpus(source.data, block_size)
     except ConfigError as error:
         if not mixture:
             raise
         raise ConfigError(f"data.sources[{index}] ({source.name}): {error}") from None
 
 
-def _read_corpus(data: DataConfig, block_size: int) -> _SplitCorpus:
+def read_corpus(data: DataConfig, block_size: int) -> SplitCorpus:
     """The corpus, split and hashed; each split must hold at least one block (counting a separator
     per document), before any tokenizer work starts."""
     documents = collect_documents(data)
     train, val = split_documents(documents, data.val_fraction)
     checked = check_documents(train + val)
     hashes, text_bytes = checked.hashes, checked.text_bytes
-    corpus = _SplitCorpus(
+    corpus = SplitCorpus(
         documents,
         train,
         val,
@@ -239,7 +245,7 @@ def _process_exists(pid: int) -> bool:
 
 
 def _tokenizer(
-    corpora: list[_SplitCorpus],
+    corpora: list[SplitCorpus],
     sources: list[MixSource],
     data: DataConfig,
     vocab_size: int,
@@ -338,7 +344,7 @@ def _file_checksum(path: Path) -> str:
     return checksum.hexdigest()
 
 
-def _encode_corpus(tokenizer: Tokenizer, corpus: _SplitCorpus, tokens_dir: Path, dtype: np.dtype) -> None:
+def _encode_corpus(tokenizer: Tokenizer, corpus: SplitCorpus, tokens_dir: Path, dtype: np.dtype) -> None:
     """Encode both splits into a token cache entry: train.bin, val.bin, then meta.json."""
     documents = corpus.documents
     log.info("Data: encoding %s into %s", plural(len(documents), "document"), tokens_dir)

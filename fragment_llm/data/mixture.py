@@ -29,7 +29,7 @@ from .corpus import Progress, document_texts, total_bytes
 from .document import Document
 
 if TYPE_CHECKING:  # cache.py imports this module
-    from .cache import PreparedData, _SplitCorpus
+    from .cache import PreparedData, SplitCorpus
 
 # How a mixture's tokenizer text is chosen (weighted_texts): the key of its cached tokenizers holds it.
 MIXTURE_VERSION = 1
@@ -88,7 +88,7 @@ class TokenizerText:
     its weights: its `key` in the cache, the words for the log (`what`), the bytes read (`size`) and the
     `texts`, each document checked against its hash as it is read."""
 
-    def __init__(self, corpora: Sequence[_SplitCorpus], sources: Sequence[MixSource], mixture: bool):
+    def __init__(self, corpora: Sequence[SplitCorpus], sources: Sequence[MixSource], mixture: bool):
         self.corpora, self.shares, self.mixture = corpora, [source.share for source in sources], mixture
         train_bytes = [corpus.train_bytes for corpus in corpora]  # of text, which the budget shares out
         self.size = sum(train_bytes)

@@ -15,8 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.load import load_settings, to_plain
 from ..config.schema import SECTIONS, Config, ConfigError
-from ..data.cache import PreparedData, prepare_data
-from ..data.corpus import check_documents, collect_documents
+from ..data.cache import PreparedData, SplitCorpus, prepare_data, read_corpus
 from ..text import duration
 from .law import TRUSTED
 from .machine import machine_record
@@ -156,9 +155,10 @@ def compile_choice(settings: Config, plan: Plan, device) -> Optional[str]:
     return f"hardware.compile=auto: {verdict} ({reason})"
 
 
-def prepared(settings: Config, vocab_size: int) -> PreparedData:
-    """The corpus tokenized with `vocab_size` (from the cache, or made and cached now, as the run would)."""
-    return prepare_data(*data_arguments(settings, vocab_size))
+def prepared(settings: Config, vocab_size: int, corpus: Optional[SplitCorpus] = None) -> PreparedData:
+    """The corpus tokenized with `vocab_size` (from the cache, or made and cached now, as the run would);
+    `corpus`: the corpus as read already (read_corpus), not read again."""
+    return prepare_data(*data_arguments(settings, vocab_size), corpus=corpus)
 
 
 def data_arguments(settings: Config, vocab_size: int) -> tuple:
@@ -272,20 +272,18 @@ def outside(device: str, seconds: float, result: Outcome, corpus: Corpus) -> Opt
     )
 
 
-def corpus_sample(settings: Config) -> tuple[float, str]:
-    """The corpus's bytes of training text, and the start of its text (one reading pass, no tokenizer)."""
-    documents = collect_documents(settings.data)
-    text_bytes = sum(check_documents(documents).text_bytes)
+def start_of_training_text(corpus: SplitCorpus) -> str:
+    """The first SAMPLE_BYTES of the training split's text (its records joined by line breaks)."""
     pieces, size = [], 0
-    for document in documents:
+    for document in corpus.train:
         for text in document.texts():
             if text is None:  # between a JSON Lines or Parquet file's records
                 continue
             pieces.append(text)
             size += len(text)
             if size >= SAMPLE_BYTES:
-                return text_bytes * (1 - settings.data.val_fraction), start_of_text("\n".join(pieces))
-    return text_bytes * (1 - settings.data.val_fraction), start_of_text("\n".join(pieces))
+                return start_of_text("\n".join(pieces))
+    return start_of_text("\n".join(pieces))
 
 
 def estimated_corpora(train_bytes: float, text: str, vocabularies: list[int]) -> dict[int, Corpus]:
@@ -317,9 +315,9 @@ def auto_plan(
         for key in given
         if key.split(".")[1] in (*SHAPE_KEYS, "batch_size")
     }
-    train_bytes, text = corpus_sample(settings)
+    read = read_corpus(settings.data, settings.model.block_size)  # once: prepare_data takes it below
     vocabularies = [fixed["vocab_size"]] if "vocab_size" in fixed else list(VOCABULARIES)
-    corpora = estimated_corpora(train_bytes, text, vocabularies)
+    corpora = estimated_corpora(read.train_bytes, start_of_training_text(read), vocabularies)
     seconds, seconds_reason = planned_seconds(settings, corpora[min(corpora, key=lambda v: abs(v - 1024))], speed)
     try:
         guess = choose(fixed, corpora, speed, seconds)
@@ -328,7 +326,7 @@ def auto_plan(
     vocab = guess.shape.vocab_size
     if "model.vocab_size" not in given:
         chosen["model.vocab_size"] = (vocab, f"with the shape below: the law's best for {duration(seconds)} here")
-    data = prepared(settings, vocab)  # the run's own tokens, cached for it: the steps and epochs as they will be
+    data = prepared(settings, vocab, read)  # the run's own tokens, cached for it: the steps and epochs as they will be
     corpus = corpus_of(data)
     result = outcome(replace(guess.shape, vocab_size=data.vocab_size), speed, seconds, corpus)
     shape = result.shape

@@ -97,6 +97,7 @@ def test_an_auto_run_trains_its_plan_and_records_what_it_reached(tmp_path, corpu
     log = (run_dir / "train.log").read_text()
     assert "Plan: model=auto chose" in log and "reached" in log
     assert log.count("validation tokens, vocabulary") == 1  # the corpus the plan prepared is the one trained on
+    assert len(re.findall(r"Data: [\d,]+ documents?, ", log)) == 1  # read once: for the plan's estimate and tokens
 
 
 def test_an_auto_run_resumes_and_fine_tunes_with_its_own_command(tmp_path, corpus):
