@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.schema import Config, ConfigError, DataSource
+from ..plan.machine import record_advice
 from ..plan.planning import AUTO, Plan, planned, with_stand_ins
 from ..runs.records import read_summary
 from ..train import distributed
@@ -82,4 +83,14 @@ def record_reached(plan: Optional[Plan], run_dir, outputs: RunOutputs) -> None:
         reached,
         "inside" if inside else "outside",
     )
-    outputs.try_update(plan_reached={"predicted_bpb": o.bpb, "low": o.low, "high": o.high, "val_bpb": reached})
+    reached_record = {"predicted_bpb": o.bpb, "low": o.low, "high": o.high, "val_bpb": reached}
+    steps, seconds = summary.get("steps"), summary.get("train_seconds")
+    if isinstance(steps, int) and isinstance(seconds, (int, float)) and seconds > 0 and o.steps > 0 and o.seconds > 0:
+        predicted_rate, reached_rate = o.steps / o.seconds, steps / seconds
+        log.info("Plan: predicted %.3g steps a second, made %.3g", predicted_rate, reached_rate)
+        reached_record.update(predicted_steps_per_second=predicted_rate, steps_per_second=reached_rate)
+        compiled = (summary.get("compile") or {}).get("compiled")  # the record times eager steps
+        advice = None if compiled else record_advice(plan.machine, reached_rate / predicted_rate, seconds)
+        if advice:
+            log.warning(advice)
+    outputs.try_update(plan_reached=reached_record)

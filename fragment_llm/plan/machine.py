@@ -67,12 +67,25 @@ def machines_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fragment-llm" / "machines"
 
 
+# A planned run whose steps came this much faster or slower than its machine record predicted shows the
+# record wrong for the machine as it is (timed while other work ran: a 1-thread record timed beside two
+# sweeps predicted 0.67-0.75x the steps its runs made), or the run unlike the plan (evaluating more often
+# than EVALUATION_SHARE allows for, compiled). Runs shorter than RECORD_CHECK_SECONDS are left out: their
+# first steps and evaluations weigh too much.
+RECORD_OFF_BY = 1.3
+RECORD_CHECK_SECONDS = 30.0
+
+
+def record_path(name: str) -> Path:
+    return machines_folder() / (_file_name(name) + ".json")
+
+
 def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRecord:
     """This machine's record: read from `machines_folder()`, or measured now (a few seconds) and written
     there (a folder that cannot be written only means measuring again next time)."""
     precision = Precision(hardware, device)
     name = machine_name(device, torch.get_num_threads(), precision.name)
-    path = machines_folder() / (_file_name(name) + ".json")
+    path = record_path(name)
     stored = stored_record(path, name)
     if stored is not None:
         return stored
@@ -90,6 +103,26 @@ def machine_record(hardware: HardwareConfig, device: torch.device) -> MachineRec
     except OSError as error:
         log.debug("machine record not kept: %s", error)
     return record
+
+
+def record_advice(name: str, ratio: float, train_seconds: float) -> Optional[str]:
+    """After a planned run on machine `name` that made `ratio` times the steps a second its record predicted,
+    in `train_seconds` of training: where the ratio is off by more than RECORD_OFF_BY, what to do about it
+    (remove the record, for the next plan to time the machine again), else None. The record is not removed
+    here: a run that evaluated more often than the plan allows for is slower with a true record."""
+    if train_seconds < RECORD_CHECK_SECONDS or not math.isfinite(ratio) or ratio <= 0:
+        return None
+    if 1 / RECORD_OFF_BY <= ratio <= RECORD_OFF_BY:
+        return None
+    path = record_path(name)
+    stored = stored_record(path, name)
+    if stored is None:  # removed, or timed again since the plan
+        return None
+    return (
+        f"Plan: this run made {ratio:.2f}x the steps a second that this machine's record predicted (timed "
+        f"{stored.measured_at}); if the machine was busy then, remove {path} and the next plan times it again "
+        "(evaluating more often than every 200 steps also slows a run against its plan)"
+    )
 
 
 def stored_record(path: Path, name: str) -> Optional[MachineRecord]:

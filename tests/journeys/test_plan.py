@@ -94,6 +94,8 @@ def test_an_auto_run_trains_its_plan_and_records_what_it_reached(tmp_path, corpu
     assert f"n_embd: {plan['outcome']['shape']['n_embd']}" in config
     reached = summary["plan_reached"]
     assert reached["val_bpb"] == summary["val_bpb"] and reached["predicted_bpb"] == plan["outcome"]["bpb"]
+    assert reached["steps_per_second"] == summary["steps"] / summary["train_seconds"]
+    assert reached["predicted_steps_per_second"] == plan["outcome"]["steps"] / plan["outcome"]["seconds"]
     log = (run_dir / "train.log").read_text()
     assert "Plan: model=auto chose" in log and "reached" in log
     assert log.count("validation tokens, vocabulary") == 1  # the corpus the plan prepared is the one trained on

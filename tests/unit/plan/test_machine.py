@@ -81,3 +81,20 @@ def test_a_fifo_or_a_folder_where_the_record_belongs_is_no_record(tmp_path):
     os.mkfifo(fifo)  # reading it would wait for a writer for ever
     folder.mkdir()
     assert stored_record(fifo, NAME) is None and stored_record(folder, NAME) is None
+
+
+def test_a_run_off_its_record_says_how_to_time_the_machine_again(tmp_path, monkeypatch):
+    # A record timed while the machine was busy predicts too few steps for every later run (one timed beside
+    # two sweeps: 0.67-0.75x): a run of half a minute or more that is off by over 1.3x says which file to
+    # remove. The record stays (a run evaluating more often than the plan allows for is slower with a true one).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(machine, "TIMED_SECONDS", 0.05)
+    record = machine_record(HardwareConfig(), torch.device("cpu"))
+    path = machine.record_path(record.machine)
+    advice = machine.record_advice(record.machine, 1.45, 300.0)
+    assert advice and "1.45x the steps a second" in advice and f"remove {path}" in advice and path.exists()
+    assert machine.record_advice(record.machine, 0.5, 300.0)
+    for ratio, seconds in ((1.2, 300.0), (0.8, 300.0), (1.45, 10.0), (float("nan"), 300.0), (0.0, 300.0)):
+        assert machine.record_advice(record.machine, ratio, seconds) is None, (ratio, seconds)
+    path.unlink()
+    assert machine.record_advice(record.machine, 1.45, 300.0) is None  # nothing left to remove
