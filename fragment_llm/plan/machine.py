@@ -69,7 +69,7 @@ def machines_folder() -> Path:
 
 # A planned run whose steps came this much faster or slower than its machine record predicted shows the
 # record wrong for the machine as it is (timed while other work ran: a 1-thread record timed beside two
-# sweeps predicted 0.67-0.75x the steps its runs made), or the run unlike the plan (evaluating more often
+# sweeps predicted 0.67-0.79x the steps its runs made), or the run unlike the plan (evaluating more often
 # than EVALUATION_SHARE allows for, compiled). Runs shorter than RECORD_CHECK_SECONDS are left out: their
 # first steps and evaluations weigh too much.
 RECORD_OFF_BY = 1.3
