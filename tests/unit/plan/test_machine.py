@@ -85,7 +85,7 @@ def test_a_fifo_or_a_folder_where_the_record_belongs_is_no_record(tmp_path):
 
 def test_a_run_off_its_record_says_how_to_time_the_machine_again(tmp_path, monkeypatch):
     # A record timed while the machine was busy predicts too few steps for every later run (one timed beside
-    # two sweeps: 0.67-0.75x): a run of half a minute or more that is off by over 1.3x says which file to
+    # two sweeps: 0.67-0.79x): a run of half a minute or more that is off by over 1.3x says which file to
     # remove. The record stays (a run evaluating more often than the plan allows for is slower with a true one).
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(machine, "TIMED_SECONDS", 0.05)
