@@ -120,8 +120,9 @@ def record_advice(name: str, ratio: float, train_seconds: float) -> Optional[str
         return None
     return (
         f"Plan: this run made {ratio:.2f}x the steps a second that this machine's record predicted (timed "
-        f"{stored.measured_at}); if the machine was busy then, remove {path} and the next plan times it again "
-        "(evaluating more often than every 200 steps also slows a run against its plan)"
+        f"{stored.measured_at}): other work on the machine, then or during this run, makes the two differ; if it "
+        f"was busy when timed, remove {path} for the next plan to time it again (evaluating more often than "
+        "every 200 steps also slows a run against its plan)"
     )
 
 
