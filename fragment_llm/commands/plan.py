@@ -29,11 +29,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ..config.schema import ConfigError
     from ..launch.compose import composed_config
-    from ..plan.planning import planned
+    from ..plan.planning import from_checkpoint, planned
 
     cfg, auto = composed_config(list(args.overrides))
-    refuse_a_run_from_a_checkpoint(cfg)
+    if start := from_checkpoint(cfg):  # a plan of it would show a run that never happens
+        key, value = start
+        raise ConfigError(
+            f"{key}={value}: `plan` plans a new run from random weights (what its law was fitted on), "
+            f"and this one starts from a checkpoint's model; drop {key} to plan a new run"
+        )
     with log_to_standard_error(logging.WARNING if args.json else logging.INFO):
         _, plan = planned(cfg, args.overrides, auto)
     if args.json:
@@ -43,22 +49,6 @@ def handle(args: argparse.Namespace) -> int:
         for line in plan.lines():
             print(line.removeprefix("Plan: ").removeprefix("Plan:"))
     return 0
-
-
-def refuse_a_run_from_a_checkpoint(cfg) -> None:
-    """A resumed or fine-tuned run starts from a checkpoint's model, not from the random start the law was
-    fitted on, and model=auto leaves its model to the checkpoint: a plan of it would show a run that
-    never happens. One line instead."""
-    from omegaconf import OmegaConf
-
-    from ..config.schema import ConfigError
-
-    for key in ("train.resume", "train.init_from"):
-        if value := OmegaConf.select(cfg, key):
-            raise ConfigError(
-                f"{key}={value}: `plan` plans a new run from random weights (what its law was fitted on), "
-                f"and this one starts from a checkpoint's model; drop {key} to plan a new run"
-            )
 
 
 @contextmanager

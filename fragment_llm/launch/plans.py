@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.schema import Config, ConfigError, DataSource
 from ..plan.machine import record_advice
-from ..plan.planning import AUTO, Plan, planned, with_stand_ins
+from ..plan.planning import AUTO, Plan, from_checkpoint, planned, with_stand_ins
 from ..runs.records import read_summary
 from ..train import distributed
 from ..train.outputs import RunOutputs
@@ -27,7 +27,7 @@ def auto_config(
     checkpoint's to replace (or for the usual line saying they conflict)."""
     if choices.get("model") != AUTO:
         return cfg, None
-    if OmegaConf.select(cfg, "train.resume") or OmegaConf.select(cfg, "train.init_from"):
+    if from_checkpoint(cfg):
         return with_stand_ins(cfg), None
     ranks = distributed.from_environment()
     if ranks.distributed or (OmegaConf.select(cfg, "hardware.nproc") or 1) > 1:

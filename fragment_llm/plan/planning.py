@@ -105,6 +105,15 @@ def with_stand_ins(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def from_checkpoint(cfg: DictConfig) -> Optional[tuple[str, Any]]:
+    """The key and value (train.resume or train.init_from) by which `cfg`'s run starts from a checkpoint's
+    model, not from the random weights the law was fitted on; None for a new run."""
+    for key in ("train.resume", "train.init_from"):
+        if value := OmegaConf.select(cfg, key):
+            return key, value
+    return None
+
+
 def user_keys(overrides: Sequence[str]) -> set[str]:
     """The keys the command line sets (`model.n_layer=6` -> model.n_layer); groups (`model=auto`) are not keys."""
     keys = set()
